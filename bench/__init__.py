@@ -1,0 +1,1 @@
+"""Throughput and parity harness (library code, called from the CLI)."""
