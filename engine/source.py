@@ -64,12 +64,15 @@ class FeatureSource(Protocol):
 
     def run_batch(
         self,
-        images: torch.Tensor,  # (B, 3, 1008, 1008) uint8
-        gt: torch.Tensor | None,  # (B, 1008, 1008) uint8 class ids, 255 = ignore; or None
+        images: torch.Tensor,  # (B, 3, 1008, 1008) uint8, on any device
         image_ids: list[str],
         taus: tuple[float, ...],
+        gt_mask: torch.Tensor | None = None,  # (B, 288, 288) uint8 class ids, 255 = ignore
+        gt_tokens: torch.Tensor | None = None,  # (B, 72, 72) uint8 class ids, 255 = ignore
         keep_mask_probs: bool = False,
-    ) -> SourceBatch: ...
+    ) -> SourceBatch:
+        """The real model ignores the GT; the simulated one needs it (DataError without)."""
+        ...
 
     def describe(self) -> dict:
         """What to record in run.json about this source (model, checkpoint, simulated or not)."""
