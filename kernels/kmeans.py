@@ -1,0 +1,228 @@
+"""Batched KMeans (k-means++ init, Lloyd iterations) over a leading problem axis.
+
+All P problems and all n_init restarts run in one set of tensor operations: the
+restarts are laid side by side as n_init * k centres per problem, so the data tensor
+(P, N, d) is never copied per restart. The algorithm follows scikit-learn's Lloyd
+(greedy k-means++ with 2 + log(k) local trials, tolerance relative to the mean
+feature variance, strict convergence when labels stop changing, empty clusters moved
+to the points farthest from their centres, a final relabel) so that, started from the
+same centres, both give the same labels.
+
+Randomness: one CPU generator seeded with `seed` draws the uniforms for restart i,
+and every problem uses the same draws. A problem's result therefore depends only on
+its own data and the seed -- not on its position in the batch or the batch size --
+and two problems with equal data get equal labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from kernels.pca import check_finite
+
+
+@dataclass
+class KMeansResult:
+    """labels (P, N) int64 (-1 for a problem with no weighted token); centres (P, k, d);
+    inertia (P,) weighted sum of squared distances; n_iter (P,) Lloyd iterations run
+    by the restart that was kept."""
+
+    labels: torch.Tensor
+    centres: torch.Tensor
+    inertia: torch.Tensor
+    n_iter: torch.Tensor
+
+
+def squared_distances(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """||x - c||^2 for x (P, N, d), centres (P, M, d) -> (P, N, M), clamped at 0."""
+    if x_sq is None:
+        x_sq = (x * x).sum(-1)
+    c_sq = (centres * centres).sum(-1)
+    d2 = x_sq[:, :, None] - 2.0 * (x @ centres.transpose(1, 2)) + c_sq[:, None, :]
+    return d2.clamp_(min=0)
+
+
+def draw_uniforms(seed: int, n_init: int, k: int, n_local: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniforms in [0, 1) for the first centre (n_init,) and the trials (n_init, k-1, n_local)."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    first = torch.rand(n_init, generator=gen, dtype=torch.float64)
+    trials = torch.rand(n_init, max(k - 1, 0), n_local, generator=gen, dtype=torch.float64)
+    return first, trials
+
+
+def sample_by_weight(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Indices drawn by inverse CDF: cdf (R, N) non-decreasing, u (R, m) in [0, 1) -> (R, m)."""
+    target = u * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, target.contiguous(), right=True)
+    return idx.clamp_(max=cdf.shape[1] - 1)
+
+
+def kmeans_plusplus(
+    x: torch.Tensor, w: torch.Tensor, k: int, n_init: int, seed: int, x_sq: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Greedy k-means++ for every problem and restart: x (P, N, d), w (P, N) -> (P, n_init, k, d)."""
+    p, n, d = x.shape
+    dt = x.dtype
+    n_local = 2 + int(math.log(k))
+    u_first, u_trials = draw_uniforms(seed, n_init, k, n_local)
+    u_first = u_first.to(x.device)
+    u_trials = u_trials.to(x.device)
+    if x_sq is None:
+        x_sq = (x * x).sum(-1)
+    batch = torch.arange(p, device=x.device)[:, None]  # (P, 1)
+
+    # first centre: weighted uniform draw, one per restart -> (P, n_init)
+    cdf_w = torch.cumsum(w.double(), dim=1)
+    first = sample_by_weight(cdf_w, u_first[None, :].expand(p, n_init))
+    chosen = [first]
+    closest = squared_distances(x, x[batch, first], x_sq).transpose(1, 2)  # (P, n_init, N)
+    for c in range(1, k):
+        pot_w = (closest * w[:, None, :]).double()  # (P, n_init, N)
+        cdf = torch.cumsum(pot_w, dim=2).reshape(p * n_init, n)
+        u = u_trials[:, c - 1, :][None].expand(p, n_init, n_local).reshape(p * n_init, n_local)
+        cand = sample_by_weight(cdf, u).reshape(p, n_init * n_local)  # candidate token ids
+        d_cand = squared_distances(x, x[batch, cand], x_sq)  # (P, N, n_init*n_local)
+        d_cand = d_cand.transpose(1, 2).reshape(p, n_init, n_local, n)
+        new_closest = torch.minimum(closest[:, :, None, :], d_cand)  # (P, n_init, n_local, N)
+        pot = (new_closest * w[:, None, None, :]).sum(-1)  # (P, n_init, n_local)
+        best = pot.argmin(dim=-1)  # (P, n_init)
+        cand = cand.reshape(p, n_init, n_local)
+        chosen.append(torch.gather(cand, 2, best[:, :, None])[:, :, 0])
+        closest = torch.gather(new_closest, 2, best[:, :, None, None].expand(p, n_init, 1, n))[:, :, 0]
+    ids = torch.stack(chosen, dim=2)  # (P, n_init, k)
+    return x[batch[:, :, None], ids].to(dt)  # (P, n_init, k, d)
+
+
+def assign(x: torch.Tensor, centres: torch.Tensor, n_init: int, k: int, x_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre per restart: centres (P, n_init*k, d) -> labels, d2min (P, n_init, N)."""
+    p, n, _ = x.shape
+    d2 = squared_distances(x, centres, x_sq).reshape(p, n, n_init, k)
+    d2min, labels = d2.min(dim=-1)
+    return labels.permute(0, 2, 1), d2min.permute(0, 2, 1)
+
+
+def update_centres(
+    x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, d2min: torch.Tensor, old: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Weighted means of the assigned tokens, with scikit-learn's empty-cluster relocation.
+
+    x (P, N, d), w (P, N), labels and d2min (P, n_init, N), old centres (P, n_init, k, d)
+    -> new centres (P, n_init, k, d).
+    """
+    p, n, d = x.shape
+    n_init = labels.shape[1]
+    onehot = torch.zeros(p, n_init, k, n, dtype=x.dtype, device=x.device)
+    onehot.scatter_(2, labels[:, :, None, :], w[:, None, None, :].expand(p, n_init, 1, n).to(x.dtype))
+    sums = (onehot.reshape(p, n_init * k, n) @ x).reshape(p, n_init, k, d)
+    counts = onehot.sum(-1)  # (P, n_init, k) weight per cluster
+
+    empty = counts <= 0
+    if bool(empty.any()):
+        # the j-th empty cluster takes the j-th farthest token from its own centre
+        n_far = min(k, n)
+        far = d2min.topk(n_far, dim=-1).indices  # (P, n_init, n_far), farthest first
+        rank = (torch.cumsum(empty.long(), dim=-1) - 1).clamp(min=0, max=n_far - 1)
+        token = torch.gather(far, 2, rank)  # (P, n_init, k) token for each (empty) cluster
+        bidx = torch.arange(p, device=x.device)[:, None, None]
+        xt = x[bidx, token]  # (P, n_init, k, d)
+        wt = torch.gather(w[:, None, :].expand(p, n_init, n), 2, token).to(x.dtype)  # (P, n_init, k)
+        owner = torch.gather(labels, 2, token)  # cluster the token leaves
+        emf = empty.to(x.dtype)
+        # remove moved tokens from their old clusters, then seat them in the empty ones
+        sums = sums.scatter_add(2, owner[..., None].expand(p, n_init, k, d), -(xt * (wt * emf)[..., None]))
+        counts = counts.scatter_add(2, owner, -(wt * emf))
+        sums = torch.where(empty[..., None], xt * wt[..., None], sums)
+        counts = torch.where(empty, wt, counts)
+    safe = counts.clamp(min=torch.finfo(x.dtype).tiny)
+    new = sums / safe[..., None]
+    # a cluster that is still empty (all weights zero) keeps its old centre
+    return torch.where((counts > 0)[..., None], new, old)
+
+
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    *,
+    n_init: int = 10,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> KMeansResult:
+    """Cluster every problem of x (P, N, d) into k clusters; keep the best restart each.
+
+    init: optional starting centres (P, k, d) or (P, n_init, k, d); given centres skip
+    k-means++ (n_init is then taken from init). weights: optional (P, N) non-negative
+    sample weights or boolean token mask; zero-weight tokens do not move centres or
+    count in the inertia but still get the label of their nearest centre.
+    Raises ValueError on NaN/inf input, k < 1, or k larger than N.
+    """
+    assert x.ndim == 3, f"x must be (P, N, d), got {tuple(x.shape)}"
+    p, n, d = x.shape
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > n:
+        raise ValueError(f"k = {k} clusters is more than the {n} tokens per problem")
+    if max_iter < 1 or n_init < 1 or tol < 0:
+        raise ValueError(f"need max_iter >= 1, n_init >= 1, tol >= 0; got {max_iter}, {n_init}, {tol}")
+    check_finite(x, "KMeans input")
+    w = torch.ones(p, n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.dtype)
+    assert w.shape == (p, n), f"weights must be (P, N) = {(p, n)}, got {tuple(w.shape)}"
+    wsum = w.sum(1)
+    has_tokens = wsum > 0
+
+    # centre the data for accuracy, as scikit-learn does; centres are shifted back at the end
+    mean = (w[:, :, None] * x).sum(1) / wsum.clamp(min=1e-30)[:, None]
+    xc = x - mean[:, None, :]
+    x_sq = (xc * xc).sum(-1)
+    var = (w[:, :, None] * xc * xc).sum(1) / wsum.clamp(min=1e-30)[:, None]
+    tol_abs = var.mean(-1) * tol  # (P,)
+
+    if init is not None:
+        centres = init.to(x.dtype)
+        if centres.ndim == 3:
+            centres = centres[:, None]
+        assert centres.shape[0] == p and centres.shape[2:] == (k, d), f"init must be (P, [n_init,] k, d), got {tuple(init.shape)}"
+        centres = centres - mean[:, None, None, :]
+        n_init = centres.shape[1]
+    else:
+        centres = kmeans_plusplus(xc, w.clamp(min=0) * has_tokens[:, None], k, n_init, seed, x_sq)
+
+    active = has_tokens[:, None].expand(p, n_init).clone()
+    n_iter = torch.zeros(p, n_init, dtype=torch.long, device=x.device)
+    prev = torch.full((p, n_init, n), -1, dtype=torch.long, device=x.device)
+    for it in range(max_iter):
+        labels, d2min = assign(xc, centres.reshape(p, n_init * k, d), n_init, k, x_sq)
+        new = update_centres(xc, w, labels, d2min, centres, k)
+        shift = ((new - centres) ** 2).sum((-1, -2))  # (P, n_init)
+        strict = (labels == prev).all(-1)
+        done = strict | (shift <= tol_abs[:, None])
+        centres = torch.where(active[..., None, None], new, centres)
+        n_iter = torch.where(active, torch.full_like(n_iter, it + 1), n_iter)
+        prev = labels
+        active = active & ~done
+        if not bool(active.any()):
+            break
+
+    labels, d2min = assign(xc, centres.reshape(p, n_init * k, d), n_init, k, x_sq)
+    pidx = torch.arange(p, device=x.device)
+    if n_init > 1:
+        best = (d2min * w[:, None, :]).sum(-1).argmin(dim=1)  # first minimum on ties
+    else:
+        best = torch.zeros(p, dtype=torch.long, device=x.device)
+    out_labels = labels[pidx, best]
+    best_centres = centres[pidx, best]  # (P, k, d)
+    # the kept restart's inertia from exact differences (no norm-expansion cancellation)
+    diff = xc - torch.gather(best_centres, 1, out_labels[:, :, None].expand(p, n, d))
+    inertia = ((diff * diff).sum(-1) * w).sum(-1)
+    out_labels = torch.where(has_tokens[:, None], out_labels, torch.full_like(out_labels, -1))
+    return KMeansResult(
+        labels=out_labels,
+        centres=best_centres + mean[:, None, :],
+        inertia=torch.where(has_tokens, inertia, torch.zeros_like(wsum)),
+        n_iter=torch.where(has_tokens, n_iter[pidx, best], torch.zeros_like(n_iter[:, 0])),
+    )

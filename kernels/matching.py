@@ -1,0 +1,84 @@
+"""Batched optimal assignment (Hungarian / Kuhn-Munkres with potentials).
+
+The loops run over rows and augmenting steps (at most k each), never over problems:
+every step updates all B problems at once, with finished problems frozen by masks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def linear_sum_assignment(cost: torch.Tensor, maximize: bool = False) -> torch.Tensor:
+    """Minimum-cost (or maximum) one-to-one assignment for each of B cost matrices.
+
+    cost: (B, n, m) real. Returns (B, n) int64: the column given to each row, or -1
+    for rows left unmatched when n > m. Same optimum as scipy.optimize.linear_sum_assignment
+    (the chosen pairs can differ only where several assignments tie).
+    """
+    assert cost.ndim == 3, f"cost must be (B, n, m), got {tuple(cost.shape)}"
+    b, n, m = cost.shape
+    if n == 0 or m == 0:
+        return torch.full((b, n), -1, dtype=torch.long, device=cost.device)
+    size = max(n, m)
+    a = cost.double()
+    if maximize:
+        a = -a
+    if n != m:  # pad to square with zero cost; padded pairs are dropped at the end
+        padded = torch.zeros(b, size, size, dtype=torch.float64, device=cost.device)
+        padded[:, :n, :m] = a
+        a = padded
+    col_of_row = _hungarian_square(a)
+    return torch.where(col_of_row < m, col_of_row, torch.full_like(col_of_row, -1))[:, :n]
+
+
+def _hungarian_square(a: torch.Tensor) -> torch.Tensor:
+    """Batched O(k^3) Hungarian on square (B, k, k) float64 costs -> column of each row."""
+    b, k, _ = a.shape
+    dev = a.device
+    inf = torch.finfo(torch.float64).max
+    bidx = torch.arange(b, device=dev)
+    # 1-based arrays as in the classic formulation; index 0 is the virtual column/row
+    u = torch.zeros(b, k + 1, dtype=torch.float64, device=dev)
+    v = torch.zeros(b, k + 1, dtype=torch.float64, device=dev)
+    p = torch.zeros(b, k + 1, dtype=torch.long, device=dev)  # p[j] = row matched to column j
+    way = torch.zeros(b, k + 1, dtype=torch.long, device=dev)
+    a1 = torch.zeros(b, k + 1, k + 1, dtype=torch.float64, device=dev)
+    a1[:, 1:, 1:] = a
+    for i in range(1, k + 1):
+        p[:, 0] = i
+        j0 = torch.zeros(b, dtype=torch.long, device=dev)
+        minv = torch.full((b, k + 1), inf, dtype=torch.float64, device=dev)
+        used = torch.zeros(b, k + 1, dtype=torch.bool, device=dev)
+        running = torch.ones(b, dtype=torch.bool, device=dev)
+        for _ in range(k + 1):
+            used[bidx, j0] |= running
+            i0 = p[bidx, j0]  # (B,)
+            cur = a1[bidx, i0] - u[bidx, i0][:, None] - v  # (B, k+1)
+            better = running[:, None] & ~used & (cur < minv)
+            better[:, 0] = False
+            minv = torch.where(better, cur, minv)
+            way = torch.where(better, j0[:, None].expand(b, k + 1), way)
+            free_minv = torch.where(used, torch.full_like(minv, inf), minv)
+            free_minv[:, 0] = inf
+            delta, j1 = free_minv.min(dim=1)
+            delta = torch.where(running, delta, torch.zeros_like(delta))
+            # potentials: rows of used columns gain delta, used columns lose it
+            u.scatter_add_(1, p, torch.where(used, delta[:, None].expand(b, k + 1), torch.zeros_like(minv)))
+            v = v - torch.where(used, delta[:, None].expand(b, k + 1), torch.zeros_like(v))
+            minv = torch.where(running[:, None] & ~used, minv - delta[:, None], minv)
+            j0 = torch.where(running, j1, j0)
+            running = running & (p[bidx, j0] != 0)
+            if not bool(running.any()):
+                break
+        # augment along the alternating path back to the virtual column 0
+        for _ in range(k + 1):
+            moving = j0 != 0
+            if not bool(moving.any()):
+                break
+            j1 = way[bidx, j0]
+            p[bidx, j0] = torch.where(moving, p[bidx, j1], p[bidx, j0])
+            j0 = torch.where(moving, j1, j0)
+    col_of_row = torch.zeros(b, k + 1, dtype=torch.long, device=dev)
+    col_of_row.scatter_(1, p[:, 1:], torch.arange(1, k + 1, device=dev).expand(b, k))
+    return col_of_row[:, 1:] - 1

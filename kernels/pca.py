@@ -1,0 +1,122 @@
+"""Batched PCA over a leading problem axis.
+
+Centred PCA through the covariance matrix and a batched symmetric eigensolver (the
+`covariance_eigh` route of scikit-learn). Components are sign-fixed so that the entry
+of largest absolute value in each component is positive; with that convention two
+solvers give the same components up to rounding, which is what parity compares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Eigh = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class PCAResult:
+    """Fitted PCA for P problems.
+
+    mean:                     (P, C)
+    components:               (P, d, C)  rows are unit principal axes, largest variance first
+    explained_variance:       (P, d)     eigenvalues of the covariance (denominator n - 1)
+    explained_variance_ratio: (P, d)     explained_variance / total variance (0 where total is 0)
+    n_samples:                (P,)       token count (or weight sum) each problem used
+    """
+
+    mean: torch.Tensor
+    components: torch.Tensor
+    explained_variance: torch.Tensor
+    explained_variance_ratio: torch.Tensor
+    n_samples: torch.Tensor
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """Raise ValueError when x holds NaN or inf (callers turn it into a user error)."""
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"{name} contains NaN or inf (problems {bad[:5]}{'...' if len(bad) > 5 else ''})")
+
+
+def weighted_moments(
+    x: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean (P, C), covariance (P, C, C) and weight sum (P,) of x (P, N, C).
+
+    weights: (P, N) non-negative frequency weights or a boolean token mask; None = all 1.
+    The covariance uses the unbiased denominator (sum of weights - 1), as scikit-learn.
+    """
+    p, n, c = x.shape
+    if weights is None:
+        total = torch.full((p,), float(n), dtype=x.dtype, device=x.device)
+        mean = x.mean(dim=1)
+        centred = x - mean[:, None, :]
+        cov = centred.transpose(1, 2) @ centred  # (P, C, C)
+    else:
+        assert weights.shape == (p, n), f"weights must be (P, N) = {(p, n)}, got {tuple(weights.shape)}"
+        w = weights.to(x.dtype)
+        total = w.sum(dim=1)
+        mean = (w[:, :, None] * x).sum(dim=1) / total.clamp(min=1e-30)[:, None]
+        centred = x - mean[:, None, :]
+        cov = (centred * w[:, :, None]).transpose(1, 2) @ centred
+    cov = cov / (total - 1).clamp(min=1.0)[:, None, None]
+    return mean, cov, total
+
+
+def fix_signs(components: torch.Tensor) -> torch.Tensor:
+    """Flip each component (P, d, C) so its largest-|value| entry is positive."""
+    idx = components.abs().argmax(dim=-1, keepdim=True)
+    signs = torch.sign(torch.gather(components, -1, idx))
+    signs[signs == 0] = 1
+    return components * signs
+
+
+def pca_fit(
+    x: torch.Tensor,
+    n_components: int,
+    weights: torch.Tensor | None = None,
+    eigh: Eigh | None = None,
+) -> PCAResult:
+    """Fit PCA to every problem of x (P, N, C) at once; keep the top n_components.
+
+    weights: optional (P, N) per-token weights or boolean mask (analyse a subset
+    without copying). eigh: batched symmetric eigensolver returning ascending
+    eigenvalues and eigenvectors (default torch.linalg.eigh; backends pass their own).
+    Computation runs in x's dtype; feed float64 for a reference-grade fit.
+    """
+    assert x.ndim == 3, f"x must be (P, N, C), got {tuple(x.shape)}"
+    p, n, c = x.shape
+    if not 1 <= n_components <= c:
+        raise ValueError(f"n_components must be in [1, {c}], got {n_components}")
+    check_finite(x, "PCA input")
+    mean, cov, total = weighted_moments(x, weights)
+    cov = 0.5 * (cov + cov.transpose(1, 2))  # exact symmetry for the solver
+    evals, evecs = (eigh or torch.linalg.eigh)(cov)  # ascending
+    evals = evals.flip(-1)[:, :n_components].clamp(min=0)
+    comps = evecs.flip(-1)[:, :, :n_components].transpose(1, 2)  # (P, d, C)
+    comps = fix_signs(comps)
+    total_var = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1)  # trace = sum of all eigenvalues
+    ratio = torch.where(
+        total_var[:, None] > 0, evals / total_var.clamp(min=1e-30)[:, None], torch.zeros_like(evals)
+    )
+    return PCAResult(
+        mean=mean, components=comps, explained_variance=evals, explained_variance_ratio=ratio, n_samples=total
+    )
+
+
+def pca_transform(x: torch.Tensor, fit: PCAResult) -> torch.Tensor:
+    """Project x (P, N, C) onto the fitted components -> (P, N, d)."""
+    return (x - fit.mean[:, None, :]) @ fit.components.transpose(1, 2)
+
+
+def subspace_agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Smallest singular value of A B^T for orthonormal row bases a, b (P, d, C) -> (P,).
+
+    1 means the two d-dimensional subspaces coincide; 0 means some direction of one is
+    orthogonal to the other.
+    """
+    overlap = a @ b.transpose(1, 2)
+    return torch.linalg.svdvals(overlap)[:, -1]
