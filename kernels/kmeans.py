@@ -96,12 +96,20 @@ def kmeans_plusplus(
     return x[batch[:, :, None], ids].to(dt)  # (P, n_init, k, d)
 
 
-def assign(x: torch.Tensor, centres: torch.Tensor, n_init: int, k: int, x_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre per restart: centres (P, n_init*k, d) -> labels, d2min (P, n_init, N)."""
-    p, n, _ = x.shape
-    d2 = squared_distances(x, centres, x_sq).reshape(p, n, n_init, k)
-    d2min, labels = d2.min(dim=-1)
-    return labels.permute(0, 2, 1), d2min.permute(0, 2, 1)
+def assign(xt: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre for every restart.
+
+    xt (P, d, N) the transposed tokens, x_sq (P, N), centres (P, n_init, k, d)
+    -> labels (P, n_init, N) int64 and squared distance to that centre (P, n_init, N).
+    The layout (P, n_init*k, N) keeps N innermost, so the min over k is a cheap
+    elementwise pass; ||x||^2 is added only after the argmin.
+    """
+    p, n_init, k, d = centres.shape
+    c = centres.reshape(p, n_init * k, d)
+    c_sq = (c * c).sum(-1)[:, :, None]  # (P, n_init*k, 1)
+    partial = torch.baddbmm(c_sq, c, xt, alpha=-2.0).reshape(p, n_init, k, -1)
+    d2min, labels = partial.min(dim=2)
+    return labels, (d2min + x_sq[:, None, :]).clamp_(min=0)
 
 
 def update_centres(
@@ -142,6 +150,52 @@ def update_centres(
     return torch.where((counts > 0)[..., None], new, old)
 
 
+def lloyd(
+    xc: torch.Tensor, xt: torch.Tensor, x_sq: torch.Tensor, w: torch.Tensor, centres: torch.Tensor,
+    has_tokens: torch.Tensor, tol_abs: torch.Tensor, max_iter: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd iterations for every problem and restart until each restart converges.
+
+    centres (P, n_init, k, d) are updated in place and returned with n_iter (P, n_init).
+    Each iteration works only on the restarts still running: the problems that have
+    one, and per problem its running restarts packed to the front (m = the most any
+    problem still has). The tokens are never copied per restart.
+    """
+    p, n_init, k, d = centres.shape
+    dev = xc.device
+    active = has_tokens[:, None].expand(p, n_init).clone()
+    n_iter = torch.zeros(p, n_init, dtype=torch.long, device=dev)
+    rows = torch.arange(p, device=dev)
+    sub = (xc, xt, x_sq, w, tol_abs)
+    for it in range(max_iter):
+        running = active[rows].sum(1)  # (P',) restarts still running per kept problem
+        if not bool((running > 0).all()):
+            rows = rows[running > 0]
+            if rows.numel() == 0:
+                break
+            sub = (xc[rows], xt[rows], x_sq[rows], w[rows], tol_abs[rows])
+            running = active[rows].sum(1)
+        s_x, s_xt, s_xsq, s_w, s_tol = sub
+        m = int(running.max())
+        s_active_all = active[rows]
+        sel = torch.argsort((~s_active_all).to(torch.int8), dim=1, stable=True)[:, :m]  # (P', m)
+        valid = torch.gather(s_active_all, 1, sel)
+        r2 = rows[:, None]
+        s_centres = centres[r2, sel]
+        labels, d2min = assign(s_xt, s_xsq, s_centres)
+        new = update_centres(s_x, s_w, labels, d2min, s_centres, k)
+        shift = ((new - s_centres) ** 2).sum((-1, -2))  # (P', m)
+        # Unchanged labels give bitwise-unchanged centres (shift 0), so this one test
+        # covers scikit-learn's strict convergence as well as its tolerance.
+        done = shift <= s_tol[:, None]
+        # padded slots repeat a running restart's index; write only the valid ones
+        r2v, selv = r2.expand_as(sel)[valid], sel[valid]
+        centres[r2v, selv] = new[valid]
+        n_iter[r2v, selv] = it + 1
+        active[r2v, selv] = ~done[valid]
+    return n_iter, centres
+
+
 def kmeans(
     x: torch.Tensor,
     k: int,
@@ -169,7 +223,6 @@ def kmeans(
         raise ValueError(f"k = {k} clusters is more than the {n} tokens per problem")
     if max_iter < 1 or n_init < 1 or tol < 0:
         raise ValueError(f"need max_iter >= 1, n_init >= 1, tol >= 0; got {max_iter}, {n_init}, {tol}")
-    check_finite(x, "KMeans input")
     w = torch.ones(p, n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.dtype)
     assert w.shape == (p, n), f"weights must be (P, N) = {(p, n)}, got {tuple(w.shape)}"
     wsum = w.sum(1)
@@ -179,6 +232,7 @@ def kmeans(
     mean = (w[:, :, None] * x).sum(1) / wsum.clamp(min=1e-30)[:, None]
     xc = x - mean[:, None, :]
     x_sq = (xc * xc).sum(-1)
+    check_finite(x_sq, "KMeans input")
     var = (w[:, :, None] * xc * xc).sum(1) / wsum.clamp(min=1e-30)[:, None]
     tol_abs = var.mean(-1) * tol  # (P,)
 
@@ -192,23 +246,9 @@ def kmeans(
     else:
         centres = kmeans_plusplus(xc, w.clamp(min=0) * has_tokens[:, None], k, n_init, seed, x_sq)
 
-    active = has_tokens[:, None].expand(p, n_init).clone()
-    n_iter = torch.zeros(p, n_init, dtype=torch.long, device=x.device)
-    prev = torch.full((p, n_init, n), -1, dtype=torch.long, device=x.device)
-    for it in range(max_iter):
-        labels, d2min = assign(xc, centres.reshape(p, n_init * k, d), n_init, k, x_sq)
-        new = update_centres(xc, w, labels, d2min, centres, k)
-        shift = ((new - centres) ** 2).sum((-1, -2))  # (P, n_init)
-        strict = (labels == prev).all(-1)
-        done = strict | (shift <= tol_abs[:, None])
-        centres = torch.where(active[..., None, None], new, centres)
-        n_iter = torch.where(active, torch.full_like(n_iter, it + 1), n_iter)
-        prev = labels
-        active = active & ~done
-        if not bool(active.any()):
-            break
-
-    labels, d2min = assign(xc, centres.reshape(p, n_init * k, d), n_init, k, x_sq)
+    xt = xc.transpose(1, 2).contiguous()  # (P, d, N)
+    n_iter, centres = lloyd(xc, xt, x_sq, w, centres, has_tokens, tol_abs, max_iter)
+    labels, d2min = assign(xt, x_sq, centres)
     pidx = torch.arange(p, device=x.device)
     if n_init > 1:
         best = (d2min * w[:, None, :]).sum(-1).argmin(dim=1)  # first minimum on ties

@@ -35,10 +35,18 @@ class PCAResult:
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise ValueError when x holds NaN or inf (callers turn it into a user error)."""
-    if not bool(torch.isfinite(x).all()):
-        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
-        raise ValueError(f"{name} contains NaN or inf (problems {bad[:5]}{'...' if len(bad) > 5 else ''})")
+    """Raise ValueError when x (P, ...) holds NaN or inf (callers turn it into a user error).
+
+    Callers pass a small derived tensor (a covariance, squared norms): NaN/inf in the
+    input always reaches it, so the full input need not be scanned.
+    """
+    bad_rows = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if bool(bad_rows.any()):
+        bad = bad_rows.nonzero().flatten().tolist()
+        raise ValueError(
+            f"{name} contains NaN or inf, or values too large for {x.dtype} "
+            f"(problems {bad[:5]}{'...' if len(bad) > 5 else ''})"
+        )
 
 
 def weighted_moments(
@@ -91,8 +99,8 @@ def pca_fit(
     p, n, c = x.shape
     if not 1 <= n_components <= c:
         raise ValueError(f"n_components must be in [1, {c}], got {n_components}")
-    check_finite(x, "PCA input")
     mean, cov, total = weighted_moments(x, weights)
+    check_finite(cov, "PCA input")
     cov = 0.5 * (cov + cov.transpose(1, 2))  # exact symmetry for the solver
     evals, evecs = (eigh or torch.linalg.eigh)(cov)  # ascending
     evals = evals.flip(-1)[:, :n_components].clamp(min=0)
@@ -108,8 +116,9 @@ def pca_fit(
 
 
 def pca_transform(x: torch.Tensor, fit: PCAResult) -> torch.Tensor:
-    """Project x (P, N, C) onto the fitted components -> (P, N, d)."""
-    return (x - fit.mean[:, None, :]) @ fit.components.transpose(1, 2)
+    """Project x (P, N, C) onto the fitted components -> (P, N, d) (no centred copy of x)."""
+    comps_t = fit.components.transpose(1, 2)  # (P, C, d)
+    return torch.baddbmm(-(fit.mean[:, None, :] @ comps_t), x, comps_t)
 
 
 def subspace_agreement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
