@@ -1,0 +1,25 @@
+"""Shared test setup: one thread per process (2-core CI), CUDA-only tests skipped with the reason."""
+
+import pytest
+import torch
+
+
+def pytest_configure(config):
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_thread_blas():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device; none is present here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
