@@ -384,6 +384,8 @@ def _find_folders(root: Path, split: str | None) -> list[tuple[str | None, Path,
 
     if _child(root, "src") is not None:
         return [with_gt(None, root)]
+    if root.name.lower() == "src" and _child(root.parent, "gt") is not None:  # the src folder itself was given
+        return [(None, root, _child(root.parent, "gt"))]
     base = root
     dataset_dirs = [d for d in (_child(root, "UDD5"), _child(root, "UDD6")) if d is not None and _split_dirs(d)]
     if not _split_dirs(root) and dataset_dirs:

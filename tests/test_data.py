@@ -155,6 +155,8 @@ def test_layouts_flat_udd_parent_and_all_splits(tmp_path):
     assert all("/val/src/" in str(it.image_path) for it in val.items)
     flat = index_dataset(cfg_for(tmp_path / "UDD5" / "train", split=None))  # ROOT/src + ROOT/gt
     assert [it.image_id for it in flat.items] == ["img_0", "img_1"] and flat.has_gt
+    given_src = index_dataset(cfg_for(tmp_path / "UDD5" / "val" / "src"))  # its sibling gt/ is found
+    assert given_src.has_gt and given_src.dataset == "udd5" and len(given_src.items) == 2
     both = index_dataset(cfg_for(tmp_path / "UDD5", split=None))
     assert [it.image_id for it in both.items] == ["train_img_0", "train_img_1", "val_img_0", "val_img_1"]
     assert len(set(it.image_id for it in both.items)) == 4
