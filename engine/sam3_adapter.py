@@ -142,6 +142,10 @@ def _examples(keys, n: int = 3) -> str:
     return shown + (", ..." if len(keys) > n else "")
 
 
+def _count(items, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def read_checkpoint(path: str | Path) -> CheckpointContents:
     """Read a checkpoint without unpickling arbitrary objects; map every failure to one line."""
     path = Path(path)
@@ -164,11 +168,11 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         text = str(err)
-        refused = re.search(r"Unsupported (global|operand)[^\n]*", text)
+        refused = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+)", text)
         if refused:
             raise _fail(
                 path,
-                f"refused: holds pickled Python objects, not only tensors ({refused.group(0).strip()}); nothing was "
+                f"refused: holds pickled Python objects, not only tensors ({refused.group(0)}); nothing was "
                 "executed. Use a weights-only checkpoint such as SAM3's sam3.pt",
             ) from None
         first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
@@ -207,7 +211,7 @@ def check_state_dict(contents: CheckpointContents, expected: dict[str, torch.Siz
     path, state = contents.path, contents.state
     have, want = set(state), set(expected)
     common = have & want
-    if len(common) < len(want) // 2:
+    if 2 * len(common) < min(len(have), len(want)):  # most names foreign: another model entirely
         hint = " (looks like a SAM 2 checkpoint)" if any("sam_mask_decoder" in k or "memory_attention" in k for k in have) else ""
         raise _fail(
             path,
@@ -216,16 +220,16 @@ def check_state_dict(contents: CheckpointContents, expected: dict[str, torch.Siz
         )
     missing = want - have
     if missing:
-        raise _fail(path, f"{len(missing)} weights missing (e.g. {_examples(missing)}); the file is incomplete or from another SAM3 version")
+        raise _fail(path, f"{_count(missing, 'weight')} missing (e.g. {_examples(missing)}); the file is incomplete or from another SAM3 version")
     unexpected = have - want
     if unexpected:
-        raise _fail(path, f"{len(unexpected)} unexpected weights (e.g. {_examples(unexpected)}); not the SAM3 image model this package builds")
+        raise _fail(path, f"{_count(unexpected, 'unexpected weight')} (e.g. {_examples(unexpected)}); not the SAM3 image model this package builds")
     wrong = sorted(k for k in common if tuple(state[k].shape) != tuple(expected[k]))
     if wrong:
         k = wrong[0]
         raise _fail(
             path,
-            f"{len(wrong)} weights with the wrong shape (e.g. {k}: file {tuple(state[k].shape)} vs model "
+            f"{_count(wrong, 'weight')} with the wrong shape (e.g. {k}: file {tuple(state[k].shape)} vs model "
             f"{tuple(expected[k])}); a checkpoint of another model size or variant",
         )
 
@@ -355,6 +359,7 @@ def verify_checkpoint(
     model_factory: ModelFactory | None = None,
 ) -> dict:
     """Load a checkpoint the way a run would and report what was loaded (for `datr env`)."""
+    parse_device(device)  # a bad device is reported before the file is read
     contents = read_checkpoint(path)  # for the layout report; load_sam3_model reads it again
     layout, ignored, keys = contents.layout, contents.ignored_keys, len(contents.state)
     del contents

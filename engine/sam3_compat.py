@@ -39,6 +39,7 @@ import importlib.util
 import os
 import sys
 import types
+import warnings
 
 import torch
 
@@ -174,7 +175,11 @@ def _import_sam3_keeping_tf32():
         return sys.modules["sam3.model_builder"]
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     try:
-        import sam3.model_builder as builder
+        with warnings.catch_warnings():
+            # the video model's `@torch.autocast(device_type="cuda")` decorators warn at import
+            # on a machine without CUDA; the image model does not use them
+            warnings.filterwarnings("ignore", message="CUDA is not available or torch_xla is imported")
+            import sam3.model_builder as builder
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
     return builder
