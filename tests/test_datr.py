@@ -1,0 +1,89 @@
+"""DATR re-encoding against a plain explicit-softmax reference."""
+
+import torch
+
+from kernels.datr import attend_queries, compact_kept, datr_tokens, decision_aware_tokens, mask_weights
+from kernels.metrics import cosine_distance
+
+
+def reference_attended(tokens, queries, kept):
+    """Loop reference: A_j = sum_q softmax_q(F_j . Q_q / sqrt(C)) Q_q over kept q (float64)."""
+    b, n, c = tokens.shape
+    s = queries.shape[1]
+    out = torch.zeros(b, s, n, c, dtype=torch.float64)
+    for i in range(b):
+        for j in range(s):
+            q = queries[i, j][kept[i, j]].double()
+            if q.shape[0] == 0:
+                continue
+            logits = tokens[i].double() @ q.T / c**0.5
+            weights = torch.exp(logits - logits.max(1, keepdim=True).values)
+            weights = weights / weights.sum(1, keepdim=True)
+            out[i, j] = weights @ q
+    return out
+
+
+def make(b=3, s=4, n=50, q=12, c=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(b, n, c, generator=g)
+    queries = torch.randn(b, s, q, c, generator=g) * 2
+    kept = torch.rand(b, s, q, generator=g) < 0.4
+    kept[0, 1] = False  # a scope with no kept query
+    kept[2, 3] = True  # all kept
+    return tokens, queries, kept
+
+
+def test_attention_matches_explicit_softmax_reference():
+    tokens, queries, kept = make()
+    got = attend_queries(tokens.double(), queries.double(), kept)
+    torch.testing.assert_close(got, reference_attended(tokens, queries, kept), rtol=1e-10, atol=1e-12)
+    got32 = attend_queries(tokens, queries, kept)
+    torch.testing.assert_close(got32.double(), reference_attended(tokens, queries, kept), rtol=1e-4, atol=1e-5)
+
+
+def test_no_kept_query_leaves_tokens_exactly_unchanged():
+    tokens, queries, kept = make()
+    attended = attend_queries(tokens, queries, kept)
+    out = datr_tokens(tokens, attended, alpha=0.3)
+    assert torch.equal(out[0, 1], tokens[0])
+    assert bool(torch.isfinite(out).all())
+    nothing = torch.zeros_like(kept)
+    assert torch.equal(datr_tokens(tokens, attend_queries(tokens, queries, nothing), 0.5), tokens[:, None].expand_as(out))
+
+
+def test_compacting_kept_queries_does_not_change_attention():
+    tokens, queries, kept = make(seed=1)
+    full = attend_queries(tokens.double(), queries.double(), kept)
+    keys, key_mask = compact_kept(queries.double(), kept)
+    assert keys.shape[2] == int(kept.sum(-1).max())
+    torch.testing.assert_close(attend_queries(tokens.double(), keys, key_mask), full, rtol=1e-12, atol=1e-12)
+
+
+def test_global_scope_is_one_softmax_over_all_prompts():
+    tokens, queries, kept = make(seed=2)
+    b, s, q, c = queries.shape
+    glob = attend_queries(tokens.double(), queries.double().reshape(b, 1, s * q, c), kept.reshape(b, 1, s * q))
+    ref = reference_attended(tokens, queries.reshape(b, 1, s * q, c), kept.reshape(b, 1, s * q))
+    torch.testing.assert_close(glob, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_decision_aware_tokens_rescale_only():
+    tokens, _, _ = make()
+    w = torch.rand(3, 2, 50)
+    d = decision_aware_tokens(tokens, w, alpha=0.3)
+    torch.testing.assert_close(d, tokens[:, None] * (1 + 0.3 * w[..., None]))
+    cos = cosine_distance(d, tokens[:, None].expand_as(d))
+    assert float(cos.abs().max()) < 1e-6  # a rescaling cannot move a cosine measure
+
+
+def test_mask_weights_is_max_over_kept_queries():
+    g = torch.Generator().manual_seed(3)
+    qm = torch.rand(2, 3, 5, 4, 4, generator=g)
+    kept = torch.rand(2, 3, 5, generator=g) < 0.5
+    kept[1, 2] = False
+    w = mask_weights(qm, kept)
+    for i in range(2):
+        for p in range(3):
+            sel = qm[i, p][kept[i, p]].reshape(-1, 16)
+            expect = sel.max(0).values if sel.shape[0] else torch.zeros(16)
+            torch.testing.assert_close(w[i, p], expect)
