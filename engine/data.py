@@ -719,55 +719,59 @@ class _ItemDataset(torch.utils.data.Dataset):
         item = self.index.items[i]
         try:
             if self.gpu_jpeg and item.image_path.suffix.lower() in JPEG_SUFFIXES:
-                return self._encoded(i, item)
+                data = item.image_path.read_bytes()
+                # a JPEG without its end marker is truncated: PIL on the CPU reports that
+                # reliably, a GPU decoder may not
+                if data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+                    return self._encoded(i, item, data)
             loaded = load_item(self.index, i)
             loaded.gt_full = None  # not needed by the batch; spares the inter-process copy
             return loaded
         except DataError as err:
-            return (item.image_id, str(item.image_path), err.message)
+            gt = item.gt_path
+            path = gt if gt is not None and err.message.startswith(str(gt)) else item.image_path
+            return (item.image_id, str(path), err.message)
 
-    def _encoded(self, i: int, item: Item) -> _Encoded:
+    def _encoded(self, i: int, item: Item, data: bytes) -> _Encoded:
         size = image_size(item.image_path)
         _check_tile_fits(item, size)
         gt = _load_gt(item, self.scheme, size)
-        data = torch.frombuffer(bytearray(item.image_path.read_bytes()), dtype=torch.uint8)
-        return _Encoded(item.image_id, i, data, item.tile, size, str(item.image_path),
-                        None if gt is None else gt[1], None if gt is None else gt[2])
+        return _Encoded(item.image_id, i, torch.frombuffer(bytearray(data), dtype=torch.uint8), item.tile, size,
+                        str(item.image_path), None if gt is None else gt[1], None if gt is None else gt[2])
 
 
-def _collate(samples: list) -> tuple[list, LoadedBatch]:
-    """Stack the CPU-decoded items; pass encoded JPEGs through for GPU decoding."""
-    loaded = [s for s in samples if isinstance(s, LoadedItem)]
-    encoded = [s for s in samples if isinstance(s, _Encoded)]
-    errors = [s for s in samples if isinstance(s, tuple)]
-    batch = _stack(loaded, errors)
-    return encoded, batch
+@dataclass
+class _Collated:
+    """One batch out of the workers: CPU-decoded items stacked, JPEG bytes left for the GPU."""
+
+    batch: LoadedBatch
+    encoded: list[_Encoded]
+
+    def pin_memory(self) -> _Collated:  # called by the DataLoader's pinning thread
+        return _Collated(self.batch.pin_memory(), self.encoded)
 
 
-def _stack(loaded: Sequence[LoadedItem], errors: list[tuple[str, str, str]]) -> LoadedBatch:
-    has_gt = bool(loaded) and loaded[0].gt_mask is not None
-    images = torch.stack([s.image for s in loaded]) if loaded else torch.empty(0, 3, MODEL_SIDE, MODEL_SIDE, dtype=torch.uint8)
-    gt_mask = torch.stack([s.gt_mask for s in loaded]) if has_gt else None
-    gt_tokens = torch.stack([s.gt_tokens for s in loaded]) if has_gt else None
+class _Collate:
+    def __init__(self, has_gt: bool):
+        self.has_gt = has_gt
+
+    def __call__(self, samples: list) -> _Collated:
+        loaded = [s for s in samples if isinstance(s, LoadedItem)]
+        encoded = [s for s in samples if isinstance(s, _Encoded)]
+        errors = [s for s in samples if isinstance(s, tuple)]
+        return _Collated(_stack(loaded, errors, self.has_gt), encoded)
+
+
+def _stack(loaded: Sequence[LoadedItem], errors: list[tuple[str, str, str]], has_gt: bool) -> LoadedBatch:
+    def stacked(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        if not loaded:
+            return torch.empty(0, *shape, dtype=torch.uint8)
+        return torch.stack([getattr(s, name) for s in loaded])
+
+    images = stacked("image", (3, MODEL_SIDE, MODEL_SIDE))
+    gt_mask = stacked("gt_mask", (MASK_GRID, MASK_GRID)) if has_gt else None
+    gt_tokens = stacked("gt_tokens", (TOKEN_GRID, TOKEN_GRID)) if has_gt else None
     return LoadedBatch(images, gt_mask, gt_tokens, [s.image_id for s in loaded], [s.index for s in loaded], list(errors))
-
-
-def _pin_pair(pair: tuple[list, LoadedBatch]) -> tuple[list, LoadedBatch]:
-    return pair[0], pair[1].pin_memory()
-
-
-class _Pinned:
-    """Wraps the collate output so the DataLoader's pin thread pins the tensors."""
-
-    def __init__(self, pair: tuple[list, LoadedBatch]):
-        self.pair = pair
-
-    def pin_memory(self) -> _Pinned:
-        return _Pinned(_pin_pair(self.pair))
-
-
-def _collate_pinnable(samples: list) -> _Pinned:
-    return _Pinned(_collate(samples))
 
 
 def _worker_init(_: int) -> None:
@@ -835,7 +839,7 @@ class Loader:
         self.batches = [positions[s : s + batch_size] for s in range(0, len(positions), batch_size)]
         self.decode_requested = cfg.decode
         self.decode_used, self.decode_reason = resolve_decode(cfg.decode, self.device)
-        self.pin_memory = self.device.type == "cuda" and self.decode_used == "cpu"
+        self.pin_memory = self.device.type == "cuda"  # CPU-decoded images and the GT grids
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -859,15 +863,13 @@ class Loader:
             dataset,
             batch_sampler=self.batches,
             num_workers=self.num_workers,
-            collate_fn=_collate_pinnable,
+            collate_fn=_Collate(self.index.has_gt),
             pin_memory=self.pin_memory,
             worker_init_fn=_worker_init if self.num_workers > 0 else None,
             prefetch_factor=2 if self.num_workers > 0 else None,
         )
-        for planned, wrapped in zip(self.batches, loader, strict=True):
-            encoded, batch = wrapped.pair
-            if encoded:
-                batch = self._merge_gpu(batch, encoded)
+        for planned, collated in zip(self.batches, loader, strict=True):
+            batch = self._merge_gpu(collated.batch, collated.encoded) if collated.encoded else collated.batch
             yield self._in_plan_order(batch, planned)
 
     def _merge_gpu(self, batch: LoadedBatch, encoded: list[_Encoded]) -> LoadedBatch:
@@ -891,17 +893,12 @@ class Loader:
                 batch.errors.append((e.image_id, e.path, f"{e.path}: GPU decode gave {image.shape[2]}x{image.shape[1]}, header says {e.size[0]}x{e.size[1]}; re-copy it"))
                 continue
             good.append((e, _crop_image(image, e.tile)))
-        dev = self.device
-        images = [batch.images.to(dev, non_blocking=True)] + [img[None] for _, img in good]
-        has_gt = batch.gt_mask is not None or (good and good[0][0].gt_mask is not None)
-        cat = torch.cat(images)
+        images = torch.cat([batch.images.to(self.device, non_blocking=True)] + [img[None] for _, img in good])
         gt_mask = gt_tokens = None
-        if has_gt:
-            gt_mask = torch.cat([batch.gt_mask if batch.gt_mask is not None else torch.empty(0, MASK_GRID, MASK_GRID, dtype=torch.uint8)]
-                                + [e.gt_mask[None] for e, _ in good])
-            gt_tokens = torch.cat([batch.gt_tokens if batch.gt_tokens is not None else torch.empty(0, TOKEN_GRID, TOKEN_GRID, dtype=torch.uint8)]
-                                  + [e.gt_tokens[None] for e, _ in good])
-        return LoadedBatch(cat, gt_mask, gt_tokens, batch.image_ids + [e.image_id for e, _ in good],
+        if batch.gt_mask is not None:  # the GT grids stay on the CPU, as on the CPU path
+            gt_mask = torch.cat([batch.gt_mask] + [e.gt_mask[None] for e, _ in good])
+            gt_tokens = torch.cat([batch.gt_tokens] + [e.gt_tokens[None] for e, _ in good])
+        return LoadedBatch(images, gt_mask, gt_tokens, batch.image_ids + [e.image_id for e, _ in good],
                            batch.indices + [e.index for e, _ in good], batch.errors)
 
     def _in_plan_order(self, batch: LoadedBatch, planned: list[int]) -> LoadedBatch:

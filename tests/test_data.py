@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -233,12 +234,63 @@ def test_every_broken_item_is_reported_with_its_path_and_skipped(tmp_path):
     assert "64x48 but its image is 128x96" in by_id["wrongsize"] and "values 7" in by_id["badvalues"]
     assert "(1,2,3)" in by_id["badcolour"] and "mode I;16" in by_id["wrongmode"]
     assert "no ground truth" in by_id["nogt"] and "nogt.png" in by_id["nogt"]
+    assert by_id_path(errors)["badvalues"].endswith("gt/badvalues.png")  # the file to fix is named
+    assert by_id_path(errors)["truncated"].endswith("src/truncated.JPG")
     loaded = [i for b in batches for i in b.image_ids]
     assert loaded == sorted(labels)  # every good item, none twice
     for b in batches:
         assert b.images.shape[0] == len(b.image_ids) == len(b.indices) == b.gt_mask.shape[0] == b.gt_tokens.shape[0]
     with pytest.raises(DataError, match="truncated"):
         load_item(index, next(i for i, it in enumerate(index.items) if it.image_id == "truncated"))
+
+
+def by_id_path(errors) -> dict[str, str]:
+    return {e[0]: e[1] for e in errors}
+
+
+def test_a_batch_where_everything_failed_is_empty_not_missing(tmp_path):
+    write_udd_tree(tmp_path, 1)
+    add_broken_items(tmp_path)
+    cfg = cfg_for(tmp_path)
+    index = index_dataset(cfg)
+    failing = [i for i, it in enumerate(index.items) if it.image_id in ("truncated", "badvalues")]
+    (batch,) = list(make_loader(index, cfg, 4, "cpu", indices=failing))
+    assert batch.images.shape == (0, 3, 1008, 1008) and batch.gt_mask.shape == (0, 288, 288)
+    assert batch.gt_tokens.shape == (0, 72, 72) and batch.image_ids == [] and len(batch.errors) == 2
+
+
+def test_gpu_decode_path_with_a_stand_in_decoder(tmp_path, monkeypatch):
+    """The cuda-decode plumbing (bytes from workers, decode in the main process, merge with
+    PIL-decoded PNGs, plan order) checked on the CPU with PIL standing in for nvjpeg."""
+    import sys
+    import types
+
+    write_udd_tree(tmp_path, 3)
+    add_broken_items(tmp_path)
+    Image.open(tmp_path / "val" / "src" / "img_1.JPG").save(tmp_path / "val" / "src" / "img_1b.png")
+    (tmp_path / "val" / "gt" / "img_1b.png").write_bytes((tmp_path / "val" / "gt" / "img_1.png").read_bytes())
+    calls = []
+
+    def decode_jpeg(data, mode=None, device=None):
+        if isinstance(data, list):
+            calls.append(len(data))
+            return [decode_jpeg(d) for d in data]
+        return torch.from_numpy(np.array(Image.open(io.BytesIO(data.numpy().tobytes())).convert("RGB"))).permute(2, 0, 1)
+
+    fake = types.ModuleType("torchvision.io")
+    fake.decode_jpeg, fake.ImageReadMode = decode_jpeg, types.SimpleNamespace(RGB="RGB")
+    monkeypatch.setitem(sys.modules, "torchvision.io", fake)
+    cfg = cfg_for(tmp_path)
+    index = index_dataset(cfg)
+    reference = list(make_loader(index, cfg, 4, "cpu"))
+    loader = make_loader(index, cfg, 4, "cpu")
+    loader.decode_used = "cuda"  # what resolve_decode picks on a CUDA device
+    staged = list(loader)
+    assert calls and sum(calls) == 3  # the three good JPEGs; the truncated one went to PIL
+    for a, b in zip(reference, staged, strict=True):
+        assert a.image_ids == b.image_ids and a.indices == b.indices and a.errors == b.errors
+        assert torch.equal(a.images, b.images) and torch.equal(a.gt_tokens, b.gt_tokens)
+    assert "img_1b" in [i for b in staged for i in b.image_ids]
 
 
 def test_duplicate_stems_are_reported(tmp_path):
