@@ -1,0 +1,142 @@
+"""Throughput of the SAM3 stages at full size: the backbone, and grounding over 5 prompts.
+
+Random weights (`random_weights=True`) time exactly the same arithmetic as the real
+checkpoint, so the benchmark needs no download. Synthetic uint8 images (1008 x 1008) are
+made on the device; one warm-up batch per stage is run and not timed; CUDA times come
+from events after a synchronize.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from engine.errors import ConfigError
+from engine.preprocess import MODEL_SIDE
+from engine.sam3_adapter import (
+    DEFAULT_PROMPTS,
+    Sam3Config,
+    Sam3Source,
+    build_random_sam3_model,
+    load_sam3_model,
+    parse_device,
+)
+
+DEFAULT_IMAGES_CPU = 1
+DEFAULT_IMAGES_GPU = 16
+
+
+@dataclass(frozen=True)
+class EncoderBenchConfig:
+    random_weights: bool = False
+    checkpoint: Path | None = None
+    bpe_path: Path | None = None
+    device: str = "cpu"
+    images: int | None = None  # None: 1 on a CPU, 16 on a GPU
+    batch_size: int = 1
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    grid_chunk: int = 8
+    seed: int = 0
+
+
+def machine_info(device: torch.device) -> dict:
+    from engine.envinfo import _cpu_name
+
+    info = {
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _timed(device: torch.device, fn: Callable, *args) -> tuple[float, object]:
+    """(seconds, result) of one call fn(*args), device work included."""
+    if device.type == "cuda":
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        result = fn(*args)
+        stop.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(stop) / 1000.0, result
+    begin = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - begin, result
+
+
+def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = print) -> dict:
+    """Time the backbone and the 5-prompt grounding; return the bench JSON object."""
+    if cfg.random_weights == (cfg.checkpoint is not None):
+        raise ConfigError("bench encoder needs exactly one of --random-weights or --checkpoint PATH")
+    if cfg.batch_size < 1 or (cfg.images is not None and cfg.images < 1):
+        raise ConfigError(f"--images and --batch-size must be >= 1, got {cfg.images} and {cfg.batch_size}")
+    device = parse_device(cfg.device)
+    n_images = cfg.images or (DEFAULT_IMAGES_GPU if device.type == "cuda" else DEFAULT_IMAGES_CPU)
+    batch = min(cfg.batch_size, n_images)
+    n_batches = -(-n_images // batch)
+
+    echo(f"building SAM3 ({'random weights' if cfg.random_weights else cfg.checkpoint}) on {device} ...")
+    begin = time.perf_counter()
+    if cfg.random_weights:
+        model = build_random_sam3_model(cfg.bpe_path, str(device), seed=cfg.seed)
+    else:
+        model = load_sam3_model(cfg.checkpoint, cfg.bpe_path, str(device))
+    build_s = time.perf_counter() - begin
+    source = Sam3Source(model, Sam3Config(checkpoint=cfg.checkpoint, bpe_path=cfg.bpe_path, device=str(device),
+                                          prompts=cfg.prompts, grid_chunk=cfg.grid_chunk))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images = torch.randint(0, 256, (batch, 3, MODEL_SIDE, MODEL_SIDE), dtype=torch.uint8, generator=gen).to(device)
+    taus = (0.5,)
+
+    echo(f"warm-up: one batch of {batch} ...")
+    backbone_out = source.encode_images(images)
+    source.ground(backbone_out, taus)
+
+    backbone_s = grounding_s = 0.0
+    for _ in range(n_batches):
+        seconds, backbone_out = _timed(device, source.encode_images, images)
+        backbone_s += seconds
+        seconds, _ = _timed(device, source.ground, backbone_out, taus)
+        grounding_s += seconds
+    timed_images = n_batches * batch
+
+    results = []
+    for name, seconds in (("backbone", backbone_s), (f"grounding_{len(cfg.prompts)}_prompts", grounding_s)):
+        results.append({
+            "name": name,
+            "ms_per_image": round(1000.0 * seconds / timed_images, 3),
+            "images_per_s": round(timed_images / seconds, 4),
+        })
+    report = {
+        "benchmark": "encoder",
+        "machine": machine_info(device),
+        "device": str(device),
+        "batch_size": batch,
+        "images": timed_images,
+        "image_side": MODEL_SIDE,
+        "model": "sam3 random weights" if cfg.random_weights else str(cfg.checkpoint),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "autocast": source.describe()["autocast"],
+        "prompts": list(cfg.prompts),
+        "grid_chunk": cfg.grid_chunk,
+        "build_seconds": round(build_s, 2),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "results": results,
+    }
+    echo(f"{'stage':<24}{'ms/image':>14}{'images/s':>12}   ({timed_images} images, batch {batch}, {device})")
+    for row in results:
+        echo(f"{row['name']:<24}{row['ms_per_image']:>14.1f}{row['images_per_s']:>12.4f}")
+    return report
