@@ -659,14 +659,45 @@ def _crop_gt(gt: np.ndarray, tile: tuple[int, int, int, int] | None, side: int =
     return out
 
 
-def _load_gt(item: Item, scheme: LabelScheme | None, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    if item.gt_path is None or scheme is None:
+class _FullImageCache:
+    """The last whole image and GT decoded in this process.
+
+    Tiles of one image are consecutive in the index and a batch goes to one worker, so
+    the tiles of a batch share one decode instead of one each.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple[Path, Path | None] | None = None
+        self.image: torch.Tensor | None = None
+        self.gt: np.ndarray | None = None
+
+
+def _read_full(item: Item, scheme: LabelScheme | None, cache: _FullImageCache | None, with_image: bool = True,
+               size: tuple[int, int] | None = None) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    """The whole image (3, H, W) uint8 (if with_image) and its UDD5 GT (H, W) (or None)."""
+    key = (item.image_path, item.gt_path)
+    if cache is not None and cache.key == key and (cache.image is not None or not with_image):
+        return cache.image, cache.gt
+    image = _decode_cpu(item.image_path) if with_image else None
+    if image is not None:
+        size = (image.shape[2], image.shape[1])
+    gt = None
+    if item.gt_path is not None and scheme is not None:
+        if not item.gt_path.is_file():
+            raise DataError(f"{item.gt_path}: ground truth missing; add it or remove {item.image_path.name}")
+        gt = read_gt(item.gt_path, scheme, size)
+    if cache is not None:
+        cache.key, cache.image, cache.gt = key, image, gt
+    return image, gt
+
+
+def _gt_grids(gt: np.ndarray | None, tile: tuple[int, int, int, int] | None) -> tuple[torch.Tensor, ...] | None:
+    """(crop at full resolution, 288 majority, 72 majority) or None without GT."""
+    if gt is None:
         return None
-    if not item.gt_path.is_file():
-        raise DataError(f"{item.gt_path}: ground truth missing; add it or remove {item.image_path.name}")
-    gt = _crop_gt(read_gt(item.gt_path, scheme, size), item.tile)
-    mask, tokens = majority_grids(gt, len(UDD5_CLASSES))
-    return torch.from_numpy(gt), torch.from_numpy(mask), torch.from_numpy(tokens)
+    crop = _crop_gt(gt, tile)
+    mask, tokens = majority_grids(crop, len(UDD5_CLASSES))
+    return torch.from_numpy(crop), torch.from_numpy(mask), torch.from_numpy(tokens)
 
 
 def _check_tile_fits(item: Item, size: tuple[int, int]) -> None:
@@ -676,18 +707,16 @@ def _check_tile_fits(item: Item, size: tuple[int, int]) -> None:
             raise DataError(f"{item.image_path}: image is {size[0]}x{size[1]}, smaller than when it was indexed; re-index")
 
 
-def load_item(index: DatasetIndex, i: int) -> LoadedItem:
+def load_item(index: DatasetIndex, i: int, *, _cache: _FullImageCache | None = None) -> LoadedItem:
     """Load item i on the CPU (PIL decode); DataError if the image or its GT is bad."""
     item = index.items[i]
-    scheme = SCHEMES.get(index.dataset)
-    image = _decode_cpu(item.image_path)
-    size = (image.shape[2], image.shape[1])
-    _check_tile_fits(item, size)
-    gt = _load_gt(item, scheme, size)
+    image, gt = _read_full(item, SCHEMES.get(index.dataset), _cache)
+    _check_tile_fits(item, (image.shape[2], image.shape[1]))
+    grids = _gt_grids(gt, item.tile)
     model_input = _crop_image(image, item.tile)
-    if gt is None:
+    if grids is None:
         return LoadedItem(item.image_id, i, model_input, None, None, None)
-    return LoadedItem(item.image_id, i, model_input, *gt)
+    return LoadedItem(item.image_id, i, model_input, *grids)
 
 
 @dataclass
@@ -711,6 +740,7 @@ class _ItemDataset(torch.utils.data.Dataset):
         self.index = index
         self.gpu_jpeg = gpu_jpeg
         self.scheme = SCHEMES.get(index.dataset)
+        self.cache = _FullImageCache() if index.mode == "tile" else None
 
     def __len__(self) -> int:
         return len(self.index.items)
@@ -724,7 +754,7 @@ class _ItemDataset(torch.utils.data.Dataset):
                 # reliably, a GPU decoder may not
                 if data.rstrip(b"\x00").endswith(b"\xff\xd9"):
                     return self._encoded(i, item, data)
-            loaded = load_item(self.index, i)
+            loaded = load_item(self.index, i, _cache=self.cache)
             loaded.gt_full = None  # not needed by the batch; spares the inter-process copy
             return loaded
         except DataError as err:
@@ -735,9 +765,10 @@ class _ItemDataset(torch.utils.data.Dataset):
     def _encoded(self, i: int, item: Item, data: bytes) -> _Encoded:
         size = image_size(item.image_path)
         _check_tile_fits(item, size)
-        gt = _load_gt(item, self.scheme, size)
+        _, gt = _read_full(item, self.scheme, self.cache, with_image=False, size=size)
+        grids = _gt_grids(gt, item.tile)
         return _Encoded(item.image_id, i, torch.frombuffer(bytearray(data), dtype=torch.uint8), item.tile, size,
-                        str(item.image_path), None if gt is None else gt[1], None if gt is None else gt[2])
+                        str(item.image_path), None if grids is None else grids[1], None if grids is None else grids[2])
 
 
 @dataclass

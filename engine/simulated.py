@@ -217,8 +217,8 @@ class SimulatedSource:
     def _token_colour(self, images: torch.Tensor) -> torch.Tensor:
         side = images.shape[-1]
         assert side % TOKEN_GRID == 0, f"image side {side} is not a multiple of {TOKEN_GRID}"
-        pooled = F.avg_pool2d(images.float(), kernel_size=side // TOKEN_GRID)  # (B, 3, 72, 72)
-        return (pooled.cpu() / 127.5) - 1.0
+        pooled = F.avg_pool2d(images.cpu().float(), kernel_size=side // TOKEN_GRID)  # (B, 3, 72, 72), on the CPU like the rest
+        return (pooled / 127.5) - 1.0
 
     # ------------------------------------------------------------------ one image
 

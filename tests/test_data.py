@@ -360,8 +360,11 @@ def test_tiles_cover_the_image_and_crop_image_and_gt_alike(tmp_path):
         np.testing.assert_array_equal(item.gt_full.numpy(), crop)
         assert torch.equal(item.gt_mask, majority_downsample(torch.from_numpy(crop)[None], 288, 5)[0])
         assert torch.equal(item.image, original[:, top : top + h, left : left + w])
-    (batch,) = list(make_loader(index, cfg, 4, "cpu"))
+    (batch,) = list(make_loader(index, cfg, 4, "cpu"))  # one decode shared by the 4 tiles
     assert batch.image_ids == ids and torch.equal(batch.images[3], original[:, 92:1100, 492:1500])
+    for i in range(4):
+        item = load_item(index, i)
+        assert torch.equal(batch.images[i], item.image) and torch.equal(batch.gt_tokens[i], item.gt_tokens)
 
 
 def test_small_image_in_tile_mode_is_padded_with_ignore(tmp_path):
