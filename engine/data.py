@@ -4,7 +4,7 @@ Layouts read (case of `.JPG`/`.jpg` does not matter):
 
     ROOT/{split}/src/*.JPG + ROOT/{split}/gt/*.png     (the UDD5 / UDD6 release)
     ROOT/UDD5/{split}/...  or ROOT/UDD6/{split}/...     (the folder above it)
-    ROOT/src + ROOT/gt                                   (one split, flat)
+    ROOT/src + ROOT/gt                                   (one split, flat; or ROOT = that src/)
     ROOT/*.jpg                                           (images only, no ground truth)
 
 Ground truth is always returned in the UDD5 class list `UDD5_CLASSES`, 255 = ignore.
@@ -24,7 +24,8 @@ Modes: `squash` resizes the whole image to 1008 x 1008 exactly as SAM3's process
 stride 1008 - tile_overlap, the last crop aligned to the far edge. A side shorter than
 1008 gives one crop of that length, padded to 1008 at the bottom/right with black
 pixels and ignored (255) ground truth. Image ids: `{stem}` (squash), `{stem}_r{top}_c{left}`
-(tile); with `split=None` over several splits, `{split}_` is prefixed.
+(tile); with `split=None` over several splits, `{split}_` is prefixed. In tile mode a
+worker decodes each image once for all its tiles in a batch.
 
 Bad input never stops a run silently: problems found while indexing (unreadable image
 header, missing GT, GT of the wrong size or mode, duplicate stems) are in
@@ -37,7 +38,8 @@ The GT grids (288 for masks, 72 for tokens) are majority votes over the FULL-RES
 GT with exactly the rule of `kernels.grid.majority_downsample` (pixel -> cell of its
 centre, 255 ignored, ties to the smallest class); `majority_grids` below computes both in
 one pass with numpy (~10x faster than the torch scatter on a 12 MP label map on CPU) and
-is tested equal to it.
+is tested equal to it. By that rule a GT smaller than 288 pixels on a side leaves whole
+rows/columns of mask cells without a pixel, hence ignored (255).
 
 Decoding: `decode="cpu"` decodes with PIL in the DataLoader workers; `decode="cuda"`
 reads the JPEG bytes in the workers and decodes them on the GPU with
@@ -281,6 +283,15 @@ def check_gt_header(img: Image.Image, path: Path, expected_size: tuple[int, int]
             f"{path}: ground truth is {img.size[0]}x{img.size[1]} but its image is "
             f"{expected_size[0]}x{expected_size[1]}; GT must have the image's size"
         )
+
+
+def check_gt_file(path: Path, expected_size: tuple[int, int] | None) -> None:
+    """check_gt_header on a file; DataError also when it is no image at all."""
+    try:
+        with Image.open(path) as img:
+            check_gt_header(img, path, expected_size)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: cannot read ground truth ({_one_line(err, path)}); re-export it as a PNG") from None
 
 
 def _raw_gt_markers(path: Path) -> tuple[bool, str] | None:
@@ -529,13 +540,9 @@ def index_dataset(cfg: DataConfig) -> DatasetIndex:
                 bad.append((base_id, str(path), f"{path}: no ground truth {gt_dir / (path.stem + '.png')}; add it or remove the image"))
                 continue
             try:
-                with Image.open(gt) as img:
-                    check_gt_header(img, gt, size)
+                check_gt_file(gt, size)
             except DataError as err:
                 bad.append((base_id, str(gt), err.message))
-                continue
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                bad.append((base_id, str(gt), f"{gt}: cannot read ground truth ({_one_line(err, gt)}); re-export it as a PNG"))
                 continue
         items.extend(_items_for(base_id, path, gt, cfg.mode, cfg.tile_overlap, size))
     return DatasetIndex(
@@ -563,8 +570,7 @@ def index_image(image: Path, gt: Path | None = None, *, mode: str = "squash", ti
         if resolved == "images":
             gt = None
         else:
-            with Image.open(gt) as img:
-                check_gt_header(img, gt, size)
+            check_gt_file(gt, size)
     items = _items_for(image.stem, image, gt, cfg.mode, cfg.tile_overlap, size)
     return DatasetIndex(
         root=image.parent, split=None, mode=mode, tile_overlap=tile_overlap, dataset=resolved, dataset_reason=reason,

@@ -424,6 +424,10 @@ def test_index_image_for_analyze(tmp_path):
     assert not index_image(image).has_gt
     with pytest.raises(DataError, match="no such ground-truth file"):
         index_image(image, tmp_path / "nope.png")
+    (tmp_path / "text.png").write_text("not a png")
+    with pytest.raises(DataError, match="cannot read ground truth") as err:
+        index_image(image, tmp_path / "text.png", dataset="udd5")
+    assert str(tmp_path / "text.png") in err.value.message
 
 
 # ----------------------------------------------------------------------------- decoding choice
