@@ -50,7 +50,7 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def enable_tf32(device: str) -> None:
+def set_matmul_precision(device: str) -> None:
     if device.startswith("cuda"):
         import torch
 
@@ -131,13 +131,239 @@ def bench_encoder(
     from bench.encoder import EncoderBenchConfig, run_encoder_bench
 
     set_threads(threads)
-    enable_tf32(device)
+    set_matmul_precision(device)
     cfg = EncoderBenchConfig(
         random_weights=random_weights, checkpoint=checkpoint, bpe_path=bpe, device=device,
         images=images, batch_size=batch_size,
     )
     result = run_encoder_bench(cfg, echo=typer.echo)
     write_json(json_path, result)
+
+
+class ModelChoice(str, Enum):
+    sam3 = "sam3"
+    simulated = "simulated"
+
+
+class ModeChoice(str, Enum):
+    squash = "squash"
+    tile = "tile"
+
+
+def build_run_config(
+    dataset: Path | None, out: Path, *, config: Path | None, model: ModelChoice, checkpoint: Path | None, bpe: Path | None,
+    split: str | None, mode: ModeChoice, tile_overlap: int, dataset_kind: str, device: str, batch_size: int, workers: int,
+    decode: str, backend: BackendChoice, alpha: str | None, clusters: str | None, dims: str | None, tau: str | None,
+    n_init: int | None, seed: int | None, limit: int | None, resume: bool, prompts: str | None, save_features: Path | None,
+    from_cache: Path | None, figures: int, explicit: set[str],
+):
+    """CLI options over run.toml over defaults; only options given on the command line override the file."""
+    from engine.config import RunConfig, load_toml, merge, parse_list
+
+    base = RunConfig(dataset=dataset, out=out)
+    if config is not None:
+        base = merge(base, load_toml(config))
+    cli = {
+        "dataset": dataset, "out": out, "model": model.value, "checkpoint": checkpoint, "bpe_path": bpe, "split": split,
+        "mode": mode.value, "tile_overlap": tile_overlap, "dataset_kind": dataset_kind, "device": device,
+        "batch_size": batch_size, "num_workers": workers, "decode": decode, "limit": limit, "resume": resume,
+        "save_features": save_features, "from_cache": from_cache, "figures": figures,
+    }
+    overrides = {k: v for k, v in cli.items() if k in explicit or config is None}
+    if prompts is not None:
+        names = tuple(p.strip() for p in prompts.split(",") if p.strip())
+        overrides["prompts"] = names
+        if len(names) != len(base.class_ids):
+            overrides["class_ids"] = tuple(range(len(names)))
+    analysis = {}
+    for key, text, cast, option in (("alphas", alpha, float, "--alpha"), ("ks", clusters, int, "--clusters"),
+                                    ("dims", dims, int, "--dims"), ("taus", tau, float, "--tau")):
+        values = parse_list(text, cast, option)
+        if values is not None:
+            analysis[key] = values
+    if n_init is not None:
+        analysis["n_init"] = n_init
+    if seed is not None:
+        analysis["seed"] = seed
+    if "backend" in explicit or config is None:
+        analysis["backend"] = backend.value
+    overrides["analysis"] = analysis
+    return merge(base, overrides).validate()
+
+
+def explicit_options(ctx: typer.Context) -> set[str]:
+    """Names of the options the user actually typed (so run.toml values survive the defaults)."""
+    from click.core import ParameterSource
+
+    names = {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    rename = {"bpe": "bpe_path", "workers": "num_workers"}  # parameter name -> RunConfig field
+    return {rename.get(n, n) for n in names}
+
+
+def print_summary(out: Path, echo) -> None:
+    from engine.store import read_rows
+    from engine.summary import render_summary, summarize
+
+    try:
+        table = summarize(read_rows(out))
+    except DatrError:
+        echo("no rows were written")
+        return
+    echo(render_summary(table, f"datr summary: {out}"))
+
+
+ModelOpt = Annotated[ModelChoice, typer.Option(help="sam3 (needs --checkpoint) or simulated (GT-derived stand-in, no weights).")]
+CheckpointOpt = Annotated[Path | None, typer.Option(help="SAM3 checkpoint sam3.pt (from the gated facebook/sam3 release).")]
+BpeOpt = Annotated[Path | None, typer.Option(help="BPE vocabulary; found in the open_clip package if omitted.")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (no silent fallback).")]
+BackendOpt = Annotated[BackendChoice, typer.Option(help="Clustering backend; auto records what it chose.")]
+AlphaOpt = Annotated[str | None, typer.Option(help="DATR blend alpha, a comma list is a grid (default 0.3).")]
+ClustersOpt = Annotated[str | None, typer.Option(help="KMeans k, a comma list is a grid (default 5).")]
+DimsOpt = Annotated[str | None, typer.Option(help="PCA dimensions d, a comma list is a grid (default 32).")]
+TauOpt = Annotated[str | None, typer.Option(help="Score threshold tau for kept queries, a comma list is a grid (default 0.5).")]
+ModeOpt = Annotated[ModeChoice, typer.Option(help="squash: SAM3's 1008 resize; tile: 1008 crops.")]
+
+
+@app.command()
+@user_errors
+def sweep(
+    ctx: typer.Context,
+    dataset: Annotated[Path | None, typer.Argument(help="UDD5 root (holding train/ val/), a split folder, or an image folder.")] = None,
+    out: Annotated[Path, typer.Option(help="Result folder (rows/*.parquet, errors.parquet, run.json).")] = Path("datr-out"),
+    model: ModelOpt = ModelChoice.simulated,
+    checkpoint: CheckpointOpt = None,
+    bpe: BpeOpt = None,
+    split: Annotated[str | None, typer.Option(help="Split folder to read.")] = "val",
+    mode: ModeOpt = ModeChoice.squash,
+    tile_overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 0,
+    dataset_kind: Annotated[str, typer.Option("--dataset", help="udd5, udd6, images or auto.")] = "auto",
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 4,
+    workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes.")] = 2,
+    decode: Annotated[str, typer.Option(help="JPEG decoding: cpu, cuda or auto.")] = "auto",
+    backend: BackendOpt = BackendChoice.auto,
+    alpha: AlphaOpt = None,
+    clusters: ClustersOpt = None,
+    dims: DimsOpt = None,
+    tau: TauOpt = None,
+    n_init: Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")] = None,
+    seed: Annotated[int | None, typer.Option(help="KMeans seed (default 0).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a sweep in --out, skipping finished images.")] = False,
+    prompts: Annotated[str | None, typer.Option(help="Comma list of text prompts, one per class in class order.")] = None,
+    save_features: Annotated[Path | None, typer.Option(help="Also write the feature cache (safetensors) here.")] = None,
+    from_cache: Annotated[Path | None, typer.Option(help="Analyse a feature cache instead of running the model.")] = None,
+    figures: Annotated[int, typer.Option(help="Draw the per-image figures for the first N images.")] = 0,
+    config: Annotated[Path | None, typer.Option(help="run.toml with run options and an [analysis] table.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Run the analysis over a dataset; results to --out (resumable)."""
+    set_threads(threads)
+    cfg = build_run_config(
+        dataset, out, config=config, model=model, checkpoint=checkpoint, bpe=bpe, split=split, mode=mode,
+        tile_overlap=tile_overlap, dataset_kind=dataset_kind, device=device, batch_size=batch_size, workers=workers,
+        decode=decode, backend=backend, alpha=alpha, clusters=clusters, dims=dims, tau=tau, n_init=n_init, seed=seed,
+        limit=limit, resume=resume, prompts=prompts, save_features=save_features, from_cache=from_cache,
+        figures=figures, explicit=explicit_options(ctx),
+    )
+    set_matmul_precision(cfg.device)
+    from engine.pipeline import run_sweep
+
+    result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=cfg.figures)
+    typer.echo(f"{result.images_done} images analysed, {result.images_skipped_resume} already done, "
+               f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
+    if cfg.figures:
+        draw_sweep_figures(result, cfg)
+    print_summary(cfg.out, typer.echo)
+
+
+def draw_sweep_figures(result, cfg) -> None:
+    try:
+        from engine.figures import draw_image_figures
+    except ImportError:
+        raise DatrError("figures need matplotlib; install the project with its dependencies") from None
+    for maps, row in result.maps:
+        draw_image_figures(maps, row, result, cfg, cfg.out / "figures")
+
+
+@app.command()
+@user_errors
+def analyze(
+    ctx: typer.Context,
+    image: Annotated[Path, typer.Argument(help="One image file.")],
+    out: Annotated[Path, typer.Option(help="Result folder.")],
+    gt: Annotated[Path | None, typer.Option(help="Its ground-truth PNG (index or colour).")] = None,
+    model: ModelOpt = ModelChoice.simulated,
+    checkpoint: CheckpointOpt = None,
+    bpe: BpeOpt = None,
+    mode: ModeOpt = ModeChoice.squash,
+    dataset_kind: Annotated[str, typer.Option("--dataset", help="udd5, udd6, images or auto.")] = "auto",
+    device: DeviceOpt = "cpu",
+    backend: BackendOpt = BackendChoice.auto,
+    alpha: AlphaOpt = None,
+    clusters: ClustersOpt = None,
+    dims: DimsOpt = None,
+    tau: TauOpt = None,
+    n_init: Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")] = None,
+    figures: Annotated[bool, typer.Option(help="Draw the paper's per-image figures.")] = True,
+    config: Annotated[Path | None, typer.Option(help="run.toml with run options and an [analysis] table.")] = None,
+) -> None:
+    """The paper's single-image analysis: rows, the summary table and every figure."""
+    from engine.data import index_image
+
+    index = index_image(image, gt, mode=mode.value, dataset=dataset_kind)
+    cfg = build_run_config(
+        image.parent, out, config=config, model=model, checkpoint=checkpoint, bpe=bpe, split=None, mode=mode,
+        tile_overlap=0, dataset_kind=dataset_kind, device=device, batch_size=1, workers=0, decode="cpu",
+        backend=backend, alpha=alpha, clusters=clusters, dims=dims, tau=tau, n_init=n_init, seed=None, limit=None,
+        resume=False, prompts=None, save_features=None, from_cache=None, figures=len(index.items) if figures else 0,
+        explicit=explicit_options(ctx) | {"split", "num_workers", "decode", "batch_size", "figures"},
+    )
+    set_matmul_precision(cfg.device)
+    from engine.pipeline import run_sweep
+
+    result = run_sweep(cfg, echo=typer.echo, show_progress=False, index=index, keep_figures=cfg.figures)
+    if cfg.figures:
+        draw_sweep_figures(result, cfg)
+    print_summary(cfg.out, typer.echo)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the scenes, the sweep and the report.")] = Path("demo-out"),
+    images: Annotated[int, typer.Option(min=1, help="Simulated scenes to generate.")] = 8,
+    device: DeviceOpt = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
+    figures: Annotated[int, typer.Option(min=0, help="Per-image figure sets to draw.")] = 1,
+) -> None:
+    """Simulated UDD5-like scenes end to end: sweep over an alpha grid, figures, report. No weights needed."""
+    from engine.config import AnalysisConfig, RunConfig
+    from engine.pipeline import run_sweep
+    from engine.scenes import write_scene_set
+
+    if out.exists() and any(out.iterdir()):
+        import shutil
+
+        if not (out / "scenes").is_dir() and not (out / "sweep").is_dir():
+            raise DatrError(f"--out {out}: exists and is not a previous demo folder; choose an empty or new folder")
+        shutil.rmtree(out)
+    typer.echo(f"demo: writing {images} SIMULATED scenes to {out / 'scenes'}")
+    root = write_scene_set(out / "scenes", images, seed=0)
+    cfg = RunConfig(dataset=root, out=out / "sweep", model="simulated", device=device, batch_size=batch_size,
+                    num_workers=0, figures=figures, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4)).validate()
+    set_matmul_precision(cfg.device)
+    result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)
+    if figures:
+        draw_sweep_figures(result, cfg)
+    print_summary(cfg.out, typer.echo)
+    try:
+        from engine.report import build_report
+    except ImportError:
+        return
+    index = build_report(cfg.out, echo=typer.echo)
+    typer.echo(f"report: {index}")
 
 
 def main() -> None:

@@ -1,0 +1,234 @@
+"""The analysis of one batch: DATR scopes -> one batched PCA/KMeans problem -> metric rows.
+
+Everything stays on the batch's device until the final metric columns are copied to the
+host once. Per image the problem axis holds the encoder tokens once and one DATR token
+set per (tau, alpha, scope); scopes are `global` (one softmax over all prompts' kept
+queries) and one per prompt. PCA is fitted once at the largest d of the grid and its
+leading columns serve every smaller d (they are the same eigenvectors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.config import AnalysisConfig
+from engine.source import SourceBatch
+from kernels.backends import ClusterBackend
+from kernels.datr import attend_queries, compact_kept, mask_weights
+from kernels.metrics import (
+    align_to_reference,
+    ari_from_contingency,
+    calinski_harabasz,
+    contingency,
+    cosine_distance,
+    davies_bouldin,
+    flip_ratio,
+    majority_filter,
+    mask_iou,
+    masked_mean,
+    matched_accuracy,
+    nmi_from_contingency,
+    silhouette_sampled,
+)
+from kernels.pca import pca_transform
+
+ENCODER = "encoder"
+GLOBAL = "global"
+
+
+@dataclass
+class Slot:
+    """What one entry of the per-image problem axis is."""
+
+    scope: str
+    kind: str  # "encoder" | "global" | "class"
+    class_id: int | None
+    tau: float | None
+    alpha: float | None
+    tau_index: int | None
+    scope_index: int | None  # index into (global, prompt_0, ...)
+
+
+@dataclass
+class BatchMaps:
+    """Label maps of the first grid point (d, k), for figures. Shapes use M slots, S scopes."""
+
+    slots: list[Slot]
+    d: int
+    k: int
+    labels: torch.Tensor  # (B, M, H, W) aligned to the encoder labels (slot 0 = encoder)
+    labels_processed: torch.Tensor  # (B, M, H, W) after the 3x3 filter, aligned on filtered maps
+    effective: torch.Tensor  # (B, M, H, W) bool
+    mask_weights: torch.Tensor  # (B, T, S, H, W)
+    encoder_pca: torch.Tensor  # (B, H, W, 3) first three PCA coordinates of the encoder tokens
+    gt_tokens: torch.Tensor | None  # (B, H, W)
+
+
+@dataclass
+class BatchResult:
+    columns: dict[str, list]  # one entry per row (image x slot x (d, k))
+    maps: BatchMaps | None
+
+
+def build_slots(cfg: AnalysisConfig, prompts: tuple[str, ...], class_ids: tuple[int, ...]) -> list[Slot]:
+    slots = [Slot(ENCODER, "encoder", None, None, None, None, None)]
+    scopes = [(GLOBAL, "global", None)] + [(p, "class", c) for p, c in zip(prompts, class_ids, strict=True)]
+    for ti, tau in enumerate(cfg.taus):
+        for alpha in cfg.alphas:
+            for si, (name, kind, cid) in enumerate(scopes):
+                slots.append(Slot(name, kind, cid, tau, alpha, ti, si))
+    return slots
+
+
+def analyze_batch(
+    batch: SourceBatch,
+    cfg: AnalysisConfig,
+    backend: ClusterBackend,
+    prompts: tuple[str, ...],
+    class_ids: tuple[int, ...],
+    num_classes: int,
+    gt_tokens: torch.Tensor | None = None,
+    gt_mask: torch.Tensor | None = None,
+    keep_maps: bool = False,
+) -> BatchResult:
+    """Run the whole analysis on one batch; gt_* are (B, 72, 72) / (B, 288, 288) or None."""
+    feats = batch.features.float()
+    b, c, h, w = feats.shape
+    n = h * w
+    p = len(prompts)
+    assert batch.queries.shape[1] == p, f"queries carry {batch.queries.shape[1]} prompts, config has {p}"
+    dev = feats.device
+    tokens = feats.flatten(2).transpose(1, 2).contiguous()  # (B, N, C)
+    queries = batch.queries.to(dev).float()
+    q = queries.shape[2]
+    slots = build_slots(cfg, prompts, class_ids)
+    m = len(slots)
+    s_count = p + 1
+    t_count, a_count = len(cfg.taus), len(cfg.alphas)
+
+    problems = torch.empty(b, m, n, c, dtype=tokens.dtype, device=dev)
+    problems[:, 0] = tokens
+    effective = torch.zeros(b, m, n, dtype=torch.bool, device=dev)
+    kept_count = torch.zeros(b, m, dtype=torch.long, device=dev)
+    cos_dist = torch.full((b, m), float("nan"), dtype=torch.float64, device=dev)
+    shift = torch.full((b, m), float("nan"), dtype=torch.float64, device=dev)
+    iou = torch.full((b, m), float("nan"), dtype=torch.float64, device=dev)
+    weights_all = torch.zeros(b, t_count, s_count, n, device=dev)
+    class_t = torch.tensor(class_ids, device=dev)
+
+    for ti, tau in enumerate(cfg.taus):
+        kept = batch.scores.to(dev) >= tau  # (B, P, Q)
+        w_class = mask_weights(batch.query_masks.to(dev), kept)  # (B, P, N)
+        weights = torch.cat([w_class.amax(1, keepdim=True), w_class], 1)  # (B, S, N)
+        weights_all[:, ti] = weights
+        eff = weights >= cfg.effective_threshold
+        keys_c, mask_c = compact_kept(queries, kept)
+        keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q))
+        attended = torch.cat([attend_queries(tokens, keys_g, mask_g), attend_queries(tokens, keys_c, mask_c)], 1)
+        counts = torch.cat([kept.sum((1, 2))[:, None], kept.sum(2)], 1)  # (B, S)
+        paper_cos = masked_mean(cosine_distance(tokens[:, None], attended), eff)  # (B, S)
+        scope_iou = None
+        if gt_mask is not None:
+            union = batch.union_masks[:, ti].to(dev)
+            scope_iou = torch.cat([torch.full((b, 1), float("nan"), dtype=torch.float64, device=dev),
+                                   mask_iou(union, gt_mask.to(dev), class_t)], 1)
+        for ai, alpha in enumerate(cfg.alphas):
+            lo = 1 + (ti * a_count + ai) * s_count
+            sl = slice(lo, lo + s_count)
+            problems[:, sl] = tokens[:, None] + alpha * attended
+            effective[:, sl] = eff
+            kept_count[:, sl] = counts
+            cos_dist[:, sl] = paper_cos
+            shift[:, sl] = masked_mean(cosine_distance(tokens[:, None], problems[:, sl]), eff)
+            if scope_iou is not None:
+                iou[:, sl] = scope_iou
+        del attended
+
+    flat = problems.reshape(b * m, n, c)
+    fit = backend.pca_fit(flat, max(cfg.dims))
+    projected = pca_transform(flat, fit)  # (B*M, N, dmax)
+    del problems, flat
+
+    gt_flat = valid = None
+    if gt_tokens is not None:
+        gt_flat = gt_tokens.to(dev).reshape(b, 1, n).expand(b, m, n).reshape(b * m, n).long()
+        valid = gt_flat != 255
+
+    columns: dict[str, list] = {}
+    maps = None
+    eff_flat = effective.reshape(b * m, n)
+    for d in cfg.dims:
+        z = projected[..., :d].contiguous()
+        evr = fit.explained_variance_ratio[:, :d].sum(-1)
+        for k in cfg.ks:
+            km = backend.kmeans(z, k, n_init=cfg.n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
+            labels = km.labels.reshape(b, m, n)
+            enc = labels[:, :1].expand(b, m, n).reshape(b * m, n)
+            lab = labels.reshape(b * m, n)
+            aligned = align_to_reference(lab, enc, k)
+            flips = flip_ratio(aligned, enc, eff_flat)
+            filtered = majority_filter(lab.reshape(b * m, h, w), k).reshape(b * m, n)
+            enc_f = filtered.reshape(b, m, n)[:, :1].expand(b, m, n).reshape(b * m, n)
+            aligned_f = align_to_reference(filtered, enc_f, k)
+            flips_p = flip_ratio(aligned_f, enc_f, eff_flat)
+            metric = {
+                "flip_ratio": flips, "flip_ratio_processed": flips_p,
+                "inertia": km.inertia.double(), "n_iter": km.n_iter,
+                "explained_variance_ratio": evr.double(),
+                "silhouette": silhouette_sampled(z, lab, k, cfg.silhouette_sample, seed=cfg.seed),
+                "calinski_harabasz": calinski_harabasz(z, lab, k),
+                "davies_bouldin": davies_bouldin(z, lab, k),
+            }
+            if gt_flat is not None:
+                table = contingency(lab, gt_flat, k, num_classes, valid)
+                metric.update(accuracy=matched_accuracy(table), nmi=nmi_from_contingency(table), ari=ari_from_contingency(table))
+            append_rows(columns, batch.image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou, gt_flat is not None)
+            if keep_maps and maps is None:
+                maps = BatchMaps(
+                    slots=slots, d=d, k=k,
+                    labels=aligned.reshape(b, m, h, w).cpu(),
+                    labels_processed=aligned_f.reshape(b, m, h, w).cpu(),
+                    effective=effective.reshape(b, m, h, w).cpu(),
+                    mask_weights=weights_all.reshape(b, t_count, s_count, h, w).cpu(),
+                    encoder_pca=projected.reshape(b, m, n, -1)[:, 0, :, :3].reshape(b, h, w, -1).cpu(),
+                    gt_tokens=None if gt_tokens is None else gt_tokens.cpu(),
+                )
+    return BatchResult(columns=columns, maps=maps)
+
+
+def append_rows(columns, image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou, has_gt) -> None:
+    """Extend the column lists with one row per (image, slot) for this grid point."""
+    b, m = kept_count.shape
+    host = {name: t.reshape(b, m).cpu().numpy() for name, t in metric.items()}
+    eff_count = effective.sum(-1).cpu().numpy()
+    kept_np, cos_np, shift_np, iou_np = (t.cpu().numpy() for t in (kept_count, cos_dist, shift, iou))
+    names = ["flip_ratio", "flip_ratio_processed", "cos_distance", "datr_shift", "iou", "accuracy", "nmi", "ari",
+             "silhouette", "calinski_harabasz", "davies_bouldin", "inertia", "explained_variance_ratio"]
+    for i, image_id in enumerate(image_ids):
+        for j, slot in enumerate(slots):
+            encoder = slot.kind == "encoder"
+            row = {
+                "image_id": image_id, "scope": slot.scope, "scope_kind": slot.kind,
+                "class_id": slot.class_id, "tau": slot.tau, "alpha": slot.alpha, "d": d, "k": k,
+                "kept_queries": None if encoder else int(kept_np[i, j]),
+                "effective_tokens": None if encoder else int(eff_count[i, j]),
+                "n_tokens": int(effective.shape[-1]),
+                "n_iter": int(host["n_iter"][i, j]),
+            }
+            values = {
+                "flip_ratio": host["flip_ratio"][i, j], "flip_ratio_processed": host["flip_ratio_processed"][i, j],
+                "cos_distance": cos_np[i, j], "datr_shift": shift_np[i, j], "iou": iou_np[i, j],
+                "accuracy": host["accuracy"][i, j] if has_gt else np.nan,
+                "nmi": host["nmi"][i, j] if has_gt else np.nan, "ari": host["ari"][i, j] if has_gt else np.nan,
+                "silhouette": host["silhouette"][i, j], "calinski_harabasz": host["calinski_harabasz"][i, j],
+                "davies_bouldin": host["davies_bouldin"][i, j], "inertia": host["inertia"][i, j],
+                "explained_variance_ratio": host["explained_variance_ratio"][i, j],
+            }
+            for name in names:
+                v = float(values[name])
+                row[name] = None if np.isnan(v) else v
+            for key, value in row.items():
+                columns.setdefault(key, []).append(value)

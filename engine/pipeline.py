@@ -1,0 +1,294 @@
+"""The sweep: loader -> source (SAM3 or simulated) -> batched analysis -> Parquet rows.
+
+One device, one batched analysis call per batch (no loop over images, prompts or
+problems); the DataLoader's workers load ahead and a writer thread writes shards
+while the next batch computes. Results and errors land as ResultStore describes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.analysis import BatchMaps, analyze_batch
+from engine.config import RunConfig
+from engine.errors import BackendError, DataError, DatrError
+from engine.store import ResultStore
+from kernels.backends import BackendUnavailable, resolve_backend
+
+
+@dataclass
+class StageTimer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, start: float, device: torch.device | None = None) -> float:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
+        return now
+
+
+@dataclass
+class SweepResult:
+    out: Path
+    images_done: int
+    images_skipped_resume: int
+    errors: int
+    seconds: float
+    run: dict
+    maps: list[tuple[BatchMaps, int]] = field(default_factory=list)  # (maps, row in batch) for figures
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # image_id -> (3, S, S) uint8, figures only
+    mask_probs: dict[str, torch.Tensor] = field(default_factory=dict)  # image_id -> (P, Q, 288, 288), figures only
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict:
+    import numpy
+    import pyarrow
+    import sklearn
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "sklearn": sklearn.__version__, "pyarrow": pyarrow.__version__}
+    try:
+        from importlib.metadata import version
+
+        out["sam3"] = version("sam3")
+    except Exception:  # noqa: BLE001 -- not installed is fine here
+        out["sam3"] = None
+    return out
+
+
+def parse_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BackendError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise BackendError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type != "cpu":
+        raise BackendError(f"--device {name}: only cpu and cuda devices are supported")
+    return device
+
+
+def build_source(cfg: RunConfig, device: torch.device):
+    if cfg.model == "simulated":
+        from engine.simulated import SimulatedConfig, SimulatedSource
+
+        return SimulatedSource(cfg.prompts, cfg.class_ids, device, SimulatedConfig(seed=cfg.simulated_seed))
+    from engine.sam3_adapter import Sam3Config, Sam3Source
+
+    return Sam3Source.from_config(Sam3Config(checkpoint=cfg.checkpoint, bpe_path=cfg.bpe_path, device=str(device),
+                                             prompts=cfg.prompts, grid_chunk=cfg.grid_chunk))
+
+
+def progress_bar(total: int, enabled: bool):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled, transient=False,
+    )
+
+
+def run_sweep(
+    cfg: RunConfig,
+    echo: Callable[[str], None] = print,
+    show_progress: bool = True,
+    index=None,
+    keep_figures: int = 0,
+) -> SweepResult:
+    """Run (or resume) a sweep as configured; returns counts and, for figures, the first maps."""
+    cfg.validate()
+    started = time.perf_counter()
+    device = parse_device(cfg.device)
+    store = ResultStore(cfg.out, cfg.resume)
+    try:
+        backend, backend_reason = resolve_backend(cfg.analysis.backend, device)
+    except BackendUnavailable as err:
+        raise BackendError(f"--backend {cfg.analysis.backend}: {err}") from None
+    echo(f"backend: {backend.name} ({backend_reason})")
+    timer = StageTimer()
+
+    cache_reader = None
+    data_info: dict = {}
+    if cfg.from_cache is not None:
+        from engine.cache import FeatureCacheReader
+
+        cache_reader = FeatureCacheReader(cfg.from_cache)
+        if cache_reader.prompts != tuple(cfg.prompts):
+            raise DataError(f"--from-cache {cfg.from_cache}: cached prompts {list(cache_reader.prompts)} differ from --prompts {list(cfg.prompts)}")
+        all_ids = cache_reader.image_ids
+        source = None
+        source_info = {"model": "cache", **cache_reader.describe()}
+        num_classes = 5
+    else:
+        from engine.data import DataConfig, index_dataset
+
+        data_cfg = DataConfig(root=cfg.dataset, split=cfg.split, mode=cfg.mode, tile_overlap=cfg.tile_overlap,
+                              dataset=cfg.dataset_kind, num_workers=cfg.num_workers, decode=cfg.decode, limit=cfg.limit)
+        if index is None:
+            index = index_dataset(data_cfg)
+        data_info = index.describe()
+        echo(f"data: {len(index.items)} items from {index.num_images} images ({index.dataset}: {index.dataset_reason}), mode {index.mode}")
+        if not index.has_gt and cfg.model == "simulated":
+            raise DataError(f"{cfg.dataset}: the simulated model needs ground truth (gt/ PNGs); use --model sam3 with --checkpoint, or a dataset with gt/")
+        all_ids = [it.image_id for it in index.items]
+        num_classes = len(index.classes)
+        t0 = time.perf_counter()
+        source = build_source(cfg, device)
+        timer.add("model_load", t0)
+        source_info = source.describe()
+    finished = store.finished_ids() if cfg.resume else set()
+    todo = [i for i, image_id in enumerate(all_ids) if image_id not in finished]
+    if cfg.resume:
+        echo(f"resume: {len(all_ids) - len(todo)} items already done, {len(todo)} to go")
+    if not all_ids:
+        raise DataError(f"{cfg.dataset}: no images to analyse")
+
+    run = {
+        "status": "running",
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "config": cfg.to_json(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "backend": {"requested": cfg.analysis.backend, "used": backend.name, "reason": backend_reason},
+        "source": source_info,
+        "simulated": bool(source_info.get("simulated", False)),
+        "data": data_info,
+        "num_items": len(all_ids),
+    }
+    store.write_run_json(run)
+
+    cache_writer = None
+    if cfg.save_features is not None:
+        from engine.cache import FeatureCacheWriter
+
+        cache_writer = FeatureCacheWriter(cfg.save_features, cfg.prompts, cfg.class_ids, cfg.analysis.taus, source_info)
+
+    if cache_reader is not None:
+        batches = (("cache", b) for b in cache_reader.batches(todo, cfg.batch_size, cfg.analysis.taus, device))
+    else:
+        from engine.data import make_loader
+
+        loader = make_loader(index, data_cfg, cfg.batch_size, device, indices=todo)
+        run["loader"] = loader.describe()
+        store.write_errors([e for e in index.bad if e[0] not in finished], "index")
+        batches = (("data", b) for b in loader)
+
+    result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=len(all_ids) - len(todo), errors=0, seconds=0.0, run=run)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datr-writer")
+    pending = []
+    figures_left = keep_figures
+    try:
+        with progress_bar(len(todo), show_progress) as bar:
+            task = bar.add_task("sweep", total=len(todo), rate="")
+            t_batch = time.perf_counter()
+            for kind, batch in batches:
+                timer.add("load", t_batch)
+                if kind == "cache":
+                    src, gt_mask, gt_tokens, positions = batch.source, batch.gt_mask, batch.gt_tokens, batch.positions
+                    images = None
+                else:
+                    if batch.errors:
+                        store.write_errors(batch.errors, f"{batch.indices[0] if batch.indices else 0:06d}")
+                        for image_id, _path, message in batch.errors:
+                            echo(f"skipped {image_id}: {message}")
+                        bar.advance(task, len(batch.errors))
+                    if not batch.image_ids:
+                        t_batch = time.perf_counter()
+                        continue
+                    positions = batch.indices
+                    gt_mask, gt_tokens = batch.gt_mask, batch.gt_tokens
+                    images = batch.images.to(device, non_blocking=True)
+                    t0 = time.perf_counter()
+                    try:
+                        src = source.run_batch(images, batch.image_ids, cfg.analysis.taus, gt_mask=gt_mask, gt_tokens=gt_tokens,
+                                               keep_mask_probs=figures_left > 0)
+                    except torch.OutOfMemoryError:
+                        raise DatrError(f"out of memory on {device} at --batch-size {cfg.batch_size}; lower --batch-size") from None
+                    timer.add("model", t0, device)
+                    if cache_writer is not None:
+                        t0 = time.perf_counter()
+                        cache_writer.write(src, gt_mask, gt_tokens)
+                        timer.add("cache_write", t0)
+                t0 = time.perf_counter()
+                try:
+                    out = analyze_batch(src, cfg.analysis, backend, cfg.prompts, cfg.class_ids, num_classes,
+                                        gt_tokens=None if gt_tokens is None else gt_tokens.to(device),
+                                        gt_mask=None if gt_mask is None else gt_mask.to(device),
+                                        keep_maps=figures_left > 0)
+                except torch.OutOfMemoryError:
+                    raise DatrError(f"out of memory on {device} in the analysis at --batch-size {cfg.batch_size}; lower --batch-size") from None
+                except ValueError as err:  # NaN/inf features and the like, from the kernels
+                    raise DataError(f"batch starting at {src.image_ids[0]}: {err}") from None
+                timer.add("analysis", t0, device)
+                if out.maps is not None and figures_left > 0:
+                    for row in range(min(figures_left, len(src.image_ids))):
+                        result.maps.append((out.maps, row))
+                        image_id = src.image_ids[row]
+                        if images is not None:
+                            result.images[image_id] = images[row].cpu()
+                        if src.mask_probs is not None:
+                            result.mask_probs[image_id] = src.mask_probs[row].cpu()
+                        result.scores[image_id] = src.scores[row].cpu()
+                    figures_left -= min(figures_left, len(src.image_ids))
+                pending.append(writer.submit(store.write_rows, out.columns, positions[0]))
+                for done in [f for f in pending if f.done()]:
+                    done.result()  # surface write errors early
+                    pending.remove(done)
+                result.images_done += len(src.image_ids)
+                bar.advance(task, len(src.image_ids))
+                elapsed = time.perf_counter() - started
+                bar.update(task, rate=f"{result.images_done / max(elapsed, 1e-9):.2f} img/s")
+                t_batch = time.perf_counter()
+        for f in pending:
+            f.result()
+    finally:
+        writer.shutdown(wait=True)
+        t0 = time.perf_counter()
+        result.errors = store.merge_errors()
+        timer.add("write", t0)
+        result.seconds = time.perf_counter() - started
+        run.update({
+            "status": "complete" if result.images_done + result.errors >= len(todo) else "interrupted",
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "images_done_this_run": result.images_done,
+            "images_skipped_resume": result.images_skipped_resume,
+            "errors": result.errors,
+            "seconds": result.seconds,
+            "seconds_per_stage": timer.seconds,
+        })
+        store.write_run_json(run)
+    return result
