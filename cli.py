@@ -366,6 +366,35 @@ def demo(
     typer.echo(f"report: {index}")
 
 
+@app.command()
+@user_errors
+def report(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder.")],
+    formats: Annotated[str, typer.Option(help="Figure formats, comma list of png, pdf, svg.")] = "png",
+) -> None:
+    """Dataset-level figures and DIR/report/index.html from a sweep's results."""
+    from engine.report import build_report
+
+    index = build_report(sweep_dir, echo=typer.echo, formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
+    typer.echo(f"report: {index}")
+
+
+@app.command()
+@user_errors
+def parity(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the parity table as JSON here.")] = None,
+    device: Annotated[str | None, typer.Option(help="Only this device (default: every device present).")] = None,
+) -> None:
+    """Every available backend and device against the scikit-learn reference; exit 1 on a breach."""
+    from bench.parity import run_parity
+
+    result = run_parity(device=device, echo=typer.echo)
+    write_json(json_path, result)
+    if not result["ok"]:
+        typer.echo("parity breach: see the table above", err=True)
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()
