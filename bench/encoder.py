@@ -43,6 +43,8 @@ class EncoderBenchConfig:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     grid_chunk: int = 8
     seed: int = 0
+    image_side: int = MODEL_SIDE  # tests only: a smaller side for the tiny model
+    model_factory: Callable[[str], torch.nn.Module] | None = None  # tests only: the tiny model
 
 
 def machine_info(device: torch.device) -> dict:
@@ -91,14 +93,15 @@ def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = p
     echo(f"building SAM3 ({'random weights' if cfg.random_weights else cfg.checkpoint}) on {device} ...")
     begin = time.perf_counter()
     if cfg.random_weights:
-        model = build_random_sam3_model(cfg.bpe_path, str(device), seed=cfg.seed)
+        model = build_random_sam3_model(cfg.bpe_path, str(device), seed=cfg.seed, model_factory=cfg.model_factory)
     else:
-        model = load_sam3_model(cfg.checkpoint, cfg.bpe_path, str(device))
+        model = load_sam3_model(cfg.checkpoint, cfg.bpe_path, str(device), model_factory=cfg.model_factory)
     build_s = time.perf_counter() - begin
     source = Sam3Source(model, Sam3Config(checkpoint=cfg.checkpoint, bpe_path=cfg.bpe_path, device=str(device),
                                           prompts=cfg.prompts, grid_chunk=cfg.grid_chunk))
     gen = torch.Generator().manual_seed(cfg.seed)
-    images = torch.randint(0, 256, (batch, 3, MODEL_SIDE, MODEL_SIDE), dtype=torch.uint8, generator=gen).to(device)
+    side = cfg.image_side
+    images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=gen).to(device)
     taus = (0.5,)
 
     echo(f"warm-up: one batch of {batch} ...")
@@ -126,14 +129,14 @@ def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = p
         "device": str(device),
         "batch_size": batch,
         "images": timed_images,
-        "image_side": MODEL_SIDE,
+        "image_side": side,
         "model": "sam3 random weights" if cfg.random_weights else str(cfg.checkpoint),
         "parameters": sum(p.numel() for p in model.parameters()),
         "autocast": source.describe()["autocast"],
         "prompts": list(cfg.prompts),
         "grid_chunk": cfg.grid_chunk,
         "build_seconds": round(build_s, 2),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "config": {k: v if isinstance(v, (bool, int, float, tuple, type(None))) else str(v) for k, v in asdict(cfg).items()},
         "results": results,
     }
     echo(f"{'stage':<24}{'ms/image':>14}{'images/s':>12}   ({timed_images} images, batch {batch}, {device})")

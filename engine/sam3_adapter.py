@@ -392,6 +392,8 @@ class Sam3Source:
         self.prompts = tuple(config.prompts)
         self.device = next(model.parameters()).device
         assert_on_device(model, self.device)
+        if parse_device(config.device) != self.device:
+            raise ConfigError(f"the model is on {self.device} but the config asks for device {config.device!r}")
         self.autocast = autocast_dtype(config.autocast, self.device)
         self.random_weights = config.checkpoint is None
         # the prompts do not depend on the image: encode them once for the whole run
@@ -412,8 +414,9 @@ class Sam3Source:
         return cls(load_sam3_model(config.checkpoint, config.bpe_path, config.device), config)
 
     def _context(self):
+        # no_grad rather than inference_mode: what we hand on must allow in-place updates
         stack = contextlib.ExitStack()
-        stack.enter_context(torch.inference_mode())
+        stack.enter_context(torch.no_grad())
         if self.autocast is not None:
             stack.enter_context(torch.autocast(device_type=self.device.type, dtype=self.autocast))
         return stack
@@ -462,7 +465,8 @@ class Sam3Source:
                     backbone_out={**backbone_out, **self.text}, find_input=find, find_target=None,
                     geometric_prompt=self.model._get_dummy_prompt(num_prompts=stop - start),
                 )
-            reduced = self._reduce(result, taus, keep_mask_probs, side)
+            with torch.no_grad():  # outside autocast: the reduction runs in float32
+                reduced = self._reduce(result, taus, keep_mask_probs, side)
             del result
             for key, value in reduced.items():
                 if key not in out:
@@ -502,7 +506,13 @@ class Sam3Source:
         gt_tokens: torch.Tensor | None = None,
         keep_mask_probs: bool = False,
     ) -> SourceBatch:
-        """(B, 3, S, S) uint8 images -> SourceBatch. The ground truth is not used."""
+        """(B, 3, S, S) uint8 images -> SourceBatch. The ground truth is not used.
+
+        Besides the contract's fields, `extra` holds "kept" (B, T, P, Q) bool = scores >= taus[t]
+        and the grid sides ("token_grid", "mask_grid": 72 and 288 for the full model).
+        `encoder_memory`, when asked for, is per prompt: (B, P, h*w, C) float32 -- the
+        encoder fuses the text into the image tokens, so each prompt has its own memory.
+        """
         b = images.shape[0]
         assert len(image_ids) == b, f"{len(image_ids)} image ids for {b} images"
         taus = tuple(float(t) for t in taus)
@@ -519,17 +529,24 @@ class Sam3Source:
         def per_image(t: torch.Tensor) -> torch.Tensor:  # (B*P, ...) -> (B, P, ...)
             return t.view(b, p, *t.shape[1:])
 
+        scores = per_image(grid["scores"])
+        tau_column = torch.tensor(taus, dtype=scores.dtype, device=scores.device).view(1, -1, 1, 1)
+
         return SourceBatch(
             image_ids=list(image_ids),
             features=features,
             queries=per_image(grid["queries"]),
-            scores=per_image(grid["scores"]),
+            scores=scores,
             query_masks=per_image(grid["query_masks"]),
             union_masks=per_image(grid["union_masks"]).transpose(1, 2).contiguous(),  # (B, T, P, M, M)
             taus=taus,
             mask_probs=per_image(grid["mask_probs"]) if keep_mask_probs else None,
             encoder_memory=per_image(grid["encoder_memory"]) if self.config.encoder_memory else None,
-            extra={"token_grid": features.shape[-1], "mask_grid": mask_side},
+            extra={
+                "kept": scores[:, None] >= tau_column,  # (B, T, P, Q)
+                "token_grid": features.shape[-1],
+                "mask_grid": mask_side,
+            },
         )
 
     def describe(self) -> dict:

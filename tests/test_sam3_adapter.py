@@ -236,6 +236,12 @@ def test_config_is_checked():
         Sam3Source.from_config(Sam3Config(checkpoint=None))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_source_device_must_match_the_model(model):
+    with pytest.raises(BackendError, match="CUDA is not available"):
+        Sam3Source(model, Sam3Config(checkpoint=None, device="cuda"))
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -243,13 +249,15 @@ def test_batch_shapes_dtypes_and_ranges(grid, taus, model, images):
     b, p, q, c = 2, len(PROMPTS), 200, 256
     side, mask_side = TINY_SIDE // 14, 4 * (TINY_SIDE // 14)
     assert grid.features.shape == (b, c, side, side) and grid.features.dtype == torch.float32
+    assert not grid.features.is_inference() and not grid.queries.is_inference()  # downstream may update in place
     assert grid.queries.shape == (b, p, q, c) and grid.queries.dtype == torch.float32
     assert grid.scores.shape == (b, p, q) and grid.scores.dtype == torch.float32
     assert grid.query_masks.shape == (b, p, q, side, side) and grid.query_masks.dtype == torch.float16
     assert grid.union_masks.shape == (b, len(taus), p, mask_side, mask_side) and grid.union_masks.dtype == torch.bool
     assert grid.mask_probs.shape == (b, p, q, mask_side, mask_side) and grid.mask_probs.dtype == torch.float16
     assert grid.encoder_memory.shape == (b, p, side * side, c) and grid.encoder_memory.dtype == torch.float32
-    assert grid.extra == {"token_grid": side, "mask_grid": mask_side}
+    assert grid.extra["token_grid"] == side and grid.extra["mask_grid"] == mask_side
+    assert grid.extra["kept"].shape == (b, len(taus), p, q) and grid.extra["kept"].dtype == torch.bool
     for t in (grid.features, grid.queries, grid.scores, grid.query_masks, grid.mask_probs, grid.encoder_memory):
         assert torch.isfinite(t.float()).all()
     assert (grid.scores >= 0).all() and (grid.scores <= 1).all()
@@ -265,8 +273,10 @@ def test_kept_and_union_masks_follow_scores_and_taus(grid, taus):
     probs = grid.mask_probs.float()  # (B, P, Q, M, M)
     assert grid.union_masks[:, 0].any(), "tau = 0 keeps every query: some pixel must be foreground"
     assert not grid.union_masks[:, -1].any(), "tau > 1 keeps no query"
+    assert grid.extra["kept"][:, 1].any() and not grid.extra["kept"][:, 1].all(), "the median keeps about half"
     for t, tau in enumerate(taus):
         kept = grid.scores >= tau  # (B, P, Q)
+        assert torch.equal(grid.extra["kept"][:, t], kept)
         expected = ((probs >= 0.5) & kept[..., None, None]).any(dim=2)
         # mask_probs are float16: a probability within one step of 0.5 may round across it
         near_half = ((probs - 0.5).abs() < 1e-3).any(dim=2)
@@ -355,6 +365,26 @@ def test_describe_records_the_run(model, checkpoint):
     assert info["prompts"] == list(PROMPTS) and info["device"] == "cpu" and info["autocast"] == "off"
     assert info["parameters"] == sum(p.numel() for p in model.parameters())
     json.dumps(info)  # goes into run.json as is
+
+
+def test_encoder_bench_report(tmp_path):
+    """The bench JSON contract (machine, device, batch_size, results), on the tiny model."""
+    from bench.encoder import EncoderBenchConfig, run_encoder_bench
+
+    lines = []
+    cfg = EncoderBenchConfig(random_weights=True, device="cpu", images=2, batch_size=2, image_side=TINY_SIDE,
+                             model_factory=build_tiny_sam3)
+    report = run_encoder_bench(cfg, echo=lines.append)
+    assert report["device"] == "cpu" and report["batch_size"] == 2 and report["images"] == 2
+    assert {"platform", "cpu", "torch"} <= set(report["machine"])
+    assert [r["name"] for r in report["results"]] == ["backbone", "grounding_5_prompts"]
+    for row in report["results"]:
+        assert row["ms_per_image"] > 0
+        assert row["images_per_s"] == pytest.approx(1000.0 / row["ms_per_image"], rel=1e-2)
+    json.dumps(report)
+    assert any("grounding_5_prompts" in line for line in lines)
+    with pytest.raises(ConfigError, match="exactly one"):
+        run_encoder_bench(EncoderBenchConfig(random_weights=True, checkpoint=tmp_path / "sam3.pt"))
 
 
 # ----------------------------------------------------------------------------- compat
