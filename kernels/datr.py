@@ -2,12 +2,14 @@
 
 DATR_s(F)_j = F_j + alpha * A_j,  A_j = sum_{q in K_s} softmax_q(F_j . Q_q / sqrt(C)) Q_q
 
-A is computed once per scope (one fused scaled_dot_product_attention call with a key
-mask) and reused for every alpha. A scope with no kept query has A = 0 exactly, so
+A is computed once per scope (batched over images and scopes, streamed over fixed
+chunks of kept queries) and reused for every alpha. A scope with no kept query has A = 0 exactly, so
 DATR_s(F) = F exactly and nothing is NaN.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -28,22 +30,48 @@ def compact_kept(queries: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tenso
     return q, torch.gather(kept, 2, order)
 
 
-def attend_queries(tokens: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+KEY_CHUNK = 16
+
+
+def attend_queries(tokens: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor, chunk: int = KEY_CHUNK) -> torch.Tensor:
     """Attended query vector A for every token and scope.
 
     tokens (B, N, C); keys (B, S, K, C) the queries of each scope; key_mask (B, S, K)
-    bool, True = kept. Returns (B, S, N, C) in the tokens' dtype; zeros for a scope
-    with no kept key.
+    bool, True = kept. Returns (B, S, N, C) in the tokens' dtype; exactly zero for a
+    scope with no kept key.
+
+    The softmax runs over fixed chunks of `chunk` keys with an online (running max)
+    accumulation. A chunk that holds only masked padding is an exact no-op, so an
+    image's result depends only on its own kept queries -- not on how many keys the
+    other images of its batch padded it to. That keeps rows bitwise identical for any
+    batch size, shard or worker count.
     """
     b, n, c = tokens.shape
     assert keys.shape[0] == b and keys.shape[-1] == c, f"keys must be (B, S, K, {c}), got {tuple(keys.shape)}"
-    s = keys.shape[1]
-    any_kept = key_mask.any(-1)  # (B, S)
-    # give empty scopes a full mask so no row is all -inf; their output is zeroed below
-    mask = key_mask | ~any_kept[..., None]
+    s, k = keys.shape[1], keys.shape[2]
+    keys = keys.to(tokens.dtype)
+    scale = 1.0 / math.sqrt(c)
     q = tokens[:, None].expand(b, s, n, c)
-    out = F.scaled_dot_product_attention(q, keys.to(tokens.dtype), keys.to(tokens.dtype), attn_mask=mask[:, :, None, :])
-    return out * any_kept[:, :, None, None].to(out.dtype)
+    running_max = torch.full((b, s, n, 1), float("-inf"), dtype=tokens.dtype, device=tokens.device)
+    norm = torch.zeros(b, s, n, 1, dtype=tokens.dtype, device=tokens.device)
+    acc = torch.zeros(b, s, n, c, dtype=tokens.dtype, device=tokens.device)
+    for lo in range(0, k, chunk):
+        kc = keys[:, :, lo : lo + chunk]
+        mc = key_mask[:, :, None, lo : lo + chunk]  # (B, S, 1, kc)
+        if kc.shape[2] < chunk:  # pad the last chunk so every chunk has the same shape
+            pad = chunk - kc.shape[2]
+            kc = F.pad(kc, (0, 0, 0, pad))
+            mc = F.pad(mc, (0, pad), value=False)
+        logits = (q @ kc.transpose(-1, -2)) * scale  # (B, S, N, chunk)
+        logits = logits.masked_fill(~mc, float("-inf"))
+        new_max = torch.maximum(running_max, logits.amax(-1, keepdim=True))
+        finite = torch.isfinite(new_max)
+        rescale = torch.where(finite, torch.exp(running_max - new_max), torch.ones_like(new_max))
+        weights = torch.where(mc & finite, torch.exp(logits - new_max), torch.zeros_like(logits))
+        norm = norm * rescale + weights.sum(-1, keepdim=True)
+        acc = acc * rescale + weights @ kc
+        running_max = new_max
+    return torch.where(norm > 0, acc / norm.clamp(min=torch.finfo(acc.dtype).tiny), torch.zeros_like(acc))
 
 
 def datr_tokens(tokens: torch.Tensor, attended: torch.Tensor, alpha: float) -> torch.Tensor:

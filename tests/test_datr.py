@@ -87,3 +87,12 @@ def test_mask_weights_is_max_over_kept_queries():
             sel = qm[i, p][kept[i, p]].reshape(-1, 16)
             expect = sel.max(0).values if sel.shape[0] else torch.zeros(16)
             torch.testing.assert_close(w[i, p], expect)
+
+
+def test_result_is_bitwise_independent_of_padding_from_other_images():
+    tokens, queries, kept = make(b=3, q=40, seed=4)
+    kept[1] = True  # image 1 pads everyone else to 40 keys
+    together = attend_queries(tokens, *compact_kept(queries, kept))
+    for i in (0, 2):
+        alone = attend_queries(tokens[i : i + 1], *compact_kept(queries[i : i + 1], kept[i : i + 1]))
+        assert torch.equal(alone[0], together[i])
