@@ -129,7 +129,7 @@ class CheckpointContents:
     path: Path
     state: dict[str, torch.Tensor]
     layout: str  # "official" ({"model": {"detector.*", "tracker.*"}}) or "plain" (a state_dict)
-    ignored_keys: int  # tracker weights in an official checkpoint (the video model's, unused here)
+    ignored_keys: dict[str, int]  # what of the file the image model does not use, by reason
 
 
 def _fail(path: Path, what: str) -> CheckpointError:
@@ -177,10 +177,10 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
             ) from None
         first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
         raise _fail(path, f"truncated or corrupt ({type(err).__name__}: {first[:120]}); download it again") from None
-    return _normalise(path, obj)
+    return normalise_checkpoint(path, obj)
 
 
-def _normalise(path: Path, obj) -> CheckpointContents:
+def normalise_checkpoint(path: Path, obj) -> CheckpointContents:
     """Accept {"model": state_dict} (the official layout) or a plain state_dict."""
     if not isinstance(obj, dict):
         raise _fail(path, f"holds a {type(obj).__name__}, not a state_dict; expected a dict of tensors or {{'model': ...}}")
@@ -192,13 +192,13 @@ def _normalise(path: Path, obj) -> CheckpointContents:
         raise _fail(path, f"holds no model weights (a dict with keys {_examples(map(str, obj))}); expected a state_dict")
     if not_tensors:
         raise _fail(path, f"{len(not_tensors)} entries are not tensors (e.g. {_examples(map(str, not_tensors))})")
-    ignored = 0
+    ignored = {}
     if any("detector" in k for k in obj):
         # the same key mapping as sam3.model_builder._load_checkpoint: keep "detector" keys,
         # prefix stripped; the "tracker" keys belong to the video model
         state = {k.replace("detector.", ""): v for k, v in obj.items() if "detector" in k}
         rest = [k for k in obj if "detector" not in k]
-        ignored = sum(1 for k in rest if k.startswith("tracker."))
+        ignored["tracker"] = sum(1 for k in rest if k.startswith("tracker."))
         state.update({k: obj[k] for k in rest if not k.startswith("tracker.")})  # left in: reported as unexpected
         layout = "official"
     else:
@@ -206,9 +206,25 @@ def _normalise(path: Path, obj) -> CheckpointContents:
     return CheckpointContents(path=path, state=state, layout=layout, ignored_keys=ignored)
 
 
+# The official sam3.pt is the video model's state_dict (it loads into
+# build_sam3_video_model strictly). Its detector carries a second, SAM2-style neck for the
+# tracker that the image model built without instance interactivity does not have; sam3's
+# own image loader drops those weights silently (strict=False). We drop exactly these.
+TRACKER_NECK_PREFIX = "backbone.vision_backbone.sam2_convs."
+
+
 def check_state_dict(contents: CheckpointContents, expected: dict[str, torch.Size]) -> None:
-    """load_state_dict(strict=True), as one-line errors: foreign model, missing, unexpected, shapes."""
+    """load_state_dict(strict=True), as one-line errors: foreign model, missing, unexpected, shapes.
+
+    Removes from `contents.state` the tracker-neck weights the model lacks (counted in
+    `contents.ignored_keys`); everything else must match exactly.
+    """
     path, state = contents.path, contents.state
+    neck = [k for k in state if k.startswith(TRACKER_NECK_PREFIX) and k not in expected]
+    for k in neck:
+        del state[k]
+    if neck:
+        contents.ignored_keys["tracker_neck"] = len(neck)
     have, want = set(state), set(expected)
     common = have & want
     if 2 * len(common) < min(len(have), len(want)):  # most names foreign: another model entirely
@@ -248,7 +264,7 @@ def build_official_model(bpe_path: str) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def _parameter_free():
+def parameter_free():
     """Within: every parameter and buffer a module registers is swapped for a meta tensor.
 
     Gives the model's exact keys and shapes in about a second without allocating or
@@ -281,7 +297,7 @@ def _parameter_free():
 def expected_shapes(bpe_path: str | Path, model_factory: ModelFactory | None = None) -> dict[str, torch.Size]:
     """The state_dict keys and shapes of the model the factory builds, from a parameter-free build."""
     factory = model_factory or build_official_model
-    with _parameter_free():
+    with parameter_free():
         skeleton = factory(str(bpe_path))
     return {k: v.shape for k, v in skeleton.state_dict().items()}
 
@@ -292,6 +308,19 @@ def _place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     sam3_compat.move_tensor_caches(model, device)
     assert_on_device(model, device)
     return model
+
+
+def _load(
+    checkpoint: str | Path, bpe_path, device: str, model_factory: ModelFactory | None
+) -> tuple[torch.nn.Module, CheckpointContents]:
+    dev = parse_device(device)
+    bpe = resolve_bpe_path(bpe_path)
+    contents = read_checkpoint(checkpoint)
+    sam3_compat.apply_cpu_compat()
+    check_state_dict(contents, expected_shapes(bpe, model_factory))
+    model = (model_factory or build_official_model)(str(bpe))
+    model.load_state_dict(contents.state, strict=True)  # cannot fail after check_state_dict
+    return _place(model, dev), contents
 
 
 def load_sam3_model(
@@ -305,18 +334,13 @@ def load_sam3_model(
 
     Every file problem (missing, truncated, not a checkpoint, pickled objects, another
     model, missing / unexpected keys, wrong shapes) raises a CheckpointError naming the
-    file before the model is built. `model_factory(bpe_path)` replaces the package's
+    file before the model is built. Accepts the official sam3.pt ({"model": ...} with
+    "detector."/"tracker." keys; the video tracker's weights are left out) and a plain
+    state_dict of the image model. `model_factory(bpe_path)` replaces the package's
     builder (tests use it for a tiny model); it must return an un-loaded CPU model.
     """
-    dev = parse_device(device)
-    bpe = resolve_bpe_path(bpe_path)
-    contents = read_checkpoint(checkpoint)
-    sam3_compat.apply_cpu_compat()
-    check_state_dict(contents, expected_shapes(bpe, model_factory))
-    model = (model_factory or build_official_model)(str(bpe))
-    model.load_state_dict(contents.state, strict=True)  # cannot fail after check_state_dict
-    del contents
-    return _place(model, dev)
+    model, _ = _load(checkpoint, bpe_path, device, model_factory)
+    return model
 
 
 def build_random_sam3_model(
@@ -359,18 +383,14 @@ def verify_checkpoint(
     model_factory: ModelFactory | None = None,
 ) -> dict:
     """Load a checkpoint the way a run would and report what was loaded (for `datr env`)."""
-    parse_device(device)  # a bad device is reported before the file is read
-    contents = read_checkpoint(path)  # for the layout report; load_sam3_model reads it again
-    layout, ignored, keys = contents.layout, contents.ignored_keys, len(contents.state)
-    del contents
     start = time.perf_counter()
-    model = load_sam3_model(path, bpe_path, device, model_factory=model_factory)
+    model, contents = _load(path, bpe_path, device, model_factory)
     seconds = time.perf_counter() - start
     return {
         **checkpoint_fingerprint(path),
-        "layout": layout,
-        "keys_loaded": keys,
-        "tracker_keys_ignored": ignored,
+        "layout": contents.layout,
+        "keys_loaded": len(contents.state),
+        "keys_ignored": contents.ignored_keys,
         "parameters": sum(p.numel() for p in model.parameters()),
         "device": str(next(model.parameters()).device),
         "bpe_path": str(resolve_bpe_path(bpe_path)),

@@ -19,11 +19,18 @@ thing it fixes is actually broken:
    which needs an accelerator.
 
 Fixes 3-5 are applied only when CUDA is absent: on a CUDA machine the package runs as
-written. On every machine, importing `sam3` (its `model_builder`) switches TF32 matmuls on
-for the whole process; `apply_cpu_compat` does that import and puts the two TF32 flags
-back, since process-wide switches belong to the CLI. Separately, `move_tensor_caches` (needed on every machine) moves the tensor caches
-that live in plain dicts -- which `Module.to` does not move -- to the model's device, so
-a model built on one device can run on another (`cpu` on a CUDA host, `cuda:1`).
+written. `apply_cpu_compat()` applies what is needed and then imports `sam3`; everything
+that builds the model calls it first. Two import side effects of `sam3` are contained
+there too: its `model_builder` switches TF32 matmuls on for the whole process (the flags
+are put back: process-wide switches belong to the CLI), and its video model's
+`@torch.autocast("cuda")` decorators warn at import on a CPU (silenced, nothing else).
+
+`move_tensor_caches` is needed on every machine: the position-encoding and decoder
+caches live in plain dicts, which `Module.to` does not move, so a model built on one
+device and run on another (`cpu` on a CUDA host, `cuda:1`) would mix devices.
+
+The fixes are process-wide by nature (a patched class, a registered op schema); which
+ones are active is kept in `_APPLIED` and reported by `applied_fixes()` for run.json.
 
 `init_empty_text_params` is for random-weight builds only (tests, benchmarks): the text
 encoder creates `positional_embedding` and `text_projection` with `torch.empty` and

@@ -22,7 +22,11 @@ from engine.sam3_adapter import (
     Sam3Config,
     Sam3Source,
     build_random_sam3_model,
+    check_state_dict,
+    expected_shapes,
     load_sam3_model,
+    normalise_checkpoint,
+    parameter_free,
     parse_device,
     resolve_bpe_path,
     verify_checkpoint,
@@ -116,12 +120,31 @@ def test_verify_checkpoint_reports_what_was_loaded(checkpoint, tiny_state, model
     report = verify_checkpoint(checkpoint, device="cpu", model_factory=build_tiny_sam3)
     assert report["layout"] == "official"
     assert report["keys_loaded"] == len(tiny_state)
-    assert report["tracker_keys_ignored"] == 1
+    assert report["keys_ignored"] == {"tracker": 1}
     assert report["parameters"] == sum(p.numel() for p in model.parameters())
     assert report["device"] == "cpu"
     with open(checkpoint, "rb") as f:
         assert report["sha256_first_mib"] == hashlib.sha256(f.read(1 << 20)).hexdigest()
     assert report["bytes"] == checkpoint.stat().st_size
+
+
+def test_official_checkpoint_layout_is_accepted():
+    """The published sam3.pt is the video model's state_dict (the package's video builder
+    loads it with strict=True), so its key set is the video model's: that must pass our
+    strict check against the full image model, dropping only the tracker's weights."""
+    from engine import sam3_compat
+
+    bpe = str(resolve_bpe_path(None))
+    with parameter_free():
+        video = sam3_compat.import_model_builder().build_sam3_video_model(
+            checkpoint_path=None, load_from_HF=False, bpe_path=bpe, device="meta")
+    official = {"model": {k: torch.empty(v.shape, device="meta") for k, v in video.state_dict().items()}}
+    contents = normalise_checkpoint(Path("sam3.pt"), official)
+    expected = expected_shapes(bpe)
+    check_state_dict(contents, expected)
+    assert set(contents.state) == set(expected)
+    tracker = sum(1 for k in official["model"] if k.startswith("tracker."))
+    assert contents.ignored_keys == {"tracker": tracker, "tracker_neck": 22}  # 4 scales of the SAM2-style neck
 
 
 def bad_checkpoints(tiny_state, folder: Path) -> dict[str, tuple[Path, str]]:
@@ -464,6 +487,22 @@ def test_each_compat_fix_is_needed_and_works():
     assert report["ground_with_all_fixes"] == "ok"
     assert set(report["active"]) == {"torchvision_ops", "edt_stub", "position_encoding", "decoder_coords",
                                      "pin_memory"} - ({"torchvision_ops"} if torchvision_extension_loads() else set())
+
+
+def test_tensor_caches_follow_the_model(model):
+    """Caches in plain dicts (not buffers) are moved with the model by move_tensor_caches."""
+    import copy
+
+    from sam3.model.decoder import TransformerDecoder
+    from sam3.model.position_encoding import PositionEmbeddingSine
+
+    from engine.sam3_compat import move_tensor_caches
+
+    clone = copy.deepcopy(model)
+    move_tensor_caches(clone, torch.device("meta"))
+    caches = [t for m in clone.modules() if isinstance(m, PositionEmbeddingSine) for t in m.cache.values()]
+    caches += [t for m in clone.modules() if isinstance(m, TransformerDecoder) for t in m.compilable_cord_cache]
+    assert len(caches) >= 4 and all(t.device.type == "meta" for t in caches)
 
 
 def test_random_text_params_are_initialised():
