@@ -366,6 +366,30 @@ def demo(
     typer.echo(f"report: {index}")
 
 
+@bench_app.command("sweep")
+@user_errors
+def bench_sweep(
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    images: Annotated[int, typer.Option(min=1, help="Simulated images in the sweep.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
+    reference_images: Annotated[int, typer.Option(min=1, help="Images done the paper's way (sklearn, one problem at a time).")] = 2,
+    n_init: Annotated[int, typer.Option(min=1, help="KMeans restarts for both.")] = 10,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads (1 keeps the comparison fair).")] = 1,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
+) -> None:
+    """End-to-end sweep on the simulated source, per stage, beside the paper's way."""
+    from threadpoolctl import threadpool_limits
+
+    from bench.sweep import SweepBenchConfig, run_sweep_bench
+
+    set_threads(threads)
+    set_matmul_precision(device)
+    with threadpool_limits(threads):
+        result = run_sweep_bench(SweepBenchConfig(device=device, images=images, batch_size=batch_size,
+                                                  reference_images=reference_images, n_init=n_init), echo=typer.echo)
+    write_json(json_path, result)
+
+
 @app.command()
 @user_errors
 def report(

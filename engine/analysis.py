@@ -23,7 +23,7 @@ from kernels.metrics import (
     ari_from_contingency,
     calinski_harabasz,
     contingency,
-    cosine_distance,
+    datr_cosine_distances,
     davies_bouldin,
     flip_ratio,
     majority_filter,
@@ -129,7 +129,8 @@ def analyze_batch(
         keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q))
         attended = torch.cat([attend_queries(tokens, keys_g, mask_g), attend_queries(tokens, keys_c, mask_c)], 1)
         counts = torch.cat([kept.sum((1, 2))[:, None], kept.sum(2)], 1)  # (B, S)
-        paper_cos = masked_mean(cosine_distance(tokens[:, None], attended), eff)  # (B, S)
+        paper_dist, shift_dist = datr_cosine_distances(tokens, attended, cfg.alphas)
+        paper_cos = masked_mean(paper_dist, eff)  # (B, S)
         scope_iou = None
         if gt_mask is not None:
             union = batch.union_masks[:, ti].to(dev)
@@ -142,7 +143,7 @@ def analyze_batch(
             effective[:, sl] = eff
             kept_count[:, sl] = counts
             cos_dist[:, sl] = paper_cos
-            shift[:, sl] = masked_mean(cosine_distance(tokens[:, None], problems[:, sl]), eff)
+            shift[:, sl] = masked_mean(shift_dist[ai], eff)
             if scope_iou is not None:
                 iou[:, sl] = scope_iou
         del attended
@@ -178,11 +179,11 @@ def analyze_batch(
                 "flip_ratio": flips, "flip_ratio_processed": flips_p,
                 "inertia": km.inertia.double(), "n_iter": km.n_iter,
                 "explained_variance_ratio": evr.double(),
-                "silhouette": silhouette_sampled(z, lab, k, cfg.silhouette_sample, seed=cfg.seed),
-                "calinski_harabasz": calinski_harabasz(z, lab, k),
-                "davies_bouldin": davies_bouldin(z, lab, k),
             }
-            if gt_flat is not None:
+            if gt_flat is None:  # no ground truth: internal cluster-quality scores instead
+                metric.update(silhouette=silhouette_sampled(z, lab, k, cfg.silhouette_sample, seed=cfg.seed),
+                              calinski_harabasz=calinski_harabasz(z, lab, k), davies_bouldin=davies_bouldin(z, lab, k))
+            else:
                 table = contingency(lab, gt_flat, k, num_classes, valid)
                 metric.update(accuracy=matched_accuracy(table), nmi=nmi_from_contingency(table), ari=ari_from_contingency(table))
             append_rows(columns, batch.image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou, gt_flat is not None)
@@ -223,8 +224,9 @@ def append_rows(columns, image_ids, slots, d, k, metric, effective, kept_count, 
                 "cos_distance": cos_np[i, j], "datr_shift": shift_np[i, j], "iou": iou_np[i, j],
                 "accuracy": host["accuracy"][i, j] if has_gt else np.nan,
                 "nmi": host["nmi"][i, j] if has_gt else np.nan, "ari": host["ari"][i, j] if has_gt else np.nan,
-                "silhouette": host["silhouette"][i, j], "calinski_harabasz": host["calinski_harabasz"][i, j],
-                "davies_bouldin": host["davies_bouldin"][i, j], "inertia": host["inertia"][i, j],
+                "silhouette": np.nan if has_gt else host["silhouette"][i, j],
+                "calinski_harabasz": np.nan if has_gt else host["calinski_harabasz"][i, j],
+                "davies_bouldin": np.nan if has_gt else host["davies_bouldin"][i, j], "inertia": host["inertia"][i, j],
                 "explained_variance_ratio": host["explained_variance_ratio"][i, j],
             }
             for name in names:

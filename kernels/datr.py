@@ -51,10 +51,10 @@ def attend_queries(tokens: torch.Tensor, keys: torch.Tensor, key_mask: torch.Ten
     s, k = keys.shape[1], keys.shape[2]
     keys = keys.to(tokens.dtype)
     scale = 1.0 / math.sqrt(c)
-    q = tokens[:, None].expand(b, s, n, c)
-    running_max = torch.full((b, s, n, 1), float("-inf"), dtype=tokens.dtype, device=tokens.device)
-    norm = torch.zeros(b, s, n, 1, dtype=tokens.dtype, device=tokens.device)
-    acc = torch.zeros(b, s, n, c, dtype=tokens.dtype, device=tokens.device)
+    dt, dev = tokens.dtype, tokens.device
+    running_max = torch.full((b, s, n, 1), float("-inf"), dtype=dt, device=dev)
+    norm = torch.zeros(b, s, n, 1, dtype=dt, device=dev)
+    acc = None
     for lo in range(0, k, chunk):
         kc = keys[:, :, lo : lo + chunk]
         mc = key_mask[:, :, None, lo : lo + chunk]  # (B, S, 1, kc)
@@ -62,16 +62,25 @@ def attend_queries(tokens: torch.Tensor, keys: torch.Tensor, key_mask: torch.Ten
             pad = chunk - kc.shape[2]
             kc = F.pad(kc, (0, 0, 0, pad))
             mc = F.pad(mc, (0, pad), value=False)
-        logits = (q @ kc.transpose(-1, -2)) * scale  # (B, S, N, chunk)
-        logits = logits.masked_fill(~mc, float("-inf"))
+        # logits for every scope from one matmul over the tokens: (B, N, C) @ (B, C, S*chunk)
+        logits = (tokens @ kc.reshape(b, s * chunk, c).transpose(1, 2)).reshape(b, n, s, chunk).transpose(1, 2)
+        logits = (logits * scale).masked_fill_(~mc, float("-inf"))  # (B, S, N, chunk)
         new_max = torch.maximum(running_max, logits.amax(-1, keepdim=True))
         finite = torch.isfinite(new_max)
-        rescale = torch.where(finite, torch.exp(running_max - new_max), torch.ones_like(new_max))
-        weights = torch.where(mc & finite, torch.exp(logits - new_max), torch.zeros_like(logits))
-        norm = norm * rescale + weights.sum(-1, keepdim=True)
-        acc = acc * rescale + weights @ kc
+        weights = torch.exp(logits - torch.where(finite, new_max, torch.zeros_like(new_max)))  # masked -> exp(-inf) = 0
+        if acc is None:
+            norm = weights.sum(-1, keepdim=True)
+            acc = weights @ kc  # (B, S, N, C)
+        else:
+            rescale = torch.where(finite, torch.exp(running_max - new_max), torch.ones_like(new_max))
+            norm = norm * rescale + weights.sum(-1, keepdim=True)
+            acc = torch.baddbmm((acc * rescale).reshape(b * s, n, c), weights.reshape(b * s, n, chunk),
+                                kc.reshape(b * s, chunk, c)).reshape(b, s, n, c)
         running_max = new_max
-    return torch.where(norm > 0, acc / norm.clamp(min=torch.finfo(acc.dtype).tiny), torch.zeros_like(acc))
+    if acc is None:
+        return torch.zeros(b, s, n, c, dtype=dt, device=dev)
+    # a scope with no kept key has acc == 0 exactly, and 0 / tiny stays 0
+    return acc.div_(norm.clamp(min=torch.finfo(dt).tiny))
 
 
 def datr_tokens(tokens: torch.Tensor, attended: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -74,6 +74,28 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-12)
 
 
+def datr_cosine_distances(
+    tokens: torch.Tensor, attended: torch.Tensor, alphas: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both cosine measures of DESIGN.md without materialising DATR tokens.
+
+    tokens F (B, N, C), attended A (B, S, N, C) -> (1 - cos(F, A)) of shape (B, S, N), and
+    (1 - cos(F, F + alpha A)) of shape (len(alphas), B, S, N), from the three dot
+    products F.F, F.A and A.A. A zero vector counts as cos = 0.
+    """
+    eps = 1e-12
+    ff = torch.linalg.vecdot(tokens, tokens)[:, None]  # (B, 1, N)
+    fa = torch.linalg.vecdot(tokens[:, None], attended)  # (B, S, N)
+    aa = torch.linalg.vecdot(attended, attended)
+    f_norm = ff.sqrt()
+    paper = 1.0 - fa / (f_norm * aa.sqrt()).clamp(min=eps)
+    shifts = []
+    for alpha in alphas:
+        d_norm = (ff + 2 * alpha * fa + alpha * alpha * aa).clamp(min=0).sqrt()
+        shifts.append(1.0 - (ff + alpha * fa) / (f_norm * d_norm).clamp(min=eps))
+    return paper, torch.stack(shifts)
+
+
 def entropy_from_counts(counts: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of (B, k) counts."""
     total = counts.sum(-1, keepdim=True).clamp(min=1e-300)
