@@ -126,8 +126,17 @@ def run_sweep(
     show_progress: bool = True,
     index=None,
     keep_figures: int = 0,
+    positions: list[int] | None = None,
+    source=None,
+    record_run: bool = True,
 ) -> SweepResult:
-    """Run (or resume) a sweep as configured; returns counts and, for figures, the first maps."""
+    """Run (or resume) a sweep as configured; returns counts and, for figures, the first maps.
+
+    positions: only these item positions (a shard of a distributed run; default all).
+    source: an already-built FeatureSource (a worker keeps its model between shards).
+    record_run: write run.json and merge errors.parquet (False for a shard: the
+    coordinator does that once).
+    """
     cfg.validate()
     started = time.perf_counter()
     device = parse_device(cfg.device)
@@ -164,12 +173,14 @@ def run_sweep(
             raise DataError(f"{cfg.dataset}: the simulated model needs ground truth (gt/ PNGs); use --model sam3 with --checkpoint, or a dataset with gt/")
         all_ids = [it.image_id for it in index.items]
         num_classes = len(index.classes)
-        t0 = time.perf_counter()
-        source = build_source(cfg, device)
-        timer.add("model_load", t0)
+        if source is None:
+            t0 = time.perf_counter()
+            source = build_source(cfg, device)
+            timer.add("model_load", t0)
         source_info = source.describe()
     finished = store.finished_ids() if cfg.resume else set()
-    todo = [i for i, image_id in enumerate(all_ids) if image_id not in finished]
+    wanted = range(len(all_ids)) if positions is None else positions
+    todo = [i for i in wanted if all_ids[i] not in finished]
     if cfg.resume:
         echo(f"resume: {len(all_ids) - len(todo)} items already done, {len(todo)} to go")
     if not all_ids:
@@ -189,7 +200,8 @@ def run_sweep(
         "data": data_info,
         "num_items": len(all_ids),
     }
-    store.write_run_json(run)
+    if record_run:
+        store.write_run_json(run)
 
     cache_writer = None
     if cfg.save_features is not None:
@@ -204,7 +216,8 @@ def run_sweep(
 
         loader = make_loader(index, data_cfg, cfg.batch_size, device, indices=todo)
         run["loader"] = loader.describe()
-        store.write_errors([e for e in index.bad if e[0] not in finished], "index")
+        if positions is None:  # a shard leaves the index errors to the coordinator
+            store.write_errors([e for e in index.bad if e[0] not in finished], "index")
         batches = (("data", b) for b in loader)
 
     result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=len(all_ids) - len(todo), errors=0, seconds=0.0, run=run)
@@ -278,7 +291,8 @@ def run_sweep(
     finally:
         writer.shutdown(wait=True)
         t0 = time.perf_counter()
-        result.errors = store.merge_errors()
+        if record_run:
+            result.errors = store.merge_errors()
         timer.add("write", t0)
         result.seconds = time.perf_counter() - started
         run.update({
@@ -290,5 +304,6 @@ def run_sweep(
             "seconds": result.seconds,
             "seconds_per_stage": timer.seconds,
         })
-        store.write_run_json(run)
+        if record_run:
+            store.write_run_json(run)
     return result
