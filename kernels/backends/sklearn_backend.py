@@ -11,6 +11,7 @@ from kernels.pca import PCAResult, fix_signs
 
 class SklearnBackend:
     name = "sklearn"
+    detail = "scikit-learn PCA(svd_solver='covariance_eigh') and KMeans(algorithm='lloyd'), one problem at a time on the CPU"
 
     def pca_fit(self, x: torch.Tensor, n_components: int, weights: torch.Tensor | None = None) -> PCAResult:
         from sklearn.decomposition import PCA

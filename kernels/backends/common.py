@@ -1,0 +1,27 @@
+"""Small pieces the per-problem adapters (faiss, cuml) share."""
+
+from __future__ import annotations
+
+import torch
+
+
+def token_mask(weights: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor | None:
+    """A PCA weights argument as a boolean token mask (P, N), or None for all tokens.
+
+    The per-problem libraries fit PCA to a subset, not to real-valued weights, so those
+    are refused rather than rounded.
+    """
+    if weights is None:
+        return None
+    assert tuple(weights.shape) == shape, f"weights must be (P, N) = {shape}, got {tuple(weights.shape)}"
+    if weights.dtype == torch.bool:
+        return weights
+    if not bool(((weights == 0) | (weights == 1)).all()):
+        raise ValueError("this backend's PCA takes a 0/1 token mask, not real-valued weights")
+    return weights != 0
+
+
+def exact_inertia(x: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted sum of squared distances from exact differences: x (N, d), centres (k, d), labels, w (N,) -> ()."""
+    diff = x - centres[labels.clamp(min=0)]
+    return ((diff * diff).sum(-1) * w).sum()
