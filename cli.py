@@ -193,9 +193,12 @@ def build_run_config(
 
 def explicit_options(ctx: typer.Context) -> set[str]:
     """Names of the options the user actually typed (so run.toml values survive the defaults)."""
-    from click.core import ParameterSource
+    # compared by name: typer may ship its own copy of click's ParameterSource enum
+    def typed(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
-    names = {name for name in ctx.params if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+    names = {name for name in ctx.params if typed(name)}
     rename = {"bpe": "bpe_path", "workers": "num_workers"}  # parameter name -> RunConfig field
     return {rename.get(n, n) for n in names}
 

@@ -17,9 +17,11 @@ def _single_thread_blas():
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device; none is present here")
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device; none is present here")
+    not_asked = pytest.mark.skip(reason="slow: run with -m slow")
+    slow_asked = "slow" in (config.getoption("-m") or "")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if "slow" in item.keywords and not slow_asked:
+            item.add_marker(not_asked)
