@@ -5,13 +5,23 @@ The workload is DESIGN.md's per image: 7 clustering problems (encoder, global DA
 and 1. The reference runs scikit-learn one problem at a time, as the paper does. The
 two alternate for `repeats` rounds and the median round is reported, so a busy
 machine slows both alike.
+
+The torch path is the backend `resolve_backend("torch", device, eigh=cfg.eigh)` gives
+(on CUDA: CuPy's batched syevj when CuPy is installed, else float64 LAPACK on the
+host; see kernels/eigh.py). Per-stage figures (pca_fit, transform, kmeans) come from
+CUDA events on a GPU -- recorded after a warm-up batch, read after one synchronize --
+and from the wall clock on the CPU. Where faiss or cuML runs on the device, their
+per-problem loops (kernels/backends) are timed on the reference images beside it; on
+CUDA each available eigensolver is timed on the first batch's covariance stack.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,9 +30,11 @@ import torch
 from bench.machine import machine_info
 from bench.synthetic import scope_problems, token_maps
 from engine.errors import ConfigError
+from kernels.backends import backend_status, resolve_backend
 from kernels.backends.sklearn_backend import SklearnBackend
+from kernels.eigh import EIGH_METHODS, eigh_function, eigh_status
 from kernels.kmeans import kmeans
-from kernels.pca import fix_signs, pca_fit, pca_transform, subspace_agreement
+from kernels.pca import fix_signs, pca_transform, subspace_agreement, weighted_moments
 
 PROBLEMS_PER_IMAGE = 7
 
@@ -41,6 +53,8 @@ class KernelBenchConfig:
     max_iter: int = 300
     tol: float = 1e-4
     seed: int = 0
+    eigh: str = "auto"  # the torch backend's eigensolver (kernels/eigh.py)
+    loops: tuple[str, ...] = ("faiss", "cuml")  # per-problem library loops timed beside it where present
 
 
 def sync(device: torch.device) -> None:
@@ -48,10 +62,45 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def torch_pipeline(x: torch.Tensor, cfg: KernelBenchConfig, n_init: int):
-    fit = pca_fit(x, cfg.d)
-    z = pca_transform(x, fit)
-    km = kmeans(z, cfg.k, n_init=n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
+class StageTimer:
+    """Seconds per named stage: CUDA events on a GPU (read once, after a synchronize), wall clock on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._pending: list[tuple[str, object, object]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            yield
+            end.record()
+            self._pending.append((name, begin, end))
+        else:
+            start = time.perf_counter()
+            yield
+            self.seconds[name] += time.perf_counter() - start
+
+    def collect(self) -> dict[str, float]:
+        if self._pending:
+            sync(self.device)
+            for name, begin, end in self._pending:
+                self.seconds[name] += begin.elapsed_time(end) / 1e3
+            self._pending.clear()
+        return dict(self.seconds)
+
+
+def backend_pipeline(backend, x: torch.Tensor, cfg: KernelBenchConfig, n_init: int, timer: StageTimer | None = None):
+    """PCA fit, projection, KMeans through a ClusterBackend; stages timed when a timer is given."""
+    timer = timer or StageTimer(torch.device("cpu"))
+    with timer.stage("pca_fit"):
+        fit = backend.pca_fit(x, cfg.d)
+    with timer.stage("transform"):
+        z = pca_transform(x, fit)
+    with timer.stage("kmeans"):
+        km = backend.kmeans(z, cfg.k, n_init=n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
     return fit, km
 
 
@@ -77,8 +126,33 @@ def sklearn_pipeline(x: torch.Tensor, cfg: KernelBenchConfig, n_init: int):
     }
 
 
+def time_eighs(x: torch.Tensor, echo: Callable[[str], None], repeats: int) -> list[dict]:
+    """Each eigensolver that runs here, on the covariance stack of x (P, N, C), median of `repeats`."""
+    _, cov, _ = weighted_moments(x, None)
+    cov = 0.5 * (cov + cov.transpose(1, 2))
+    rows = []
+    for method in EIGH_METHODS:
+        ok, why = eigh_status(method, x.device)
+        if not ok:
+            rows.append({"method": method, "skipped": why})
+            continue
+        solve = eigh_function(method)
+        solve(cov)  # warm-up (handles, workspaces)
+        timer, times = StageTimer(x.device), []
+        for _ in range(repeats):
+            timer.seconds.clear()
+            with timer.stage("eigh"):
+                solve(cov)
+            times.append(timer.collect()["eigh"])
+        ms = 1e3 * statistics.median(times)
+        rows.append({"method": method, "ms_per_stack": ms, "ms_per_matrix": ms / cov.shape[0], "matrices": cov.shape[0]})
+        echo(f"  eigh {method:<6} {ms:9.2f} ms for {cov.shape[0]} matrices {tuple(cov.shape[1:])} "
+             f"({ms / cov.shape[0]:.3f} ms each)")
+    return rows
+
+
 def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print) -> dict:
-    """Time both paths, check parity on the reference images, return the JSON payload."""
+    """Time the paths, check parity on the reference images, return the JSON payload."""
     if cfg.reference_images > cfg.images:
         raise ConfigError(f"--reference-images ({cfg.reference_images}) cannot exceed --images ({cfg.images})")
     device = torch.device(cfg.device)
@@ -86,6 +160,12 @@ def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print
         raise ConfigError(f"--device {cfg.device} was asked for but CUDA is not available here; use --device cpu")
     from threadpoolctl import threadpool_limits
 
+    from kernels.backends import BackendUnavailable
+
+    try:
+        backend, backend_reason = resolve_backend("torch", device, eigh=cfg.eigh)
+    except BackendUnavailable as err:
+        raise ConfigError(f"bench kernels: {err}") from None
     tokens, classes = token_maps(cfg.images, seed=cfg.seed)
     problems = scope_problems(tokens, classes)  # (images * 7, N, C) on the CPU
     batches = [
@@ -96,23 +176,41 @@ def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print
     echo(f"kernels bench: {cfg.images} images x {PROBLEMS_PER_IMAGE} problems of {tuple(problems.shape[1:])}, "
          f"d={cfg.d}, k={cfg.k}, batch {cfg.batch_size} on {device}, sklearn on {cfg.reference_images} images, "
          f"{cfg.threads} thread(s)")
+    echo(f"  torch backend: {backend_reason}")
 
-    # warm-up (allocator, kernels) on one batch
-    torch_pipeline(batches[0][:PROBLEMS_PER_IMAGE], cfg, 1)
+    # warm-up (allocator, kernels, solver handles) on one batch
+    backend_pipeline(backend, batches[0][:PROBLEMS_PER_IMAGE], cfg, 1)
     sync(device)
 
-    results, parity = [], {}
+    loops = []
+    for name in cfg.loops:
+        ok, why = backend_status(name, device)
+        if ok:
+            loops.append((name, resolve_backend(name, device)[0]))
+        else:
+            echo(f"  {name} per-problem loop: skipped ({why})")
+    loop_inputs = ref_problems.to(device)
+
+    results, parity, stages_out = [], {}, {}
     for n_init in cfg.n_inits:
-        t_torch, t_ref = [], []
+        t_torch, t_ref, t_loops = [], [], defaultdict(list)
+        timer = StageTimer(device)
         for _ in range(cfg.repeats):
             start = time.perf_counter()
-            out = [torch_pipeline(b, cfg, n_init) for b in batches]
+            out = [backend_pipeline(backend, b, cfg, n_init, timer) for b in batches]
             sync(device)
             t_torch.append((time.perf_counter() - start) / cfg.images)
             with threadpool_limits(cfg.threads):
                 start = time.perf_counter()
                 ref = sklearn_pipeline(ref_problems, cfg, n_init)
                 t_ref.append((time.perf_counter() - start) / cfg.reference_images)
+                for name, loop_backend in loops:
+                    start = time.perf_counter()
+                    backend_pipeline(loop_backend, loop_inputs, cfg, n_init)
+                    sync(device)
+                    t_loops[name].append((time.perf_counter() - start) / cfg.reference_images)
+        stage_ms = {name: 1e3 * s / (cfg.repeats * cfg.images) for name, s in timer.collect().items()}
+        stages_out[f"n_init{n_init}"] = stage_ms
         ms_torch, ms_ref = 1e3 * statistics.median(t_torch), 1e3 * statistics.median(t_ref)
         fit = out[0][0]
         n_ref = ref_problems.shape[0]
@@ -126,10 +224,20 @@ def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print
             "speedup_vs_sklearn": ms_ref / ms_torch,
             "inertia_ratio_median": float(np.median(ratio)),
             "inertia_ratio_max": float(ratio.max()),
+            "stage_ms_per_image": stage_ms,
         }
         echo(f"  n_init={n_init:<3} torch {ms_torch:9.2f} ms/image ({1e3 / ms_torch:7.2f} img/s)   "
              f"sklearn {ms_ref:9.2f} ms/image   speedup {ms_ref / ms_torch:5.2f}x   "
              f"inertia ratio median {np.median(ratio):.5f} max {ratio.max():.5f}")
+        echo("             stages (" + ("CUDA events" if device.type == "cuda" else "wall clock") + "): "
+             + ", ".join(f"{name} {ms:.3f}" for name, ms in stage_ms.items()) + " ms/image")
+        for name, times in t_loops.items():
+            ms_loop = 1e3 * statistics.median(times)
+            results.append({"name": f"{name}_per_problem_n_init{n_init}", "ms_per_image": ms_loop, "images_per_s": 1e3 / ms_loop})
+            parity[f"n_init{n_init}"][f"speedup_vs_{name}_loop"] = ms_loop / ms_torch
+            echo(f"             {name} per-problem loop {ms_loop:9.2f} ms/image   torch speedup {ms_loop / ms_torch:6.2f}x")
+
+    eigh_rows = time_eighs(batches[0], echo, cfg.repeats) if device.type == "cuda" else []
 
     # PCA parity on the reference problems (the first batch covers them when batch >= reference)
     n_cmp = min(ref_problems.shape[0], fit.explained_variance_ratio.shape[0])
@@ -148,19 +256,27 @@ def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print
          f"shared-init ARI min {min(aris):.6f}")
 
     head = parity[f"n_init{cfg.n_inits[0]}"]
-    return {
+    payload = {
         "bench": "kernels",
         "machine": machine_info(device),
         "device": str(device),
         "batch_size": cfg.batch_size,
         "config": asdict(cfg),
+        "backend": {"name": backend.name, "reason": backend_reason, "eigh": getattr(backend, "eigh", None)},
+        "timing": "CUDA events after a warm-up batch" if device.type == "cuda" else "wall clock after a warm-up batch",
         "results": results,
         "speedup_vs_sklearn": head["speedup_vs_sklearn"],
         "inertia_ratio_median": head["inertia_ratio_median"],
         "per_n_init": parity,
+        "stages_ms_per_image": stages_out,
         "parity": {
             "explained_variance_ratio_max_abs_diff": float(ev_err),
             "subspace_agreement_min": float(agree),
             "shared_init_ari_min": float(min(aris)),
         },
     }
+    for name, _ in loops:
+        payload[f"speedup_vs_{name}_loop"] = head[f"speedup_vs_{name}_loop"]
+    if eigh_rows:
+        payload["eigh"] = eigh_rows
+    return payload
