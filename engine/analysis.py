@@ -65,6 +65,10 @@ class BatchMaps:
     mask_weights: torch.Tensor  # (B, T, S, H, W)
     encoder_pca: torch.Tensor  # (B, H, W, 3) first three PCA coordinates of the encoder tokens
     gt_tokens: torch.Tensor | None  # (B, H, W)
+    kept: torch.Tensor  # (B, P, Q) bool, queries kept at the first tau
+    scores: torch.Tensor  # (B, P, Q)
+    query_masks: torch.Tensor  # (B, P, Q, H, W) float16 decoder mask probability pooled to the token grid
+    encoder_similarity: torch.Tensor  # (B, P, Q, H, W) float16 cos(F_j, mask prototype); 0 for queries not kept
 
 
 @dataclass
@@ -196,8 +200,26 @@ def analyze_batch(
                     mask_weights=weights_all.reshape(b, t_count, s_count, h, w).cpu(),
                     encoder_pca=projected.reshape(b, m, n, -1)[:, 0, :, :3].reshape(b, h, w, -1).cpu(),
                     gt_tokens=None if gt_tokens is None else gt_tokens.cpu(),
+                    kept=(batch.scores >= cfg.taus[0]).cpu(),
+                    scores=batch.scores.cpu(),
+                    query_masks=batch.query_masks.reshape(b, p, q, h, w).cpu(),
+                    encoder_similarity=encoder_similarity(tokens, batch.query_masks.to(dev), batch.scores.to(dev) >= cfg.taus[0]).reshape(b, p, q, h, w).cpu(),
                 )
     return BatchResult(columns=columns, maps=maps)
+
+
+def encoder_similarity(tokens: torch.Tensor, query_masks: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """cos(F_j, prototype) per kept query, the prototype being the mask-weighted mean feature.
+
+    tokens (B, N, C), query_masks (B, P, Q, ...) pooled probabilities, kept (B, P, Q)
+    -> (B, P, Q, N) float16, zeros for queries not kept. Only drawn for figures.
+    """
+    b, n, c = tokens.shape
+    weights = query_masks.reshape(b, -1, n).float() * kept.reshape(b, -1, 1)  # (B, P*Q, N)
+    prototypes = weights @ tokens / weights.sum(-1, keepdim=True).clamp(min=1e-12)  # (B, P*Q, C)
+    sim = torch.nn.functional.normalize(prototypes, dim=-1) @ torch.nn.functional.normalize(tokens, dim=-1).transpose(1, 2)
+    sim = sim * kept.reshape(b, -1, 1)
+    return sim.reshape(*kept.shape, n).half()
 
 
 def append_rows(columns, image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou, has_gt) -> None:
