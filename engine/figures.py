@@ -64,6 +64,7 @@ class FigureOptions:
     alpha: float | None = None  # None: the first alpha of the grid
     masks_per_prompt: int = 3  # per-mask figures for the top-scoring kept masks of each prompt
     panel_inches: float = 3.0
+    only: tuple[str, ...] | None = None  # figure names to draw (e.g. ("structural_clustering",)); None: all
 
     def validate(self) -> FigureOptions:
         from engine.errors import ConfigError
@@ -130,28 +131,32 @@ def draw_view(view: ImageView, folder: Path, options: FigureOptions) -> list[Fig
     import matplotlib
 
     tau, alpha = pick_point(view.slots, options)
-    enc = 0
     glob = find_slot(view.slots, "global", tau, alpha)
-    palette = cluster_palette(view.labels[enc], view.k, view.gt)
-    records: list[FigureRecord] = []
+    palette = cluster_palette(view.labels[0], view.k, view.gt)
+    plan = [("encoder_pca", lambda: fig_encoder_pca(view, folder, options)),
+            ("structural_clustering", lambda: fig_structural(view, palette, folder, options))]
+    if glob is not None:
+        plan += [("global_clustering", lambda: fig_scope_clustering(view, palette, glob, folder, options, raw=None)),
+                 ("global_comparison", lambda: fig_comparison(view, palette, glob, folder, options))]
+    for prompt in view.prompts:
+        j = find_slot(view.slots, prompt, tau, alpha)
+        if j is None:
+            continue
+        stem = f"class-{safe_name(prompt)}"
+        plan += [(f"{stem}_clustering", lambda j=j: fig_scope_clustering(view, palette, j, folder, options, raw=False)),
+                 (f"{stem}_clustering_raw", lambda j=j: fig_scope_clustering(view, palette, j, folder, options, raw=True)),
+                 (f"{stem}_comparison", lambda j=j: fig_comparison(view, palette, j, folder, options)),
+                 (f"{stem}_flips", lambda j=j: fig_flips(view, palette, j, folder, options))]
+    plan.append(("decoder_masks", lambda: fig_decoder_masks(view, folder, options, tau)))
+    for p, prompt in enumerate(view.prompts):
+        for rank, q in enumerate(top_masks(view, p, tau, options.masks_per_prompt)):
+            plan.append((f"mask-{safe_name(prompt)}-{rank}", lambda p=p, q=q, rank=rank: fig_mask(view, p, q, rank, folder, options)))
+    records = []
     with matplotlib.rc_context(STYLE):
-        records.append(fig_encoder_pca(view, folder, options))
-        records.append(fig_structural(view, palette, folder, options))
-        if glob is not None:
-            records.append(fig_scope_clustering(view, palette, glob, folder, options, raw=None))
-            records.append(fig_comparison(view, palette, glob, folder, options))
-        for p, prompt in enumerate(view.prompts):
-            j = find_slot(view.slots, prompt, tau, alpha)
-            if j is None:
-                continue
-            records.append(fig_scope_clustering(view, palette, j, folder, options, raw=False))
-            records.append(fig_scope_clustering(view, palette, j, folder, options, raw=True))
-            records.append(fig_comparison(view, palette, j, folder, options))
-            records.append(fig_flips(view, palette, j, folder, options))
-        records.append(fig_decoder_masks(view, folder, options, tau))
-        for p, prompt in enumerate(view.prompts):
-            for rank, q in enumerate(top_masks(view, p, tau, options.masks_per_prompt)):
-                records.append(fig_mask(view, p, q, rank, folder, options))
+        for name, draw in plan:
+            if options.only is None or name in options.only:
+                records.append(draw())
+                assert records[-1].name == name, f"figure {name} saved as {records[-1].name}"
     return records
 
 
@@ -629,7 +634,7 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
     region = probs >= 0.5
     if similarity is not None:
         fig, (a, b, c) = new_figure(3, options)
-        heatmap(fig, a, similarity, "viridis", "cosine similarity to the mask's mean feature", -1.0, 1.0)
+        heatmap(fig, a, similarity, "viridis", "cosine similarity", -1.0, 1.0)
         panel_title(a, 0, "encoder similarity")
         heatmap(fig, b, probs, "magma", "mask probability", 0.0, 1.0, image=view.image)
         panel_title(b, 1, "decoder activation")

@@ -181,7 +181,7 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
     index = out / "index.html"
     index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages),
                      encoding="utf-8")
-    echo(f"report: {len(figures)} figures, {len(image_pages)} per-image figure sets, {len(errors)} errors -> {index}")
+    echo(f"drew {len(figures)} dataset figures, linked {len(image_pages)} per-image figure sets, listed {len(errors)} errors")
     return index
 
 
@@ -338,6 +338,7 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
             ax.scatter(x + rng.uniform(-width * 0.25, width * 0.25, data.size), data, s=6, color="0.15", alpha=0.5,
                        linewidths=0, zorder=3)
     ax.set_xticks(range(len(datr_scopes)))
+    ax.set_xlim(-0.6, len(datr_scopes) - 0.4)
     counts = []
     for scope, _ in datr_scopes:
         keep = base & rows.select(scope=scope)

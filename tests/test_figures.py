@@ -1,0 +1,243 @@
+"""Per-image figures: files and manifest, exact cluster colours, flip maps, optional inputs.
+
+Hand-built BatchMaps (two prompts, k=4, tiny queries) keep these fast; one test runs
+the figures on a real (tiny, simulated) sweep to hold the contract with the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from html.parser import HTMLParser
+from io import BytesIO
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.analysis import BatchMaps, build_slots
+from engine.config import AnalysisConfig, RunConfig
+from engine.data import UDD5_COLOURS
+from engine.errors import ConfigError
+from engine.figures import (
+    FigureOptions,
+    draw_image_figures,
+    image_id_of,
+    new_figure,
+    percentile_rgb,
+    show_labels,
+)
+from engine.palette import cluster_palette
+
+G = 72  # token grid
+PROMPTS = ("road", "vehicle")
+CLASS_IDS = (2, 3)
+FAST = FigureOptions(dpi=40, panel_inches=2.0, masks_per_prompt=1)
+# encoder clusters 0..3 sit in the TL, TR, BL, BR quadrants; GT puts road, vegetation, building, vehicle there
+QUADRANT_CLASS = (2, 0, 1, 3)
+
+
+def quadrants(values=(0, 1, 2, 3)) -> np.ndarray:
+    out = np.empty((G, G), dtype=np.int64)
+    h = G // 2
+    out[:h, :h], out[:h, h:], out[h:, :h], out[h:, h:] = values
+    return out
+
+
+def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bool = False, image_ids: bool = False):
+    """(maps, result, cfg) for one image: quadrant clusters, a road prompt that flips a block, an empty vehicle prompt."""
+    analysis = AnalysisConfig(alphas=(0.3,), ks=(4,))
+    slots = build_slots(analysis, PROMPTS, CLASS_IDS)  # encoder, global, road, vehicle
+    m = len(slots)
+    enc = quadrants()
+    labels = np.repeat(enc[None], m, 0)
+    effective = np.zeros((m, G, G), dtype=bool)
+    effective[1] = True  # global: everything
+    effective[2, 30:60, 0:36] = True  # road prompt acts on a band of the left half
+    if changed_block:
+        labels[2, 40:50, 10:20] = 3  # inside the road region, BL (cluster 2) tokens move to cluster 3
+    mask_weights = np.zeros((1, 1 + len(PROMPTS), G, G), dtype=np.float32)
+    mask_weights[0, 0] = 0.6
+    mask_weights[0, 1] = effective[2] * 0.9
+    gt = np.empty((G, G), dtype=np.uint8)
+    for cid, cls in enumerate(QUADRANT_CLASS):
+        gt[enc == cid] = cls
+    rng = np.random.default_rng(0)
+    maps = BatchMaps(
+        slots=slots, d=8, k=4,
+        labels=torch.from_numpy(labels)[None], labels_processed=torch.from_numpy(labels.copy())[None],
+        effective=torch.from_numpy(effective)[None], mask_weights=torch.from_numpy(mask_weights)[None],
+        encoder_pca=torch.from_numpy(rng.normal(size=(1, G, G, 3)).astype(np.float32)),
+        gt_tokens=torch.from_numpy(gt)[None],
+    )
+    if with_similarity:
+        maps.encoder_similarity = torch.from_numpy(rng.uniform(-1, 1, size=(1, len(PROMPTS), 3, G, G)).astype(np.float16))
+    if image_ids:
+        maps.image_ids = ["img/one"]
+    q = 3
+    scores = torch.tensor([[0.9, 0.2, 0.7], [0.1, 0.1, 0.1]])  # road keeps two masks, vehicle none
+    probs = torch.zeros(len(PROMPTS), q, 288, 288, dtype=torch.float16)
+    probs[0, 0, 120:240, 0:140] = 0.95
+    probs[0, 2, 0:40, 0:40] = 0.8
+    image = torch.full((3, 1008, 1008), 128, dtype=torch.uint8)
+    result = SimpleNamespace(maps=[(maps, 0)], images={"img/one": image}, mask_probs={"img/one": probs},
+                             scores={"img/one": scores})
+    cfg = RunConfig(dataset=tmp_path, out=tmp_path / "sweep", prompts=PROMPTS, class_ids=CLASS_IDS, analysis=analysis)
+    return maps, result, cfg
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def colour_pixels(rgb: np.ndarray, colour) -> np.ndarray:
+    return np.all(rgb == np.array(colour, dtype=np.uint8), axis=-1)
+
+
+class Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.links += [v for k, v in attrs if k in ("href", "src") and v]
+
+
+def broken_links(index: Path) -> list[str]:
+    parser = Links()
+    parser.feed(index.read_text(encoding="utf-8"))
+    assert parser.links, f"{index} has no links"
+    return [link for link in parser.links if not (index.parent / link.split("#")[0]).exists()]
+
+
+EXPECTED = {
+    "encoder_pca", "structural_clustering", "global_clustering", "global_comparison",
+    "class-road_clustering", "class-road_clustering_raw", "class-road_comparison", "class-road_flips",
+    "class-vehicle_clustering", "class-vehicle_clustering_raw", "class-vehicle_comparison", "class-vehicle_flips",
+    "decoder_masks", "mask-road-0",
+}
+
+
+def test_every_figure_is_written_as_a_valid_image_and_listed(tmp_path):
+    maps, result, cfg = hand_case(tmp_path)
+    records = draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", FAST)
+    folder = tmp_path / "figures" / "img_one"
+    assert {r.name for r in records} == EXPECTED
+    for r in records:
+        (name,) = r.files
+        with Image.open(folder / name) as img:
+            img.verify()
+        with Image.open(folder / name) as img:
+            assert img.format == "PNG" and min(img.size) > 50, f"{name}: {img.format} {img.size}"
+    manifest = json.loads((folder / "figures.json").read_text())
+    assert manifest["image_id"] == "img/one" and manifest["has_gt"] is True
+    assert [f["name"] for f in manifest["figures"]] == [r.name for r in records]
+    assert broken_links(folder / "index.html") == []
+
+
+def test_structural_clustering_file_shows_the_given_labels_in_gt_aligned_colours(tmp_path):
+    maps, result, cfg = hand_case(tmp_path)
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", FigureOptions(dpi=60, only=("structural_clustering",)))
+    rgb = read_rgb(tmp_path / "figures" / "img_one" / "structural_clustering.png")
+    # cluster c covers the quadrant where GT has class QUADRANT_CLASS[c], so it takes that class colour
+    areas, centres = [], []
+    for cls in QUADRANT_CLASS:
+        ys, xs = np.nonzero(colour_pixels(rgb, UDD5_COLOURS[cls]))
+        areas.append(xs.size)
+        centres.append((xs.mean(), ys.mean()))
+    assert min(areas) > 0.9 * max(areas), f"quadrant areas differ: {areas}"
+    (tl_x, tl_y), (tr_x, tr_y), (bl_x, bl_y), (br_x, br_y) = centres
+    assert tl_x < tr_x and bl_x < br_x and tl_y < bl_y and tr_y < br_y, centres
+
+
+def test_label_panel_pixels_equal_the_palette_colour_of_each_token(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, size=(6, 6))
+    palette = cluster_palette(labels, 4)  # no GT: neutral colours
+    fig, (ax,) = new_figure(1, FigureOptions(dpi=100, panel_inches=2.0))
+    show_labels(ax, labels, palette)
+    buf = BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    rgb = np.asarray(Image.open(buf).convert("RGB"))
+    x0, y0, x1, y1 = ax.get_window_extent().extents  # display pixels, origin bottom-left
+    height = rgb.shape[0]
+    for i in range(6):
+        for j in range(6):
+            px = int(x0 + (j + 0.5) * (x1 - x0) / 6)
+            py = int(height - (y1 - (i + 0.5) * (y1 - y0) / 6))
+            assert tuple(rgb[py, px]) == tuple(palette.colours[labels[i, j]]), f"token ({i}, {j}) at pixel ({py}, {px})"
+
+
+def test_cluster_palette_names_the_matched_class_and_keeps_spare_colours_distinct():
+    enc = quadrants()
+    gt = np.empty_like(enc)
+    for cid, cls in enumerate(QUADRANT_CLASS):
+        gt[enc == cid] = cls
+    gt[enc == 3] = 255  # no valid GT under cluster 3: it stays unmatched
+    palette = cluster_palette(enc, 5, gt)
+    assert palette.names[:3] == ["cluster 0 ≈ road", "cluster 1 ≈ vegetation", "cluster 2 ≈ building"]
+    assert palette.matched_class == [2, 0, 1, None, None]
+    assert len({tuple(c) for c in palette.colours}) == 5
+    assert not {tuple(c) for c in palette.colours[3:]} & set(UDD5_COLOURS)
+
+
+def test_flip_map_draws_changed_tokens_only(tmp_path):
+    maps, result, cfg = hand_case(tmp_path)
+    only_flips = FigureOptions(dpi=60, only=("class-road_flips",))
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "a", only_flips)
+    rgb = read_rgb(tmp_path / "a" / "img_one" / "class-road_flips.png")
+    moved_to = UDD5_COLOURS[QUADRANT_CLASS[3]]  # the block moved to cluster 3 (vehicle colour)
+    changed_pixels = colour_pixels(rgb, moved_to).sum()
+    assert changed_pixels > 0
+    others = [UDD5_COLOURS[c] for c in QUADRANT_CLASS[:3]]
+    assert sum(colour_pixels(rgb, c).sum() for c in others) == 0, "unchanged clusters drawn on the flip map"
+
+    maps, result, cfg = hand_case(tmp_path, changed_block=False)
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "b", only_flips)
+    rgb = read_rgb(tmp_path / "b" / "img_one" / "class-road_flips.png")
+    assert sum(colour_pixels(rgb, UDD5_COLOURS[c]).sum() for c in QUADRANT_CLASS) == 0
+
+
+def test_encoder_similarity_is_drawn_when_handed_over(tmp_path):
+    only_mask = replace(FAST, only=("mask-road-0",))
+    maps, result, cfg = hand_case(tmp_path, with_similarity=True, image_ids=True)
+    (mask,) = draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", only_mask)
+    assert "cosine similarity" in mask.caption
+    maps, result, cfg = hand_case(tmp_path)
+    (mask,) = draw_image_figures(maps, 0, result, cfg, tmp_path / "plain", only_mask)
+    assert "encoder_similarity" in mask.caption  # says what is missing
+    three = read_rgb(tmp_path / "figures" / "img_one" / "mask-road-0.png").shape[1]
+    two = read_rgb(tmp_path / "plain" / "img_one" / "mask-road-0.png").shape[1]
+    assert three > 1.4 * two, (three, two)  # similarity | activation | comparison vs activation | outline
+
+
+def test_image_id_from_maps_or_from_the_result_order(tmp_path):
+    maps, result, _ = hand_case(tmp_path)
+    assert image_id_of(maps, 0, result) == "img/one"
+    maps.image_ids = ["named"]
+    assert image_id_of(maps, 0, result) == "named"
+
+
+def test_other_formats_on_request_and_bad_ones_refused(tmp_path):
+    maps, result, cfg = hand_case(tmp_path)
+    opts = FigureOptions(formats=("png", "pdf", "svg"), dpi=30, panel_inches=1.5, only=("structural_clustering",))
+    records = draw_image_figures(maps, 0, result, cfg, tmp_path / "f", opts)
+    first = records[0]
+    assert [Path(f).suffix for f in first.files] == [".png", ".pdf", ".svg"]
+    folder = tmp_path / "f" / "img_one"
+    assert (folder / first.files[1]).read_bytes().startswith(b"%PDF")
+    assert b"<svg" in (folder / first.files[2]).read_bytes()[:2000]
+    with pytest.raises(ConfigError, match="--formats"):
+        draw_image_figures(maps, 0, result, cfg, tmp_path / "g", FigureOptions(formats=("jpg",)))
+
+
+def test_pca_display_scaling_is_per_channel_percentiles():
+    pca = np.stack([np.linspace(-5, 5, 100), np.linspace(0, 1000, 100), np.zeros(100)], -1).reshape(10, 10, 3)
+    rgb = percentile_rgb(pca)
+    assert rgb.min() >= 0 and rgb.max() <= 1
+    assert np.isclose(np.median(rgb[..., 0]), 0.5, atol=0.02) and np.isclose(np.median(rgb[..., 1]), 0.5, atol=0.02)
+    assert np.all(rgb[..., 2] == 0)  # a constant channel does not blow up

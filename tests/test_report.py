@@ -1,0 +1,183 @@
+"""The dataset report: files, numbers in the table, links, banner, and awkward sweeps.
+
+Most tests write Parquet rows by hand (ROW_SCHEMA) so the values are known; one runs a
+tiny simulated sweep with figures end to end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from engine.errors import ConfigError, DataError
+from engine.report import build_report, correlation
+from engine.store import ERROR_SCHEMA, ROW_SCHEMA
+from tests.test_figures import broken_links
+
+PROMPTS = ("vegetation", "vehicle")
+CLASS_IDS = (0, 3)
+
+
+def write_sweep(root: Path, *, images: int = 4, alphas=(0.3, 0.5), gt: bool = True, simulated: bool = True,
+                errors: int = 1) -> Path:
+    """A sweep folder with known rows: 'vehicle' never keeps a mask (an empty class); `errors` skipped items."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(images):
+        image_id = f"img_{i}"
+        enc_acc = 0.7 + 0.02 * i
+        rows.append(dict(image_id=image_id, scope="encoder", scope_kind="encoder", class_id=None, tau=None, alpha=None,
+                         d=32, k=5, n_tokens=5184, n_iter=5, accuracy=enc_acc if gt else None,
+                         nmi=0.8 if gt else None, ari=0.6 if gt else None))
+        for alpha in alphas:
+            for scope, kind, cid in (("global", "global", None), ("vegetation", "class", 0), ("vehicle", "class", 3)):
+                empty = scope == "vehicle"
+                rows.append(dict(
+                    image_id=image_id, scope=scope, scope_kind=kind, class_id=cid, tau=0.5, alpha=alpha, d=32, k=5,
+                    kept_queries=0 if empty else 3 + i, effective_tokens=0 if empty else 1000 + 100 * i, n_tokens=5184,
+                    n_iter=5, flip_ratio=None if empty else 0.1 * (i + 1) * alpha,
+                    flip_ratio_processed=None if empty else 0.05 * (i + 1), cos_distance=None if empty else 0.7,
+                    datr_shift=None if empty else 0.01 * alpha, iou=(0.0 if empty else 0.5 + 0.1 * i) if gt and kind == "class" else None,
+                    accuracy=enc_acc + (0.0 if empty else 0.01 * i) if gt else None, nmi=0.8 if gt else None,
+                    ari=0.6 + rng.uniform(0, 0.01) if gt else None))
+    columns = {name: [r.get(name) for r in rows] for name in ROW_SCHEMA.names}
+    (root / "rows").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pydict(columns, schema=ROW_SCHEMA), root / "rows" / "part-000000.parquet")
+    bad = [(f"bad_{j}", f"/data/bad_{j}.JPG", "truncated JPEG <b>file</b>") for j in range(errors)]
+    pq.write_table(pa.Table.from_pydict({"image_id": [b[0] for b in bad], "path": [b[1] for b in bad],
+                                         "error": [b[2] for b in bad]}, schema=ERROR_SCHEMA), root / "errors.parquet")
+    run = {"status": "complete", "config": {"model": "simulated" if simulated else "sam3", "checkpoint": None if simulated else "/w/sam3.pt",
+                                            "prompts": list(PROMPTS), "class_ids": list(CLASS_IDS),
+                                            "analysis": {"taus": [0.5], "alphas": list(alphas), "dims": [32], "ks": [5]}},
+           "source": {"model": "simulated" if simulated else "sam3", "simulated": simulated}, "simulated": simulated,
+           "backend": {"used": "torch", "reason": "test"}, "device": "cpu", "versions": {"torch": "x"},
+           "git_commit": "abc123", "seconds_per_stage": {"model": 1.0}, "errors": errors}
+    (root / "run.json").write_text(json.dumps(run))
+    return root
+
+
+def valid_png(path: Path) -> None:
+    with Image.open(path) as img:
+        img.verify()
+    with Image.open(path) as img:
+        assert img.format == "PNG" and min(img.size) > 100, f"{path.name}: {img.format} {img.size}"
+
+
+def test_report_with_errors_and_an_empty_class_renders_every_figure(tmp_path):
+    sweep = write_sweep(tmp_path / "s")
+    index = build_report(sweep, echo=lambda _: None)
+    assert index == sweep / "report" / "index.html"
+    names = {p.name for p in (sweep / "report").glob("*.png")}
+    assert names == {"dist_flip_ratio.png", "dist_flip_ratio_processed.png", "dist_effective_tokens.png",
+                     "dist_cos_distance.png", "dist_datr_shift.png", "quality_vs_iou.png", "grid_alpha.png"}
+    for name in names:
+        valid_png(sweep / "report" / name)
+    text = index.read_text(encoding="utf-8")
+    assert broken_links(index) == []
+    assert 'id="simulated"' in text and "SIMULATED" in text
+    assert "truncated JPEG &lt;b&gt;file&lt;/b&gt;" in text  # errors listed, escaped
+    assert "abc123" in text and "α=0.3" in text  # which run and which parameters
+
+
+def test_summary_table_holds_the_means_over_images_and_dashes_for_the_empty_class(tmp_path):
+    sweep = write_sweep(tmp_path / "s")
+    build_report(sweep, echo=lambda _: None)
+    with (sweep / "report" / "summary.csv").open() as fh:
+        table = {row["scope"]: row for row in csv.DictReader(fh)}
+    assert list(table) == ["encoder", "global", "vegetation", "vehicle"]
+    veg = table["vegetation"]
+    # reference point alpha = 0.3: flip = 0.03 * (i + 1) for i in 0..3
+    assert float(veg["flip_ratio_mean"]) == pytest.approx(np.mean([0.03 * (i + 1) for i in range(4)]))
+    assert float(veg["effective_tokens_mean"]) == pytest.approx(1150.0)
+    assert int(veg["images"]) == 4
+    assert table["vehicle"]["flip_ratio_mean"] == "" and table["vehicle"]["flip_ratio_n"] == "0"
+    assert float(table["encoder"]["accuracy_mean"]) == pytest.approx(np.mean([0.7 + 0.02 * i for i in range(4)]))
+    tex = (sweep / "report" / "summary.tex").read_text()
+    assert "\\toprule" in tex and "vehicle" in tex
+
+
+def test_no_gt_and_a_single_point_skip_those_figures_with_a_note(tmp_path):
+    sweep = write_sweep(tmp_path / "s", alphas=(0.3,), gt=False, simulated=False, errors=0)
+    index = build_report(sweep, echo=lambda _: None)
+    names = {p.name for p in (sweep / "report").glob("*.png")}
+    assert "quality_vs_iou.png" not in names and not any(n.startswith("grid_") for n in names)
+    text = index.read_text(encoding="utf-8")
+    assert "needs ground truth" in text and "single parameter point" in text
+    assert 'id="simulated"' not in text and "/w/sam3.pt" in text
+    assert broken_links(index) == []
+
+
+def test_formats_on_request_are_written_and_linked(tmp_path):
+    sweep = write_sweep(tmp_path / "s", images=2)
+    index = build_report(sweep, echo=lambda _: None, formats=("pdf", "svg"))
+    report = sweep / "report"
+    assert (report / "dist_flip_ratio.pdf").read_bytes().startswith(b"%PDF")
+    assert (report / "dist_flip_ratio.png").exists()  # the page always shows PNGs
+    text = index.read_text(encoding="utf-8")
+    assert 'href="dist_flip_ratio.svg"' in text and broken_links(index) == []
+    with pytest.raises(ConfigError, match="--formats"):
+        build_report(sweep, echo=lambda _: None, formats=("gif",))
+
+
+def test_a_sweep_with_errors_only_still_renders(tmp_path):
+    sweep = tmp_path / "s"
+    sweep.mkdir()
+    pq.write_table(pa.Table.from_pydict({"image_id": ["a"], "path": ["/a.JPG"], "error": ["unreadable"]}, schema=ERROR_SCHEMA),
+                   sweep / "errors.parquet")
+    index = build_report(sweep, echo=lambda _: None)
+    text = index.read_text(encoding="utf-8")
+    assert "No result rows" in text and "unreadable" in text and "No run.json" in text
+    assert broken_links(index) == []
+
+
+def test_missing_or_empty_folder_is_a_user_error(tmp_path):
+    with pytest.raises(DataError, match="no such sweep folder"):
+        build_report(tmp_path / "nope", echo=lambda _: None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="datr sweep"):
+        build_report(tmp_path / "empty", echo=lambda _: None)
+
+
+def test_correlation_matches_numpy_and_scipy():
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=40)
+    y = x + rng.normal(size=40)
+    y[5] = np.nan
+    x[:3] = x[3]  # ties
+    r, rho = correlation(x, y)
+    ok = ~np.isnan(y)
+    assert r == pytest.approx(np.corrcoef(x[ok], y[ok])[0, 1])
+    assert rho == pytest.approx(spearmanr(x[ok], y[ok]).statistic)
+    assert np.isnan(correlation(np.ones(5), np.arange(5.0))[0])
+
+
+def test_real_sweep_figures_and_report_end_to_end(tmp_path):
+    """A tiny simulated sweep: draw_image_figures on the real BatchMaps, then the report links them."""
+    from engine.config import AnalysisConfig, RunConfig
+    from engine.figures import FigureOptions, draw_image_figures
+    from engine.pipeline import run_sweep
+    from engine.scenes import write_scene_set
+
+    root = write_scene_set(tmp_path / "scenes", 2, size=(400, 300))
+    cfg = RunConfig(dataset=root, out=tmp_path / "sweep", prompts=("road", "vehicle"), class_ids=(2, 3), batch_size=2,
+                    num_workers=0, figures=1, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=1, dims=(8,))).validate()
+    result = run_sweep(cfg, echo=lambda _: None, show_progress=False, keep_figures=1)
+    (maps, row), = result.maps
+    only = ("structural_clustering", "class-road_flips", "decoder_masks", "mask-road-0")
+    records = draw_image_figures(maps, row, result, cfg, cfg.out / "figures",
+                                 FigureOptions(dpi=40, panel_inches=2.0, masks_per_prompt=1, only=only))
+    assert [r.name for r in records] == list(only)
+    index = build_report(cfg.out, echo=lambda _: None)
+    text = index.read_text(encoding="utf-8")
+    assert "../figures/scene_0000/structural_clustering.png" in text
+    assert broken_links(index) == [] and broken_links(cfg.out / "figures" / "scene_0000" / "index.html") == []
+    assert 'id="simulated"' in text and (cfg.out / "report" / "grid_alpha.png").exists()
