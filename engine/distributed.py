@@ -1,0 +1,434 @@
+"""One sweep over many workers with Dask: shards of item positions, the one-device pipeline on each.
+
+The client indexes the dataset once and plans contiguous shards of the unfinished item
+positions (whole batches each). Each shard is one task that runs `run_sweep` in shard
+mode on a worker; the worker keeps its model between shards (`WorkerState`, a worker
+plugin), so the model loads once per worker process. Rows land in the ordinary layout
+under --out (rows/part-NNNNNN.parquet), so a cluster run, a local run and `--resume`
+across both read and write the same folder.
+
+A shard task is a pure function of (config, positions) that skips finished items, and
+rows are bitwise independent of the batch they were computed in: a shard retried after
+its worker died rewrites identical files. The client then checks that every item has its
+rows exactly once (or is in errors.parquet), merges the errors and writes run.json with
+the cluster it ran on.
+
+The dataset and --out must be at the same path on every worker (a shared filesystem);
+each shard checks both and says so when they are not. This is the project's Dask
+adapter: nothing else imports dask, and the CLI imports this module only when a sweep
+asks for --scheduler or --cluster.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.config import RunConfig
+from engine.errors import ConfigError, DataError, DatrError
+
+try:
+    import distributed
+    from distributed import WorkerPlugin
+except ImportError:
+    raise ConfigError("--scheduler/--cluster need dask.distributed; install it with pip install 'sam3-datr[dask]'") from None
+
+PLUGIN_NAME = "datr-worker-state"
+SHARDS_PER_WORKER = 4  # enough tasks to balance uneven shards and to lose little to a killed worker
+TMP_RACE_RETRIES = 3
+log = logging.getLogger("datr.distributed")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the sweep runs: an existing scheduler, or a cluster started on this machine.
+
+    scheduler: address of a running dask.distributed scheduler (tcp://HOST:8786).
+    cluster: "local" starts a LocalCluster (CPU) or dask-cuda LocalCUDACluster (--device cuda).
+    workers: worker processes of the local cluster (default: one per GPU; 2 on a CPU).
+    threads: torch CPU threads in each worker (default: dask's, one).
+    shard_size: items per shard (default: whole batches, about 4 shards per worker).
+    connect_timeout: seconds to wait for the scheduler and for its first worker.
+    """
+
+    scheduler: str | None = None
+    cluster: str | None = None
+    workers: int | None = None
+    threads: int | None = None
+    shard_size: int | None = None
+    connect_timeout: float = 60.0
+
+    def validate(self) -> ClusterConfig:
+        if (self.scheduler is None) == (self.cluster is None):
+            raise ConfigError("give either --scheduler ADDRESS (join a running Dask scheduler) or --cluster local, not both")
+        if self.cluster is not None and self.cluster != "local":
+            raise ConfigError(f"--cluster: only 'local' is supported (use --scheduler ADDRESS for a remote one), got {self.cluster!r}")
+        if self.workers is not None and self.scheduler is not None:
+            raise ConfigError("--dask-workers applies to --cluster local; a --scheduler has the workers started beside it")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--dask-workers: need >= 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"--threads: need >= 1, got {self.threads}")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise ConfigError(f"shard_size: need >= 1, got {self.shard_size}")
+        return self
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    """What a cluster sweep cannot do (yet); each says what to do instead."""
+    if cfg.from_cache is not None:
+        raise ConfigError("--from-cache runs on one node; drop --scheduler/--cluster for a cached sweep")
+    if cfg.save_features is not None:
+        raise ConfigError("--save-features runs on one node (one cache writer); drop --scheduler/--cluster to write a cache")
+    if cfg.figures:
+        raise ConfigError("--figures draws on one node; run the cluster sweep without it, then `datr analyze IMAGE` for figures")
+    if cfg.device.startswith("cuda:") and cfg.device != "cuda:0":
+        raise ConfigError(f"--device {cfg.device}: every Dask worker sees its own GPU as cuda; use --device cuda")
+
+
+def plan_shards(positions: list[int], batch_size: int, workers: int, shard_size: int | None = None) -> list[list[int]]:
+    """Contiguous runs of `positions`, each a whole number of batches, about 4 per worker.
+
+    Shards made of whole batches from position 0 give the same batches, hence the same
+    row files, as a local run.
+    """
+    if shard_size is None:
+        per_shard = max(1, math.ceil(len(positions) / (SHARDS_PER_WORKER * max(workers, 1))))
+        shard_size = batch_size * math.ceil(per_shard / batch_size)
+    return [positions[s : s + shard_size] for s in range(0, len(positions), shard_size)]
+
+
+def rows_per_item(cfg: RunConfig) -> int:
+    """Rows one item gets: one per analysis slot per (d, k) grid point."""
+    from engine.analysis import build_slots
+
+    slots = build_slots(cfg.analysis, cfg.prompts, cfg.class_ids)
+    return len(slots) * len(cfg.analysis.dims) * len(cfg.analysis.ks)
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+class WorkerState(WorkerPlugin):
+    """Per-worker-process state: the models built so far, keyed by what builds them.
+
+    Registered by the client once per sweep; a worker that joins or restarts later gets it
+    too. Tasks reach it with `worker_state()`.
+    """
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads
+        self.sources: dict[str, object] = {}
+
+    def setup(self, worker) -> None:
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+
+    def teardown(self, worker) -> None:
+        self.sources.clear()
+
+    def source_for(self, cfg: RunConfig):
+        """The feature source for cfg, built on first use and kept for the worker's lifetime."""
+        from engine.pipeline import build_source, parse_device
+
+        key = json.dumps([cfg.model, str(cfg.checkpoint), str(cfg.bpe_path), cfg.device, list(cfg.prompts),
+                          list(cfg.class_ids), cfg.grid_chunk, cfg.simulated_seed])
+        if key not in self.sources:
+            self.sources[key] = build_source(cfg, parse_device(cfg.device))
+        return self.sources[key]
+
+
+def worker_state() -> WorkerState:
+    worker = distributed.get_worker()
+    state = worker.plugins.get(PLUGIN_NAME)
+    if state is None:  # a worker that missed the registration: state for this process anyway
+        state = WorkerState()
+        worker.plugins[PLUGIN_NAME] = state
+    return state
+
+
+def describe_worker(device: str) -> dict:
+    """Where this worker runs and which device `device` means there (client.run on every worker)."""
+    import torch
+
+    info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(0)
+    elif device.startswith("cuda"):
+        info["device_name"] = "no CUDA device on this worker"
+    else:
+        import platform
+
+        info["device_name"] = platform.processor() or "cpu"
+    return info
+
+
+def check_shared_paths(cfg: RunConfig, index, positions: list[int], run_id: str) -> None:
+    """A worker that cannot see the client's --out or dataset stops with the reason."""
+    host = socket.gethostname()
+    marker = Path(cfg.out) / "run.json"
+    try:
+        seen = json.loads(marker.read_text()).get("cluster", {}).get("run_id")
+    except (OSError, ValueError):
+        seen = None
+    if seen != run_id:
+        raise DataError(f"--out {cfg.out}: worker {host} does not see this run's {marker}; --out must be on a filesystem "
+                        "shared by the client and every worker, at the same path")
+    image = index.items[positions[0]].image_path
+    if not Path(image).is_file():
+        raise DataError(f"{image}: not found on worker {host}; the dataset must be on a filesystem shared by the client and "
+                        "every worker, at the same path")
+
+
+def run_shard(cfg: RunConfig, positions: list[int], index, run_id: str) -> dict:
+    """One shard on this worker: the ordinary pipeline over `positions`, finished items skipped.
+
+    Pure in (cfg, positions): rerunning it (a retry after a worker died) rewrites identical
+    row files. Returns what the client records about the shard.
+    """
+    from engine.pipeline import run_sweep
+
+    check_shared_paths(cfg, index, positions, run_id)
+    shard_cfg = replace(cfg, resume=True, figures=0)
+    source = worker_state().source_for(shard_cfg)
+    for attempt in range(TMP_RACE_RETRIES):
+        try:
+            result = run_sweep(shard_cfg, echo=log.info, show_progress=False, index=index, positions=positions,
+                               source=source, record_run=False)
+            break
+        except FileNotFoundError as err:
+            # ResultStore() clears leftover .tmp files when it opens --out; another worker's
+            # shard opening it can remove a file this one is about to rename (or the other way
+            # round). Nothing is lost: the shard simply runs again, skipping what it wrote.
+            if not str(err.filename or "").endswith(".tmp") or attempt == TMP_RACE_RETRIES - 1:
+                raise
+    worker = distributed.get_worker()
+    run = result.run
+    return {
+        "first_position": positions[0], "items": len(positions), "images_done": result.images_done,
+        "seconds": result.seconds, "seconds_per_stage": run.get("seconds_per_stage", {}),
+        "worker": worker.address, "host": socket.gethostname(),
+        "run": {k: run[k] for k in ("device", "device_name", "backend", "source", "simulated", "loader", "versions") if k in run},
+    }
+
+
+def hold(value):
+    """A task whose result is `value`: the scheduler keeps the spec, so a lost copy is recomputed."""
+    return value
+
+
+# ----------------------------------------------------------------------------- client side
+
+
+@dataclass
+class ClusterHandle:
+    client: object  # distributed.Client
+    kind: str  # "external" | "LocalCluster" | "LocalCUDACluster"
+    address: str
+
+
+@contextmanager
+def open_cluster(cluster: ClusterConfig, device: str, echo: Callable[[str], None]) -> Iterator[ClusterHandle]:
+    """A client on the asked-for cluster; a local one is shut down on exit."""
+    if cluster.scheduler is not None:
+        try:
+            client = distributed.Client(cluster.scheduler, timeout=cluster.connect_timeout)
+        except (OSError, TimeoutError) as err:
+            raise ConfigError(f"--scheduler {cluster.scheduler}: cannot connect ({err}); start one with `dask scheduler` "
+                              f"and workers with `dask worker {cluster.scheduler}`") from None
+        try:
+            try:
+                client.wait_for_workers(1, timeout=cluster.connect_timeout)
+            except TimeoutError:
+                raise ConfigError(f"--scheduler {cluster.scheduler}: no worker joined within {cluster.connect_timeout:.0f} s; "
+                                  f"start them with `dask worker {cluster.scheduler}` (or `dask cuda worker` on GPU nodes)") from None
+            yield ClusterHandle(client, "external", cluster.scheduler)
+        finally:
+            client.close()
+        return
+    if device.startswith("cuda"):
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            raise ConfigError("--cluster local with --device cuda needs dask-cuda (one worker per GPU); "
+                              "install it with pip install 'sam3-datr[dask-cuda]', or use --device cpu") from None
+        local = LocalCUDACluster(n_workers=cluster.workers, threads_per_worker=1, dashboard_address=":0")
+        kind = "LocalCUDACluster"
+    else:
+        local = distributed.LocalCluster(n_workers=cluster.workers or 2, threads_per_worker=1, processes=True,
+                                         dashboard_address=":0")
+        kind = "LocalCluster"
+    try:
+        client = distributed.Client(local)
+        try:
+            echo(f"cluster: started a {kind} at {local.scheduler_address} (dashboard {client.dashboard_link})")
+            yield ClusterHandle(client, kind, local.scheduler_address)
+        finally:
+            client.close()
+    finally:
+        local.close()
+
+
+def check_rows(out: Path, index, expected_rows: int, errored: set[str]) -> set[str]:
+    """Every item has exactly `expected_rows` rows, or none and an error; returns the ids with rows.
+
+    Raises DataError naming the items and the files when a row is missing or duplicated.
+    """
+    import pyarrow.parquet as pq
+
+    counts: Counter[str] = Counter()
+    files: dict[str, list[str]] = {}
+    for shard in sorted((Path(out) / "rows").glob("part-*.parquet")):
+        for image_id in pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist():
+            counts[image_id] += 1
+            if not files.get(image_id) or files[image_id][-1] != shard.name:
+                files.setdefault(image_id, []).append(shard.name)
+    ids = [it.image_id for it in index.items]
+    doubled = [i for i in ids if counts[i] > expected_rows]
+    if doubled:
+        first = doubled[0]
+        raise DataError(f"{out}/rows: {len(doubled)} item(s) have their rows more than once, e.g. {first} "
+                        f"({counts[first]} rows, expected {expected_rows}) in {files[first]}; delete the later of "
+                        "those files and rerun with --resume")
+    short = [i for i in ids if 0 < counts[i] < expected_rows]
+    missing = [i for i in ids if counts[i] == 0 and i not in errored]
+    if short or missing:
+        example = (short or missing)[0]
+        raise DataError(f"{out}/rows: {len(short)} item(s) with too few rows and {len(missing)} without rows or an error, "
+                        f"e.g. {example} ({counts[example]} of {expected_rows} rows); rerun with --resume to fill them")
+    return {i for i in ids if counts[i]}
+
+
+def errored_ids(out: Path) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(Path(out) / "errors.parquet", columns=["image_id"]).column("image_id").to_pylist())
+
+
+def run_distributed_sweep(
+    cfg: RunConfig,
+    cluster: ClusterConfig,
+    echo: Callable[[str], None] = print,
+    show_progress: bool = True,
+    shard_task: Callable[..., dict] = run_shard,
+):
+    """Run (or resume) a sweep with its shards spread over a Dask cluster; returns a SweepResult.
+
+    shard_task: the function each shard runs, with run_shard's signature (tests wrap it).
+    """
+    from engine.data import DataConfig, index_dataset
+    from engine.pipeline import SweepResult, git_commit, progress_bar, versions
+    from engine.store import ResultStore
+
+    cfg.validate()
+    cluster.validate()
+    check_run_config(cfg)
+    started = time.perf_counter()
+    store = ResultStore(cfg.out, cfg.resume)
+    data_cfg = DataConfig(root=cfg.dataset, split=cfg.split, mode=cfg.mode, tile_overlap=cfg.tile_overlap,
+                          dataset=cfg.dataset_kind, num_workers=cfg.num_workers, decode=cfg.decode, limit=cfg.limit)
+    index = index_dataset(data_cfg)
+    if not index.items:
+        raise DataError(f"{cfg.dataset}: no images to analyse")
+    echo(f"data: {len(index.items)} items from {index.num_images} images ({index.dataset}: {index.dataset_reason}), mode {index.mode}")
+    finished = store.finished_ids() if cfg.resume else set()
+    todo = [i for i, it in enumerate(index.items) if it.image_id not in finished]
+    if cfg.resume:
+        echo(f"resume: {len(index.items) - len(todo)} items already done, {len(todo)} to go")
+
+    with open_cluster(cluster, cfg.device, echo) as handle:
+        client = handle.client
+        workers = client.run(describe_worker, cfg.device)
+        for address, info in workers.items():
+            if cfg.device.startswith("cuda") and info["cuda_devices"] > 1:
+                echo(f"note: worker {address} sees {info['cuda_devices']} GPUs and uses the first; "
+                     "start GPU workers with `dask cuda worker` for one worker per GPU")
+        shards = plan_shards(todo, cfg.batch_size, len(workers), cluster.shard_size)
+        run_id = uuid.uuid4().hex
+        run = {
+            "status": "running",
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "config": cfg.to_json(),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "device": cfg.device,
+            "data": index.describe(),
+            "num_items": len(index.items),
+            "cluster": {
+                "run_id": run_id, "kind": handle.kind, "scheduler": handle.address, "workers": len(workers),
+                "devices": [{"worker": address, **info} for address, info in sorted(workers.items())],
+                "shards": len(shards), "shard_size": len(shards[0]) if shards else 0,
+            },
+        }
+        store.write_run_json(run)
+        store.write_errors([e for e in index.bad if e[0] not in finished], "index")
+        echo(f"cluster: {len(workers)} workers at {handle.address}, {len(shards)} shards of up to "
+             f"{run['cluster']['shard_size']} items")
+
+        client.register_plugin(WorkerState(cluster.threads), name=PLUGIN_NAME)
+        index_future = client.submit(hold, index, pure=False)
+        futures = [client.submit(shard_task, cfg, shard, index_future, run_id, pure=False,
+                                 key=f"datr-shard-{shard[0]:06d}-{run_id}") for shard in shards]
+        reports: list[dict] = []
+        try:
+            with progress_bar(len(todo), show_progress) as bar:
+                task = bar.add_task("sweep", total=len(todo), rate="")
+                for future in distributed.as_completed(futures):
+                    report = future.result()
+                    reports.append(report)
+                    bar.advance(task, report["items"])
+                    done = sum(r["items"] for r in reports)
+                    bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):.2f} img/s")
+            errors = store.merge_errors()
+            with_rows = check_rows(cfg.out, index, rows_per_item(cfg), errored_ids(cfg.out))
+            # HOOK(dataset-clustering): the dataset-level PCA + KMeans over token samples goes
+            # here once engine/dataset_clustering.py (TokenReservoir) exists: merge the samples
+            # the shards wrote under --out (bounded per shard), then fit with cuml.dask on
+            # `client` where present, otherwise on this client.
+        except BaseException as err:
+            client.cancel(futures)
+            run.update({"status": "interrupted", "error": err.message if isinstance(err, DatrError) else repr(err),
+                        "finished": dt.datetime.now(dt.timezone.utc).isoformat(), "errors": store.merge_errors(),
+                        "seconds": time.perf_counter() - started})
+            store.write_run_json(run)
+            raise
+
+    done_now = sum(1 for i in todo if index.items[i].image_id in with_rows)
+    stages: dict[str, float] = {}
+    for report in reports:
+        for stage, seconds in report["seconds_per_stage"].items():
+            stages[stage] = stages.get(stage, 0.0) + seconds
+    first = min(reports, key=lambda r: r["first_position"])["run"] if reports else {}
+    run.update({key: value for key, value in first.items() if key != "versions"})
+    if first.get("versions") and first["versions"] != run["versions"]:
+        run["worker_versions"] = first["versions"]
+    run["cluster"]["shard_reports"] = sorted(
+        ({k: r[k] for k in ("first_position", "items", "images_done", "worker", "host", "seconds")} for r in reports),
+        key=lambda r: r["first_position"])
+    run.update({
+        "status": "complete",
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "images_done_this_run": done_now,
+        "images_skipped_resume": len(index.items) - len(todo),
+        "errors": errors,
+        "seconds": time.perf_counter() - started,
+        "seconds_per_stage": stages,
+    })
+    store.write_run_json(run)
+    return SweepResult(out=cfg.out, images_done=done_now, images_skipped_resume=len(index.items) - len(todo),
+                       errors=errors, seconds=run["seconds"], run=run)
