@@ -93,11 +93,22 @@ class ImageView:
     gt: np.ndarray | None  # (H, W) class ids, 255 = ignore
     image: np.ndarray | None  # (S', S', 3) uint8, the model's input box-downsampled for display (S' <= 504)
     scores: np.ndarray | None  # (P, Q)
-    mask_probs: np.ndarray | None  # (P, Q, 288, 288) float
-    encoder_similarity: np.ndarray | None  # (P, Q, H, W) cosine similarity, optional
+    mask_probs: np.ndarray | None  # (P, Q, 288, 288) full-resolution mask probabilities, when the sweep kept them
+    query_masks: np.ndarray | None  # (P, Q, H, W) the same pooled to the token grid (BatchMaps.query_masks)
+    encoder_similarity: np.ndarray | None  # (P, Q, H, W) cos(F_j, mask prototype) (BatchMaps.encoder_similarity)
+    similarity_kept: np.ndarray | None  # (P, Q) bool, queries the similarity was computed for (BatchMaps.kept)
     prompts: tuple[str, ...]
     class_ids: tuple[int, ...]
     metrics: dict = field(default_factory=dict)  # (scope, tau, alpha) -> row dict from DIR/rows
+
+    def decoder_masks(self) -> np.ndarray | None:
+        """(P, Q, h, w) mask probabilities: full resolution when kept, else pooled to the token grid."""
+        return self.mask_probs if self.mask_probs is not None else self.query_masks
+
+    def has_similarity(self, p: int, q: int) -> bool:
+        if self.encoder_similarity is None:
+            return False
+        return self.similarity_kept is None or bool(self.similarity_kept[p, q])
 
 
 @dataclass
@@ -170,7 +181,11 @@ def image_view(maps, row: int, result, cfg) -> ImageView:
     image = result.images.get(image_id) if result is not None else None
     probs = result.mask_probs.get(image_id) if result is not None else None
     scores = result.scores.get(image_id) if result is not None else None
+    if scores is None and getattr(maps, "scores", None) is not None:
+        scores = maps.scores[row]
     similarity = getattr(maps, "encoder_similarity", None)
+    query_masks = getattr(maps, "query_masks", None)
+    kept = getattr(maps, "kept", None)
     prompts = tuple(cfg.prompts)
     class_ids = tuple(cfg.class_ids)
     view = ImageView(
@@ -184,7 +199,9 @@ def image_view(maps, row: int, result, cfg) -> ImageView:
         image=None if image is None else display_image(_np(image).transpose(1, 2, 0)),
         scores=None if scores is None else _np(scores).astype(np.float32),
         mask_probs=None if probs is None else _np(probs),
+        query_masks=None if query_masks is None else _np(query_masks[row]),
         encoder_similarity=None if similarity is None else _np(similarity[row]).astype(np.float32),
+        similarity_kept=None if kept is None or similarity is None else _np(kept[row]).astype(bool),
         prompts=prompts, class_ids=class_ids,
     )
     m = view.labels.shape[0]
@@ -271,7 +288,7 @@ def find_slot(slots, scope: str, tau, alpha) -> int | None:
 
 def top_masks(view: ImageView, p: int, tau, count: int) -> list[int]:
     """Query indices of prompt p's kept masks (score >= tau), best score first, at most count."""
-    if view.scores is None or view.mask_probs is None or tau is None or count == 0:
+    if view.scores is None or view.decoder_masks() is None or tau is None or count == 0:
         return []
     scores = view.scores[p]
     kept = np.flatnonzero(scores >= tau)
@@ -579,14 +596,15 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
 
     p_count = len(view.prompts)
     fig, axes = new_figure(p_count + 1, options, legend_rows=1, ncols=min(p_count + 1, 3))
-    have_probs = view.mask_probs is not None and view.scores is not None and tau is not None
+    masks = view.decoder_masks()
+    have_probs = masks is not None and view.scores is not None and tau is not None
     # (a) every prompt's kept masks in its class colour; later prompts drawn over earlier ones
     show_image(axes[0], view.image, grey=True)
     overlay = None
     for p, cid in enumerate(view.class_ids):
         if have_probs:
             kept = view.scores[p] >= tau
-            union = (view.mask_probs[p][kept] >= 0.5).any(0) if kept.any() else None
+            union = (masks[p][kept] >= 0.5).any(0) if kept.any() else None
         else:
             union = view.mask_weights[0, 1 + p] >= 0.5
         if union is not None and union.any():
@@ -601,9 +619,9 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
         show_image(ax, view.image, grey=True)
         if have_probs:
             order = top_masks(view, p, tau, view.scores.shape[1])
-            overlay = np.zeros(view.mask_probs.shape[-2:] + (4,), dtype=np.float32)
+            overlay = np.zeros(masks.shape[-2:] + (4,), dtype=np.float32)
             for rank, q in enumerate(order):  # lower-scoring masks drawn over higher ones where they overlap
-                region = view.mask_probs[p, q] >= 0.5
+                region = masks[p, q] >= 0.5
                 if not region.any():
                     continue
                 overlay[region] = (*cmap(rank % 20)[:3], 0.55)
@@ -622,15 +640,17 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
     files = save(fig, folder, "decoder_masks", options)
     caption = ("Every kept decoder mask (score ≥ τ, probability ≥ 0.5) per prompt, numbered by score rank; "
                "panel (a) overlays all prompts in their class colours.")
+    if have_probs and view.mask_probs is None:
+        caption += " Full-resolution masks were not kept for this image: the masks pooled to the 72×72 token grid are shown."
     if not have_probs:
-        caption = "Full-resolution masks were not kept for this image; the pooled mask weights W_p are shown instead."
+        caption = "No per-query masks were handed over for this image; the pooled mask weights W_p are shown instead."
     return FigureRecord("decoder_masks", files, "Decoder masks overview", caption, "Fig. 21")
 
 
 def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: FigureOptions) -> FigureRecord:
     prompt = view.prompts[p]
-    probs = view.mask_probs[p, q].astype(np.float32)  # (288, 288)
-    similarity = None if view.encoder_similarity is None else view.encoder_similarity[p, q]
+    probs = view.decoder_masks()[p, q].astype(np.float32)  # (288, 288), or (72, 72) pooled
+    similarity = view.encoder_similarity[p, q] if view.has_similarity(p, q) else None
     region = probs >= 0.5
     if similarity is not None:
         fig, (a, b, c) = new_figure(3, options)
@@ -658,6 +678,8 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
         caption = ("(a) the decoder's mask probability over the image; (b) the mask outline (probability ≥ 0.5) on the "
                    "encoder features' PCA → RGB. The encoder-similarity heatmap needs BatchMaps.encoder_similarity, "
                    "which this run did not hand over.")
+    if view.mask_probs is None:
+        caption += " The decoder activation is the mask pooled to the 72×72 token grid (full resolution was not kept)."
     score = float(view.scores[p, q])
     stem = f"mask-{safe_name(prompt)}-{rank}"
     title = f"{prompt} mask {rank}: decoder attention"

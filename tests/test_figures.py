@@ -66,22 +66,24 @@ def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bo
     for cid, cls in enumerate(QUADRANT_CLASS):
         gt[enc == cid] = cls
     rng = np.random.default_rng(0)
+    q = 3
+    scores = torch.tensor([[0.9, 0.2, 0.7], [0.1, 0.1, 0.1]])  # road keeps two masks, vehicle none
+    probs = torch.zeros(len(PROMPTS), q, 288, 288, dtype=torch.float16)
+    probs[0, 0, 120:240, 0:140] = 0.95
+    probs[0, 2, 0:40, 0:40] = 0.8
+    similarity = torch.from_numpy(rng.uniform(-1, 1, size=(1, len(PROMPTS), q, G, G)).astype(np.float16))
     maps = BatchMaps(
         slots=slots, d=8, k=4,
         labels=torch.from_numpy(labels)[None], labels_processed=torch.from_numpy(labels.copy())[None],
         effective=torch.from_numpy(effective)[None], mask_weights=torch.from_numpy(mask_weights)[None],
         encoder_pca=torch.from_numpy(rng.normal(size=(1, G, G, 3)).astype(np.float32)),
         gt_tokens=torch.from_numpy(gt)[None],
+        kept=(scores >= 0.5)[None], scores=scores[None],
+        query_masks=torch.nn.functional.avg_pool2d(probs.float(), 4).half()[None],
+        encoder_similarity=similarity if with_similarity else None,
     )
-    if with_similarity:
-        maps.encoder_similarity = torch.from_numpy(rng.uniform(-1, 1, size=(1, len(PROMPTS), 3, G, G)).astype(np.float16))
     if image_ids:
         maps.image_ids = ["img/one"]
-    q = 3
-    scores = torch.tensor([[0.9, 0.2, 0.7], [0.1, 0.1, 0.1]])  # road keeps two masks, vehicle none
-    probs = torch.zeros(len(PROMPTS), q, 288, 288, dtype=torch.float16)
-    probs[0, 0, 120:240, 0:140] = 0.95
-    probs[0, 2, 0:40, 0:40] = 0.8
     image = torch.full((3, 1008, 1008), 128, dtype=torch.uint8)
     result = SimpleNamespace(maps=[(maps, 0)], images={"img/one": image}, mask_probs={"img/one": probs},
                              scores={"img/one": scores})
@@ -213,6 +215,14 @@ def test_encoder_similarity_is_drawn_when_handed_over(tmp_path):
     three = read_rgb(tmp_path / "figures" / "img_one" / "mask-road-0.png").shape[1]
     two = read_rgb(tmp_path / "plain" / "img_one" / "mask-road-0.png").shape[1]
     assert three > 1.4 * two, (three, two)  # similarity | activation | comparison vs activation | outline
+
+
+def test_pooled_masks_stand_in_when_full_resolution_was_not_kept(tmp_path):
+    maps, result, cfg = hand_case(tmp_path, with_similarity=True)
+    result.mask_probs = {}
+    records = draw_image_figures(maps, 0, result, cfg, tmp_path / "f", replace(FAST, only=("decoder_masks", "mask-road-0")))
+    assert [r.name for r in records] == ["decoder_masks", "mask-road-0"]
+    assert all("72×72 token grid" in r.caption for r in records)
 
 
 def test_image_id_from_maps_or_from_the_result_order(tmp_path):

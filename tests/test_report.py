@@ -176,6 +176,7 @@ def test_real_sweep_figures_and_report_end_to_end(tmp_path):
     records = draw_image_figures(maps, row, result, cfg, cfg.out / "figures",
                                  FigureOptions(dpi=40, panel_inches=2.0, masks_per_prompt=1, only=only))
     assert [r.name for r in records] == list(only)
+    assert "cosine similarity" in records[-1].caption  # the pipeline hands over the encoder similarity
     index = build_report(cfg.out, echo=lambda _: None)
     text = index.read_text(encoding="utf-8")
     assert "../figures/scene_0000/structural_clustering.png" in text
