@@ -31,7 +31,9 @@ class SourceBatch:
     taus:         the score thresholds union_masks was built for
     mask_probs:   (B, P, Q, 288, 288) float16 or None -- full-res probabilities, only
                   when a figure asked for them
-    encoder_memory: (B, 5184, C) float32 or None -- text-fused encoder memory (optional)
+    encoder_memory: (B, P, 5184, C) float32 or None -- the text-fused encoder memory, one per
+                  prompt (the encoder mixes each prompt's text into the image tokens); optional
+    extra:        source-specific additions (the SAM3 source puts `kept` (B, T, P, Q) there)
     """
 
     image_ids: list[str]
