@@ -158,8 +158,9 @@ class FaissBackend:
             for r in range(restarts):
                 c = start[i, r].numpy()
                 steps = 0
-                for steps in range(1, max_iter + 1):
+                while steps < max_iter:
                     new = self._lloyd_step(xi, wi, c, index, seed)
+                    steps += 1
                     shift = float(((new.astype(np.float64) - c) ** 2).sum())
                     c = new
                     if shift <= float(tol_abs[i]):
