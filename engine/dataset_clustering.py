@@ -114,6 +114,34 @@ class TokenReservoir:
         self._absorb(other.tokens, other.labels, other.priorities, other.image_ids, other.token_index)
         return self
 
+    def save(self, path: Path) -> None:
+        """Write the reservoir to `path` (.npz, atomic) so a resumed sweep can continue it."""
+        import io
+
+        from engine.store import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez(
+            buf, meta=np.array([self.size, self.seed, self.channels, self.tokens_seen], np.int64),
+            tokens=self.tokens.numpy(), labels=self.labels, priorities=self.priorities,
+            image_ids=np.asarray(self.image_ids.tolist(), dtype=str), token_index=self.token_index,
+        )
+        atomic_write_bytes(Path(path), buf.getvalue())
+
+    @classmethod
+    def load(cls, path: Path) -> TokenReservoir:
+        """Read a reservoir written by `save`."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            size, seed, channels, seen = (int(v) for v in data["meta"])
+            res = cls(size, seed=seed, channels=channels)
+            res.tokens = torch.from_numpy(data["tokens"].astype(np.float32).reshape(-1, channels))
+            res.labels = data["labels"].astype(np.int64)
+            res.priorities = data["priorities"].astype(np.uint64)
+            res.image_ids = np.asarray(data["image_ids"].tolist(), dtype=object)
+            res.token_index = data["token_index"].astype(np.int64)
+        res.tokens_seen = seen
+        return res
+
     def _absorb(self, tokens, labels, priorities, image_ids, token_index) -> None:
         prio = np.concatenate([self.priorities, priorities])
         # one entry per priority (the same token offered twice), the smallest `size`, in priority order

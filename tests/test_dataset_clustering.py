@@ -74,6 +74,20 @@ def test_re_adding_an_image_and_merging_overlaps_change_nothing():
     assert same_content(once, overlap)
 
 
+def test_saved_reservoir_continues_as_if_never_stopped(tmp_path):
+    tokens, gt, ids = image_batch(6)
+    whole = filled(150, [(tokens, gt, ids)])
+    first = filled(150, [(tokens[:2], gt[:2], ids[:2])])
+    first.save(tmp_path / "reservoir.npz")
+    resumed = TokenReservoir.load(tmp_path / "reservoir.npz")
+    assert same_content(first, resumed) and resumed.tokens_seen == first.tokens_seen
+    resumed.add(tokens[2:], gt[2:], ids[2:])
+    assert same_content(whole, resumed) and resumed.tokens_seen == whole.tokens_seen
+    empty = TokenReservoir(10, channels=C)
+    empty.save(tmp_path / "empty.npz")
+    assert len(TokenReservoir.load(tmp_path / "empty.npz")) == 0
+
+
 def test_sample_is_spread_evenly_over_images():
     tokens, gt, ids = image_batch(10, n_tokens=400)
     res = filled(1000, [(tokens, gt, ids)])
