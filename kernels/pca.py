@@ -59,10 +59,11 @@ def weighted_moments(
     """
     p, n, c = x.shape
     if weights is None:
+        # X^T X - n mean mean^T, as scikit-learn's covariance_eigh does: no centred copy
+        # of x (a full pass over memory); the cancellation error is ~ eps * |mean|^2 / var
         total = torch.full((p,), float(n), dtype=x.dtype, device=x.device)
         mean = x.mean(dim=1)
-        centred = x - mean[:, None, :]
-        cov = centred.transpose(1, 2) @ centred  # (P, C, C)
+        cov = torch.baddbmm(x.transpose(1, 2) @ x, mean[:, :, None], mean[:, None, :], alpha=-float(n))
     else:
         assert weights.shape == (p, n), f"weights must be (P, N) = {(p, n)}, got {tuple(weights.shape)}"
         w = weights.to(x.dtype)
