@@ -449,6 +449,9 @@ def suptitle(fig, view: ImageView, text: str, slot=None) -> None:
     if slot is not None:
         detail = metric_line(view, slot)
         lines.append(point_label(view, slot) + (f"; {detail}" if detail else ""))
+        row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
+        if row.get("kept_queries") == 0:
+            lines.append("no mask kept for this scope: DATR(F) = F, so nothing can change")
     width = max(40, int(fig.get_figwidth() * 12))  # ~characters of a 10 pt title per inch
     fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines))
 

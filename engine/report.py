@@ -32,11 +32,11 @@ from engine.errors import ConfigError, DataError
 from engine.palette import class_colour, scope_colour, to_unit
 
 DISTRIBUTIONS = (
-    ("flip_ratio", "Flip ratio (raw)", "share of effective tokens whose cluster changed", 100.0, "%"),
-    ("flip_ratio_processed", "Flip ratio (processed)", "share of effective tokens whose cluster changed, 3×3-filtered maps", 100.0, "%"),
-    ("effective_tokens", "Effective tokens", "tokens with mask weight ≥ 0.5", 1.0, ""),
-    ("cos_distance", "Average cosine distance", "mean over E of 1 − cos(F_j, A_j), A_j = attended query vector (the paper's measure)", 1.0, ""),
-    ("datr_shift", "DATR shift", "mean over E of 1 − cos(F_j, DATR(F)_j)", 1.0, ""),
+    ("flip_ratio", "Flip ratio (raw)", "Share of effective tokens whose aligned cluster differs from the encoder cluster", 100.0, "%"),
+    ("flip_ratio_processed", "Flip ratio (processed)", "The same on the 3×3-filtered maps (alignment recomputed on them)", 100.0, "%"),
+    ("effective_tokens", "Effective tokens", "Tokens whose mask weight W (max over kept masks, pooled to the 72×72 grid) is ≥ 0.5, of 5184", 1.0, ""),
+    ("cos_distance", "Average cosine distance", "Mean over effective tokens of 1 − cos(F_j, A_j), A_j the attended query vector (the paper's measure)", 1.0, ""),
+    ("datr_shift", "DATR shift", "Mean over effective tokens of 1 − cos(F_j, DATR(F)_j), how far the re-encoding moves a token", 1.0, ""),
 )
 ALPHA_DEPENDENT = {"flip_ratio", "flip_ratio_processed", "datr_shift"}  # the rest depend on tau only
 QUALITY = (("accuracy", "Accuracy (matched)"), ("nmi", "NMI"), ("ari", "ARI"))
@@ -68,13 +68,15 @@ class Rows:
 
     @classmethod
     def from_table(cls, table) -> Rows:
+        import pyarrow as pa
+
         cols = {}
         for name in table.column_names:
-            values = table.column(name).to_pylist()
-            if name in ("image_id", "scope", "scope_kind"):
-                cols[name] = np.array(values, dtype=object)
-            else:
-                cols[name] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+            column = table.column(name)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                cols[name] = np.array(column.to_pylist(), dtype=object)
+            else:  # nulls become NaN through the float cast
+                cols[name] = column.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
         return cls(cols, table.num_rows)
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -599,6 +601,23 @@ code{background:#f4f4f4;padding:0 .2em}
 """
 
 
+DEFINITIONS = """<dl>
+<dt>Scope</dt><dd><i>encoder</i>: KMeans on the encoder tokens F (PCA to d, k clusters); <i>global</i>: on
+DATR(F) = F + α·Σ softmax(F·Q/√C)·Q over the kept queries of all prompts (one softmax); a prompt name: the same
+with that prompt's kept queries only. Kept = score ≥ τ.</dd>
+<dt>Effective tokens E</dt><dd>Tokens whose mask weight (max over the scope's kept masks, pooled to the 72×72 grid)
+is ≥ 0.5.</dd>
+<dt>Flip ratio</dt><dd>Share of E whose DATR cluster, aligned to the encoder clusters by Hungarian matching over all
+tokens, differs from the encoder cluster. <i>Processed</i>: both maps pass a 3×3 plurality filter first and are
+re-aligned. No value when E is empty.</dd>
+<dt>Cosine distance / DATR shift</dt><dd>Cosine distance (the paper's number) = mean over E of 1 − cos(F_j, A_j) with
+A_j the attended query vector; DATR shift = mean over E of 1 − cos(F_j, DATR(F)_j).</dd>
+<dt>Accuracy, NMI, ARI</dt><dd>Clustering against the GT downsampled to the token grid by majority vote;
+accuracy after one-to-one matching of clusters to classes. <i>Mask IoU</i>: union of the prompt's kept masks
+(probability ≥ 0.5) against its GT class on the 288×288 grid.</dd>
+</dl>"""
+
+
 def esc(value) -> str:
     return html.escape("" if value is None else str(value))
 
@@ -769,6 +788,7 @@ def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference |
         if len(grid_summary) > len(summary):
             body.append(grid_html(grid_summary))
         body += [f"<p class=\"warn\">{esc(n)}</p>" for n in notes]
+    body.append("<h2>Definitions</h2>" + DEFINITIONS)
     body.append("<h2>Per-image figures</h2>" + image_pages_html(pages))
     body.append("<h2>Errors</h2>" + errors_html(errors))
     body.append(f"<p style=\"color:#777;font-size:.8em\">Written {esc(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))} "

@@ -187,6 +187,19 @@ def test_cluster_palette_names_the_matched_class_and_keeps_spare_colours_distinc
     assert not {tuple(c) for c in palette.colours[3:]} & set(UDD5_COLOURS)
 
 
+def test_without_gt_clusters_take_neutral_colours_and_plain_names(tmp_path):
+    maps, result, cfg = hand_case(tmp_path)
+    maps.gt_tokens = None
+    records = draw_image_figures(maps, 0, result, cfg, tmp_path / "f",
+                                 replace(FAST, dpi=60, only=("structural_clustering", "global_comparison")))
+    assert len(records) == 2
+    rgb = read_rgb(tmp_path / "f" / "img_one" / "structural_clustering.png")
+    neutral = cluster_palette(quadrants(), 4).colours
+    assert all(colour_pixels(rgb, c).sum() > 0 for c in neutral)
+    assert all(colour_pixels(rgb, UDD5_COLOURS[c]).sum() == 0 for c in QUADRANT_CLASS)
+    assert json.loads((tmp_path / "f" / "img_one" / "figures.json").read_text())["has_gt"] is False
+
+
 def test_flip_map_draws_changed_tokens_only(tmp_path):
     maps, result, cfg = hand_case(tmp_path)
     only_flips = FigureOptions(dpi=60, only=("class-road_flips",))
