@@ -265,12 +265,12 @@ def pick_point(slots, options: FigureOptions) -> tuple[float | None, float | Non
         return None, None
     taus = list(dict.fromkeys(s.tau for s in datr))
     alphas = list(dict.fromkeys(s.alpha for s in datr))
-    tau = taus[0] if options.tau is None else _closest(taus, options.tau, "tau")
-    alpha = alphas[0] if options.alpha is None else _closest(alphas, options.alpha, "alpha")
+    tau = taus[0] if options.tau is None else _grid_value(taus, options.tau, "tau")
+    alpha = alphas[0] if options.alpha is None else _grid_value(alphas, options.alpha, "alpha")
     return tau, alpha
 
 
-def _closest(values: list[float], wanted: float, name: str) -> float:
+def _grid_value(values: list[float], wanted: float, name: str) -> float:
     for v in values:
         if abs(v - wanted) < 1e-9:
             return v
@@ -696,15 +696,37 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
 
 
 def write_manifest(folder: Path, view: ImageView, records: list[FigureRecord], cfg) -> Path:
+    """folder/figures.json; figures drawn earlier for the same image and not redrawn now are kept."""
+    path = folder / "figures.json"
+    figures = [r.__dict__ for r in records]
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            old = {}
+        if old.get("image_id") == view.image_id:
+            drawn = {r.name for r in records}
+            kept = [f for f in old.get("figures", []) if f["name"] not in drawn and all((folder / x).exists() for x in f["files"])]
+            figures = kept + figures
     payload = {
         "image_id": view.image_id,
         "d": view.d, "k": view.k,
         "prompts": list(view.prompts),
-        "simulated": getattr(cfg, "model", None) == "simulated",
+        "simulated": source_is_simulated(cfg),
         "has_gt": view.gt is not None,
         "has_encoder_similarity": view.encoder_similarity is not None,
-        "figures": [r.__dict__ for r in records],
+        "figures": figures,
     }
-    path = folder / "figures.json"
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
     return path
+
+
+def source_is_simulated(cfg) -> bool:
+    """What the sweep's run.json says (a feature cache may hold simulated outputs), else the configured model."""
+    run_json = Path(cfg.out) / "run.json"
+    if run_json.is_file():
+        try:
+            return bool(json.loads(run_json.read_text()).get("simulated", False))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    return getattr(cfg, "model", None) == "simulated"

@@ -457,9 +457,11 @@ def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out:
     for ax in axes[len(metrics):]:
         ax.set_axis_off()
     axes = axes[:len(metrics)]
+    span = (max(values) - min(values)) or 1.0
     for ax, (metric, label) in zip(axes, metrics, strict=True):
-        for scope, cid in scopes:
+        for si, (scope, cid) in enumerate(scopes):
             colour = to_unit(scope_colour(scope, cid))
+            dodge = (si - (len(scopes) - 1) / 2) * 0.012 * span  # keeps the error bars of scopes apart
             sel_fixed = rows.select(scope=scope)
             for key, value in fixed.items():
                 if scope == "encoder" and key in ("tau", "alpha"):
@@ -479,8 +481,8 @@ def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out:
                 half.append(t_quantile(data.size - 1) * data.std(ddof=1) / np.sqrt(data.size) if data.size > 1 else 0.0)
             if np.isnan(means).all():
                 continue
-            ax.errorbar(values, means, yerr=half, color=colour, marker="o", markersize=3, linewidth=1.2, capsize=2,
-                        label=scope, markeredgecolor="0.3", markeredgewidth=0.3)
+            ax.errorbar(np.asarray(values) + dodge, means, yerr=half, color=colour, marker="o", markersize=3,
+                        linewidth=1.2, elinewidth=0.8, capsize=2, label=scope, markeredgecolor="0.3", markeredgewidth=0.3)
         ax.set_xlabel(symbol)
         ax.set_ylabel(label)
         ax.set_xticks(values)
