@@ -557,8 +557,8 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
     agree[changed] = (*to_unit(FLIP_COLOUR), 0.95)
     axes[3].imshow(agree, extent=EXTENT, interpolation="nearest")
     panel_title(axes[3], 3, "agreement in E (raw)")
-    cluster_legend(fig, palette, [view.labels[0], view.labels[j]],
-                   [("same cluster", SAME_COLOUR), ("changed cluster", FLIP_COLOUR)])
+    shown = [view.labels[0], view.labels[j]] if is_global else [view.labels[0][eff], view.labels[j][eff]]
+    cluster_legend(fig, palette, shown, [("same cluster", SAME_COLOUR), ("changed cluster", FLIP_COLOUR)])
     if is_global:
         stem, title, paper = "global_comparison", "Global comparison: encoder vs global DATR", "Fig. 4"
     else:
