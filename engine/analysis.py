@@ -9,7 +9,7 @@ leading columns serve every smaller d (they are the same eigenvectors).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -68,7 +68,8 @@ class BatchMaps:
     kept: torch.Tensor  # (B, P, Q) bool, queries kept at the first tau
     scores: torch.Tensor  # (B, P, Q)
     query_masks: torch.Tensor  # (B, P, Q, H, W) float16 decoder mask probability pooled to the token grid
-    encoder_similarity: torch.Tensor  # (B, P, Q, H, W) float16 cos(F_j, mask prototype); 0 for queries not kept
+    encoder_similarity: torch.Tensor | None  # (B, P, Q, H, W) float16 cos(F_j, mask prototype); 0 if not kept
+    image_ids: list[str] = field(default_factory=list)  # (B,)
 
 
 @dataclass
@@ -193,7 +194,7 @@ def analyze_batch(
             append_rows(columns, batch.image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou, gt_flat is not None)
             if keep_maps and maps is None:
                 maps = BatchMaps(
-                    slots=slots, d=d, k=k,
+                    slots=slots, image_ids=list(batch.image_ids), d=d, k=k,
                     labels=aligned.reshape(b, m, h, w).cpu(),
                     labels_processed=aligned_f.reshape(b, m, h, w).cpu(),
                     effective=effective.reshape(b, m, h, w).cpu(),

@@ -213,7 +213,7 @@ def image_view(maps, row: int, result, cfg) -> ImageView:
 def image_id_of(maps, row: int, result) -> str:
     """The image id of a BatchMaps row: maps.image_ids when present, else its place in result.maps."""
     ids = getattr(maps, "image_ids", None)
-    if ids is not None:
+    if ids:
         return str(ids[row])
     # run_sweep appends to result.maps and result.scores together, one entry per figure image
     keys = list(result.scores)
