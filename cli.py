@@ -260,8 +260,11 @@ def sweep(
     config: Annotated[Path | None, typer.Option(help="run.toml with run options and an [analysis] table.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    scheduler: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://HOST:8786); the dataset and --out must be on a filesystem every worker shares.")] = None,
+    cluster: Annotated[str | None, typer.Option(help="local: start a Dask cluster here (one worker per GPU with --device cuda).")] = None,
+    dask_workers: Annotated[int | None, typer.Option(help="Workers of --cluster local (default: one per GPU; 2 on a CPU).")] = None,
 ) -> None:
-    """Run the analysis over a dataset; results to --out (resumable)."""
+    """Run the analysis over a dataset; results to --out (resumable). --scheduler/--cluster: over a Dask cluster."""
     set_threads(threads)
     cfg = build_run_config(
         dataset, out, config=config, model=model, checkpoint=checkpoint, bpe=bpe, split=split, mode=mode,
@@ -271,9 +274,17 @@ def sweep(
         figures=figures, explicit=explicit_options(ctx),
     )
     set_matmul_precision(cfg.device)
-    from engine.pipeline import run_sweep
+    if scheduler is not None or cluster is not None:
+        from engine.distributed import ClusterConfig, run_distributed_sweep  # imports dask: only here
 
-    result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=cfg.figures)
+        where = ClusterConfig(scheduler=scheduler, cluster=cluster, workers=dask_workers, threads=threads)
+        result = run_distributed_sweep(cfg, where, echo=typer.echo, show_progress=progress)
+    elif dask_workers is not None:
+        raise DatrError("--dask-workers applies to --cluster local")
+    else:
+        from engine.pipeline import run_sweep
+
+        result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=cfg.figures)
     typer.echo(f"{result.images_done} images analysed, {result.images_skipped_resume} already done, "
                f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
     if cfg.figures:

@@ -127,15 +127,20 @@ class WorkerState(WorkerPlugin):
     too. Tasks reach it with `worker_state()`.
     """
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, device: str = "cpu"):
         self.threads = threads
+        self.device = device
         self.sources: dict[str, object] = {}
 
     def setup(self, worker) -> None:
-        if self.threads is not None:
-            import torch
+        """The worker process's switches, as the CLI sets them for a local run."""
+        import torch
 
+        if self.threads is not None:
             torch.set_num_threads(self.threads)
+        if self.device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = False  # parity with a one-process run: fp32 means fp32
+            torch.backends.cudnn.allow_tf32 = False
 
     def teardown(self, worker) -> None:
         self.sources.clear()
@@ -195,17 +200,42 @@ def check_shared_paths(cfg: RunConfig, index, positions: list[int], run_id: str)
                         "every worker, at the same path")
 
 
-def run_shard(cfg: RunConfig, positions: list[int], index, run_id: str) -> dict:
+class SampledSource:
+    """A feature source that also offers each batch's encoder tokens to a TokenReservoir."""
+
+    def __init__(self, source, reservoir):
+        self.source = source
+        self.reservoir = reservoir
+
+    def __getattr__(self, name):  # name, prompts, device, describe() of the wrapped source
+        return getattr(self.source, name)
+
+    def run_batch(self, images, image_ids, taus, gt_mask=None, gt_tokens=None, keep_mask_probs=False):
+        out = self.source.run_batch(images, image_ids, taus, gt_mask=gt_mask, gt_tokens=gt_tokens, keep_mask_probs=keep_mask_probs)
+        tokens = out.features.flatten(2).transpose(1, 2)  # (B, N, C)
+        labels = None if gt_tokens is None else gt_tokens.to(tokens.device).flatten(1)  # (B, N)
+        self.reservoir.add(tokens, labels, out.image_ids)
+        return out
+
+
+def run_shard(cfg: RunConfig, positions: list[int], index, run_id: str, token_sample: int = 0) -> dict:
     """One shard on this worker: the ordinary pipeline over `positions`, finished items skipped.
 
     Pure in (cfg, positions): rerunning it (a retry after a worker died) rewrites identical
-    row files. Returns what the client records about the shard.
+    row files. token_sample > 0: also return a TokenReservoir of that many of the shard's
+    encoder tokens (bounded, mergeable on the client). Returns what the client records.
     """
     from engine.pipeline import run_sweep
 
     check_shared_paths(cfg, index, positions, run_id)
     shard_cfg = replace(cfg, resume=True, figures=0)
     source = worker_state().source_for(shard_cfg)
+    reservoir = None
+    if token_sample > 0:
+        from engine.dataset_clustering import TokenReservoir
+
+        reservoir = TokenReservoir(token_sample, seed=cfg.analysis.seed)
+        source = SampledSource(source, reservoir)
     for attempt in range(TMP_RACE_RETRIES):
         try:
             result = run_sweep(shard_cfg, echo=log.info, show_progress=False, index=index, positions=positions,
@@ -224,7 +254,26 @@ def run_shard(cfg: RunConfig, positions: list[int], index, run_id: str) -> dict:
         "seconds": result.seconds, "seconds_per_stage": run.get("seconds_per_stage", {}),
         "worker": worker.address, "host": socket.gethostname(),
         "run": {k: run[k] for k in ("device", "device_name", "backend", "source", "simulated", "loader", "versions") if k in run},
+        "reservoir": reservoir,
     }
+
+
+def fit_dataset_clustering(reservoir, cfg: RunConfig, class_names: tuple[str, ...]) -> list[dict]:
+    """Dataset-level PCA + KMeans on the merged sample, one result per (k, d) of the grid, on cfg.device."""
+    from engine.dataset_clustering import cluster_dataset
+    from engine.errors import BackendError
+    from engine.pipeline import parse_device
+    from kernels.backends import BackendUnavailable, resolve_backend
+
+    device = parse_device(cfg.device)
+    try:
+        backend, _ = resolve_backend(cfg.analysis.backend, device)
+    except BackendUnavailable as err:
+        raise BackendError(f"--backend {cfg.analysis.backend}: {err}") from None
+    ana = cfg.analysis
+    return [cluster_dataset(reservoir, k, d, backend, ana.seed, n_init=ana.n_init, max_iter=ana.max_iter, tol=ana.tol,
+                            num_classes=len(class_names), class_names=class_names, device=device)
+            for k in ana.ks for d in ana.dims if k <= len(reservoir) and d <= reservoir.channels]
 
 
 def hold(value):
@@ -314,6 +363,17 @@ def check_rows(out: Path, index, expected_rows: int, errored: set[str]) -> set[s
     return {i for i in ids if counts[i]}
 
 
+def dataset_clustering(client, sample, cfg: RunConfig, class_names: tuple[str, ...], echo: Callable[[str], None]) -> dict:
+    """Fit the merged sample on a worker (its device, e.g. its GPU) and write the results under --out."""
+    from engine.dataset_clustering import write_dataset_clustering
+
+    echo(f"dataset clustering: {len(sample)} of {sample.tokens_seen} tokens sampled, fitting on a worker ({cfg.device})")
+    results = client.submit(fit_dataset_clustering, sample, cfg, tuple(class_names), pure=False).result()
+    paths = write_dataset_clustering(cfg.out, results) if results else []
+    return {"tokens": len(sample), "tokens_seen": sample.tokens_seen, "reservoir_size": sample.size,
+            "images": int(len(set(sample.image_ids.tolist()))), "results": len(results), "files": [str(p) for p in paths]}
+
+
 def errored_ids(out: Path) -> set[str]:
     import pyarrow.parquet as pq
 
@@ -326,9 +386,15 @@ def run_distributed_sweep(
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
     shard_task: Callable[..., dict] = run_shard,
+    token_sample: int = 0,
 ):
     """Run (or resume) a sweep with its shards spread over a Dask cluster; returns a SweepResult.
 
+    token_sample > 0: also the dataset-level clustering -- each shard keeps a bottom-k
+    TokenReservoir of that many encoder tokens, the client merges them as shards finish
+    (memory bounded by two reservoirs), and one task fits PCA + KMeans over the analysis
+    grid (ks x dims) on a worker's --device; written to DIR/dataset_clustering.json/.parquet.
+    A shard retried after its worker died samples only the items it computed itself.
     shard_task: the function each shard runs, with run_shard's signature (tests wrap it).
     """
     from engine.data import DataConfig, index_dataset
@@ -380,26 +446,29 @@ def run_distributed_sweep(
         echo(f"cluster: {len(workers)} workers at {handle.address}, {len(shards)} shards of up to "
              f"{run['cluster']['shard_size']} items")
 
-        client.register_plugin(WorkerState(cluster.threads), name=PLUGIN_NAME)
+        client.register_plugin(WorkerState(cluster.threads, cfg.device), name=PLUGIN_NAME)
         index_future = client.submit(hold, index, pure=False)
-        futures = [client.submit(shard_task, cfg, shard, index_future, run_id, pure=False,
+        futures = [client.submit(shard_task, cfg, shard, index_future, run_id, token_sample, pure=False,
                                  key=f"datr-shard-{shard[0]:06d}-{run_id}") for shard in shards]
         reports: list[dict] = []
+        sample = None
         try:
             with progress_bar(len(todo), show_progress) as bar:
                 task = bar.add_task("sweep", total=len(todo), rate="")
                 for future in distributed.as_completed(futures):
                     report = future.result()
+                    future.release()  # the shard's reservoir leaves the worker's memory
+                    shard_sample = report.pop("reservoir", None)
+                    if shard_sample is not None:
+                        sample = shard_sample if sample is None else sample.merge(shard_sample)
                     reports.append(report)
                     bar.advance(task, report["items"])
                     done = sum(r["items"] for r in reports)
                     bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):.2f} img/s")
             errors = store.merge_errors()
             with_rows = check_rows(cfg.out, index, rows_per_item(cfg), errored_ids(cfg.out))
-            # HOOK(dataset-clustering): the dataset-level PCA + KMeans over token samples goes
-            # here once engine/dataset_clustering.py (TokenReservoir) exists: merge the samples
-            # the shards wrote under --out (bounded per shard), then fit with cuml.dask on
-            # `client` where present, otherwise on this client.
+            if sample is not None:
+                run["dataset_clustering"] = dataset_clustering(client, sample, cfg, index.classes, echo)
         except BaseException as err:
             client.cancel(futures)
             run.update({"status": "interrupted", "error": err.message if isinstance(err, DatrError) else repr(err),
