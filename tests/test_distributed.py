@@ -27,6 +27,7 @@ from engine.distributed import (  # noqa: E402
     SampledSource,
     check_rows,
     check_run_config,
+    check_shared_paths,
     open_cluster,
     plan_shards,
     rows_per_item,
@@ -161,6 +162,30 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
     assert sorted_rows(out) == sorted_rows(reference[0])
     run = json.loads((out / "run.json").read_text())
     assert run["images_skipped_resume"] == 2 and run["cluster"]["shards"] == 1
+
+
+def test_a_shard_error_stops_the_sweep_with_its_message(scenes, scheduler, tmp_path):
+    out = tmp_path / "no-gt"
+    with pytest.raises(DataError, match="simulated model needs ground truth"):
+        run_distributed_sweep(config(scenes, out, dataset_kind="images"), ClusterConfig(scheduler=scheduler), echo=quiet,
+                              show_progress=False)
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and "ground truth" in run["error"]
+
+
+def test_a_worker_that_cannot_see_out_or_the_dataset_says_so(scenes, tmp_path):
+    from engine.data import DataConfig, index_dataset
+
+    index = index_dataset(DataConfig(root=scenes))
+    cfg = config(scenes, tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="shared by the client and every worker"):
+        check_shared_paths(cfg, index, [0], "run-1")
+    cfg.out.mkdir()
+    (cfg.out / "run.json").write_text(json.dumps({"cluster": {"run_id": "run-1"}}))
+    check_shared_paths(cfg, index, [0], "run-1")
+    moved = replace(index, items=[replace(it, image_path=tmp_path / "gone.JPG") for it in index.items])
+    with pytest.raises(DataError, match="gone.JPG: not found on worker .* dataset must be on a filesystem shared"):
+        check_shared_paths(cfg, moved, [0], "run-1")
 
 
 def test_a_plain_sweep_imports_nothing_of_dask(scenes, tmp_path):
