@@ -27,6 +27,8 @@ class AnalysisConfig:
     effective_threshold: float = 0.5  # W_s(j) >= this makes token j effective
     silhouette_sample: int = 1000
     backend: str = "auto"
+    eigh: str = "auto"  # PCA eigensolver of the torch backend: auto, torch, cupy, host
+    dataset_sample: int = 0  # tokens in the dataset-level reservoir (0 = no dataset-level clustering)
 
     def validate(self) -> AnalysisConfig:
         def need(ok: bool, option: str, msg: str) -> None:
@@ -42,6 +44,10 @@ class AnalysisConfig:
         need(self.tol >= 0, "--tol", f"need >= 0, got {self.tol}")
         need(0 < self.effective_threshold <= 1, "effective_threshold", f"need (0, 1], got {self.effective_threshold}")
         need(self.silhouette_sample >= 2, "silhouette_sample", f"need >= 2, got {self.silhouette_sample}")
+        need(self.eigh in ("auto", "torch", "cupy", "host"), "--eigh", f"choose auto, torch, cupy or host, got {self.eigh!r}")
+        need(self.dataset_sample >= 0, "--dataset-sample", f"need >= 0, got {self.dataset_sample}")
+        need(self.dataset_sample == 0 or self.dataset_sample >= max(self.ks), "--dataset-sample",
+             f"need at least k = {max(self.ks)} tokens, got {self.dataset_sample}")
         for name in ("alphas", "ks", "dims", "taus"):
             values = getattr(self, name)
             need(len(set(values)) == len(values), f"--{name}", f"values repeat: {list(values)}")

@@ -120,6 +120,48 @@ def progress_bar(total: int, enabled: bool):
     )
 
 
+RESERVOIR_FILE = "reservoir.npz"
+
+
+def open_reservoir(cfg: RunConfig, store: ResultStore, resuming_with_rows: bool, echo):
+    """The dataset-level token sample: the saved one when resuming, else a new one."""
+    from engine.dataset_clustering import TokenReservoir
+
+    path = cfg.out / RESERVOIR_FILE
+    if cfg.resume and path.is_file():
+        reservoir = TokenReservoir.load(path)
+        if reservoir.size != cfg.analysis.dataset_sample:
+            raise DataError(f"{path}: holds a sample of {reservoir.size} tokens, not --dataset-sample {cfg.analysis.dataset_sample}; use the same value or a new --out")
+        return reservoir
+    if resuming_with_rows:
+        echo(f"warning: {path} is missing, so the dataset-level sample covers only the images analysed from now on")
+    return TokenReservoir(cfg.analysis.dataset_sample, seed=cfg.analysis.seed, channels=256)
+
+
+def cluster_reservoir(reservoir, cfg: RunConfig, backend, device: torch.device, num_classes: int, echo) -> dict:
+    """Dataset-level PCA + KMeans for every (d, k) of the grid; written next to the rows."""
+    from engine.dataset_clustering import cluster_dataset, write_dataset_clustering
+
+    if len(reservoir) < max(cfg.analysis.ks):
+        echo(f"dataset-level clustering skipped: only {len(reservoir)} tokens sampled")
+        return {"skipped": f"only {len(reservoir)} tokens sampled"}
+    class_names = None
+    if cfg.from_cache is None:
+        from engine.data import UDD5_CLASSES
+
+        class_names = UDD5_CLASSES[:num_classes]
+    results = [
+        cluster_dataset(reservoir, k, d, backend, cfg.analysis.seed, n_init=cfg.analysis.n_init, max_iter=cfg.analysis.max_iter,
+                        tol=cfg.analysis.tol, num_classes=num_classes, class_names=class_names, device=device)
+        for d in cfg.analysis.dims for k in cfg.analysis.ks
+    ]
+    write_dataset_clustering(cfg.out, results)
+    for res in results:
+        purity = "-" if res["purity"] is None else f"{res['purity']:.3f}"
+        echo(f"dataset-level clustering (d={res['d']}, k={res['k']}): {res['tokens']} tokens from {res['images']} images, purity {purity}")
+    return {"file": "dataset_clustering.json", "tokens": len(reservoir), "backend": backend.name}
+
+
 def run_sweep(
     cfg: RunConfig,
     echo: Callable[[str], None] = print,
@@ -142,7 +184,7 @@ def run_sweep(
     device = parse_device(cfg.device)
     store = ResultStore(cfg.out, cfg.resume)
     try:
-        backend, backend_reason = resolve_backend(cfg.analysis.backend, device)
+        backend, backend_reason = resolve_backend(cfg.analysis.backend, device, eigh=cfg.analysis.eigh)
     except BackendUnavailable as err:
         raise BackendError(f"--backend {cfg.analysis.backend}: {err}") from None
     echo(f"backend: {backend.name} ({backend_reason})")
@@ -194,7 +236,8 @@ def run_sweep(
         "git_commit": git_commit(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "backend": {"requested": cfg.analysis.backend, "used": backend.name, "reason": backend_reason},
+        "backend": {"requested": cfg.analysis.backend, "used": backend.name, "reason": backend_reason,
+                    "detail": getattr(backend, "detail", "")},
         "source": source_info,
         "simulated": bool(source_info.get("simulated", False)),
         "data": data_info,
@@ -219,6 +262,8 @@ def run_sweep(
         if positions is None:  # a shard leaves the index errors to the coordinator
             store.write_errors([e for e in index.bad if e[0] not in finished], "index")
         batches = (("data", b) for b in loader)
+
+    reservoir = open_reservoir(cfg, store, bool(finished), echo) if cfg.analysis.dataset_sample else None
 
     result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=len(all_ids) - len(todo), errors=0, seconds=0.0, run=run)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datr-writer")
@@ -278,6 +323,9 @@ def run_sweep(
                         result.scores[image_id] = src.scores[row].cpu()
                     figures_left -= min(figures_left, len(src.image_ids))
                 pending.append(writer.submit(store.write_rows, out.columns, positions[0]))
+                if reservoir is not None:  # after the rows are on their way: a resume will not re-offer these
+                    reservoir.add(src.features.flatten(2).transpose(1, 2),
+                                  None if gt_tokens is None else gt_tokens.reshape(len(src.image_ids), -1), src.image_ids)
                 for done in [f for f in pending if f.done()]:
                     done.result()  # surface write errors early
                     pending.remove(done)
@@ -288,9 +336,15 @@ def run_sweep(
                 t_batch = time.perf_counter()
         for f in pending:
             f.result()
+        if reservoir is not None and record_run:
+            t0 = time.perf_counter()
+            run["dataset_clustering"] = cluster_reservoir(reservoir, cfg, backend, device, num_classes, echo)
+            timer.add("dataset_clustering", t0, device)
     finally:
         writer.shutdown(wait=True)
         t0 = time.perf_counter()
+        if reservoir is not None:
+            reservoir.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
         if record_run:
             result.errors = store.merge_errors()
         timer.add("write", t0)

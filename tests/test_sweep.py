@@ -163,3 +163,29 @@ def test_feature_cache_round_trip_and_rerun(scenes, tmp_path, reference_run):
     rerun2 = tmp_path / "from-cache-2"
     pipeline.run_sweep(config(None, rerun2, from_cache=cache), echo=lambda s: None, show_progress=False)
     assert sorted_rows(rerun2) == cached
+
+
+def test_dataset_level_sample_survives_an_interrupted_run(scenes, tmp_path, monkeypatch):
+    ana = replace(ANALYSIS, dataset_sample=4000)
+    whole = tmp_path / "whole"
+    pipeline.run_sweep(config(scenes, whole, analysis=ana), echo=lambda s: None, show_progress=False)
+    expected = json.loads((whole / "dataset_clustering.json").read_text())["results"]
+    assert expected[0]["tokens"] == 4000 and expected[0]["images"] == 5 and expected[0]["purity"] > 0.5
+    assert sum(expected[0]["sizes"]) == 4000
+
+    out = tmp_path / "killed"
+    real = pipeline.analyze_batch
+    calls = {"n": 0}
+
+    def dies_on_third_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "analyze_batch", dies_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_sweep(config(scenes, out, analysis=ana), echo=lambda s: None, show_progress=False)
+    monkeypatch.setattr(pipeline, "analyze_batch", real)
+    pipeline.run_sweep(config(scenes, out, analysis=ana, resume=True), echo=lambda s: None, show_progress=False)
+    assert json.loads((out / "dataset_clustering.json").read_text())["results"] == expected
