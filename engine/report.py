@@ -746,6 +746,37 @@ def errors_html(errors: list[dict], limit: int = 200) -> str:
             f"<th class=\"l\">image</th><th class=\"l\">path</th><th class=\"l\">error</th></tr>{rows}</table>{more}")
 
 
+def dataset_clustering_html(sweep_dir: Path) -> str:
+    """The cluster-vs-class contingency and purity of DIR/dataset_clustering.json (written by the sweep)."""
+    path = sweep_dir / "dataset_clustering.json"
+    if not path.is_file():
+        return ("<p>Not computed for this sweep (run <code>datr sweep ... --dataset-sample N</code> to cluster a "
+                "reservoir sample of tokens from all images).</p>")
+    try:
+        results = json.loads(path.read_text()).get("results", [])
+    except (json.JSONDecodeError, OSError) as err:
+        return f"<p class=\"warn\">{esc(path.name)} is unreadable: {esc(err)}</p>"
+    parts = []
+    for res in results:
+        head = (f"<h3>d = {res['d']}, k = {res['k']}: {res['tokens']} tokens sampled from {res['images']} images "
+                f"({esc(res.get('backend'))})</h3>")
+        facts = [("purity", res.get("purity")), ("matched accuracy", res.get("accuracy")), ("NMI", res.get("nmi")),
+                 ("ARI", res.get("ari")), ("explained variance (d)", res.get("explained_variance_ratio"))]
+        line = ", ".join(f"{name} {'—' if v is None else f'{v:.3f}'}" for name, v in facts)
+        table = ""
+        if res.get("contingency"):
+            names = res.get("class_names") or [str(i) for i in range(len(res["contingency"][0]))]
+            hrow = "<tr><th class=\"l\">cluster</th><th>tokens</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "<th>purity</th></tr>"
+            rows = []
+            for c, counts in enumerate(res["contingency"]):
+                purity = (res.get("cluster_purity") or [None] * (c + 1))[c]
+                rows.append(f"<tr><td class=\"l\">{c}</td><td>{res['sizes'][c]}</td>" + "".join(f"<td>{v}</td>" for v in counts)
+                            + f"<td>{'—' if purity is None else f'{purity:.3f}'}</td></tr>")
+            table = f"<table>{hrow}{''.join(rows)}</table>"
+        parts.append(head + f"<p>{esc(line)}</p>" + table)
+    return "".join(parts) or "<p>No results in dataset_clustering.json.</p>"
+
+
 def image_pages_html(pages: list[dict]) -> str:
     if not pages:
         return ("<p>No per-image figures in this sweep folder (run <code>datr sweep ... --figures N</code> or "
@@ -790,6 +821,7 @@ def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference |
         if len(grid_summary) > len(summary):
             body.append(grid_html(grid_summary))
         body += [f"<p class=\"warn\">{esc(n)}</p>" for n in notes]
+    body.append("<h2>Dataset-level structural clustering</h2>" + dataset_clustering_html(sweep_dir))
     body.append("<h2>Definitions</h2>" + DEFINITIONS)
     body.append("<h2>Per-image figures</h2>" + image_pages_html(pages))
     body.append("<h2>Errors</h2>" + errors_html(errors))

@@ -182,3 +182,19 @@ def test_real_sweep_figures_and_report_end_to_end(tmp_path):
     assert "../figures/scene_0000/structural_clustering.png" in text
     assert broken_links(index) == [] and broken_links(cfg.out / "figures" / "scene_0000" / "index.html") == []
     assert 'id="simulated"' in text and (cfg.out / "report" / "grid_alpha.png").exists()
+
+
+def test_dataset_level_clustering_is_shown_with_its_contingency(tmp_path):
+    from engine.dataset_clustering import write_dataset_clustering
+
+    sweep = write_sweep(tmp_path / "sweep")
+    index = build_report(sweep, echo=lambda s: None)
+    assert "--dataset-sample" in index.read_text()  # not computed: says how to get it
+    result = {"k": 2, "d": 4, "tokens": 10, "images": 3, "backend": "torch", "sizes": [6, 4],
+              "contingency": [[5, 1], [0, 4]], "cluster_purity": [5 / 6, 1.0], "class_names": ["road", "vehicle"],
+              "purity": 0.9, "accuracy": 0.9, "nmi": 0.5, "ari": 0.6, "explained_variance_ratio": 0.8}
+    write_dataset_clustering(sweep, result)
+    text = build_report(sweep, echo=lambda s: None).read_text()
+    section = text.split("Dataset-level structural clustering")[1].split("<h2>")[0]
+    assert "10 tokens sampled from 3 images" in section and "purity 0.900" in section
+    assert "<td>5</td><td>1</td>" in section and "<th>vehicle</th>" in section
