@@ -228,7 +228,9 @@ def run_shard(cfg: RunConfig, positions: list[int], index, run_id: str, token_sa
     from engine.pipeline import run_sweep
 
     check_shared_paths(cfg, index, positions, run_id)
-    shard_cfg = replace(cfg, resume=True, figures=0)
+    # the shard's own sample goes back to the client; the pipeline's (DIR/reservoir.npz,
+    # read and rewritten by every run) is the client's to keep, not every shard's at once
+    shard_cfg = replace(cfg, resume=True, figures=0, analysis=replace(cfg.analysis, dataset_sample=0))
     source = worker_state().source_for(shard_cfg)
     reservoir = None
     if token_sample > 0:
@@ -258,22 +260,21 @@ def run_shard(cfg: RunConfig, positions: list[int], index, run_id: str, token_sa
     }
 
 
-def fit_dataset_clustering(reservoir, cfg: RunConfig, class_names: tuple[str, ...]) -> list[dict]:
-    """Dataset-level PCA + KMeans on the merged sample, one result per (k, d) of the grid, on cfg.device."""
-    from engine.dataset_clustering import cluster_dataset
+def fit_dataset_clustering(reservoir, cfg: RunConfig, num_classes: int) -> dict:
+    """The pipeline's dataset-level PCA + KMeans on the merged sample, on this worker's --device.
+
+    Writes DIR/dataset_clustering.json/.parquet (shared --out) as a local run does.
+    """
     from engine.errors import BackendError
-    from engine.pipeline import parse_device
+    from engine.pipeline import cluster_reservoir, parse_device
     from kernels.backends import BackendUnavailable, resolve_backend
 
     device = parse_device(cfg.device)
     try:
-        backend, _ = resolve_backend(cfg.analysis.backend, device)
+        backend, _ = resolve_backend(cfg.analysis.backend, device, eigh=cfg.analysis.eigh)
     except BackendUnavailable as err:
         raise BackendError(f"--backend {cfg.analysis.backend}: {err}") from None
-    ana = cfg.analysis
-    return [cluster_dataset(reservoir, k, d, backend, ana.seed, n_init=ana.n_init, max_iter=ana.max_iter, tol=ana.tol,
-                            num_classes=len(class_names), class_names=class_names, device=device)
-            for k in ana.ks for d in ana.dims if k <= len(reservoir) and d <= reservoir.channels]
+    return cluster_reservoir(reservoir, cfg, backend, device, num_classes, log.info)
 
 
 def hold(value):
@@ -363,17 +364,6 @@ def check_rows(out: Path, index, expected_rows: int, errored: set[str]) -> set[s
     return {i for i in ids if counts[i]}
 
 
-def dataset_clustering(client, sample, cfg: RunConfig, class_names: tuple[str, ...], echo: Callable[[str], None]) -> dict:
-    """Fit the merged sample on a worker (its device, e.g. its GPU) and write the results under --out."""
-    from engine.dataset_clustering import write_dataset_clustering
-
-    echo(f"dataset clustering: {len(sample)} of {sample.tokens_seen} tokens sampled, fitting on a worker ({cfg.device})")
-    results = client.submit(fit_dataset_clustering, sample, cfg, tuple(class_names), pure=False).result()
-    paths = write_dataset_clustering(cfg.out, results) if results else []
-    return {"tokens": len(sample), "tokens_seen": sample.tokens_seen, "reservoir_size": sample.size,
-            "images": int(len(set(sample.image_ids.tolist()))), "results": len(results), "files": [str(p) for p in paths]}
-
-
 def errored_ids(out: Path) -> set[str]:
     import pyarrow.parquet as pq
 
@@ -386,19 +376,26 @@ def run_distributed_sweep(
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
     shard_task: Callable[..., dict] = run_shard,
-    token_sample: int = 0,
 ):
     """Run (or resume) a sweep with its shards spread over a Dask cluster; returns a SweepResult.
 
-    token_sample > 0: also the dataset-level clustering -- each shard keeps a bottom-k
-    TokenReservoir of that many encoder tokens, the client merges them as shards finish
-    (memory bounded by two reservoirs), and one task fits PCA + KMeans over the analysis
-    grid (ks x dims) on a worker's --device; written to DIR/dataset_clustering.json/.parquet.
-    A shard retried after its worker died samples only the items it computed itself.
+    With cfg.analysis.dataset_sample > 0, the dataset-level clustering too: each shard keeps
+    a bottom-k TokenReservoir of its items' encoder tokens, the client merges them into
+    DIR/reservoir.npz's sample as shards finish (memory: two reservoirs), and one task fits
+    the pipeline's PCA + KMeans on a worker's --device. Bottom-k samples merge exactly, so
+    this is the sample one process draws -- except that a shard retried after its worker
+    died samples only the items the retry computed.
     shard_task: the function each shard runs, with run_shard's signature (tests wrap it).
     """
     from engine.data import DataConfig, index_dataset
-    from engine.pipeline import SweepResult, git_commit, progress_bar, versions
+    from engine.pipeline import (
+        RESERVOIR_FILE,
+        SweepResult,
+        git_commit,
+        open_reservoir,
+        progress_bar,
+        versions,
+    )
     from engine.store import ResultStore
 
     cfg.validate()
@@ -448,10 +445,11 @@ def run_distributed_sweep(
 
         client.register_plugin(WorkerState(cluster.threads, cfg.device), name=PLUGIN_NAME)
         index_future = client.submit(hold, index, pure=False)
+        token_sample = cfg.analysis.dataset_sample
+        sample = open_reservoir(cfg, store, bool(finished), echo) if token_sample else None
         futures = [client.submit(shard_task, cfg, shard, index_future, run_id, token_sample, pure=False,
                                  key=f"datr-shard-{shard[0]:06d}-{run_id}") for shard in shards]
         reports: list[dict] = []
-        sample = None
         try:
             with progress_bar(len(todo), show_progress) as bar:
                 task = bar.add_task("sweep", total=len(todo), rate="")
@@ -459,8 +457,8 @@ def run_distributed_sweep(
                     report = future.result()
                     future.release()  # the shard's reservoir leaves the worker's memory
                     shard_sample = report.pop("reservoir", None)
-                    if shard_sample is not None:
-                        sample = shard_sample if sample is None else sample.merge(shard_sample)
+                    if sample is not None and shard_sample is not None:
+                        sample.merge(shard_sample)
                     reports.append(report)
                     bar.advance(task, report["items"])
                     done = sum(r["items"] for r in reports)
@@ -468,9 +466,14 @@ def run_distributed_sweep(
             errors = store.merge_errors()
             with_rows = check_rows(cfg.out, index, rows_per_item(cfg), errored_ids(cfg.out))
             if sample is not None:
-                run["dataset_clustering"] = dataset_clustering(client, sample, cfg, index.classes, echo)
+                sample.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
+                echo(f"dataset clustering: {len(sample)} of {sample.tokens_seen} tokens sampled; fitting on a worker ({cfg.device})")
+                run["dataset_clustering"] = client.submit(fit_dataset_clustering, sample, cfg, len(index.classes),
+                                                          pure=False).result()
         except BaseException as err:
             client.cancel(futures)
+            if sample is not None:
+                sample.save(cfg.out / RESERVOIR_FILE)  # the shards that finished stay in the sample
             run.update({"status": "interrupted", "error": err.message if isinstance(err, DatrError) else repr(err),
                         "finished": dt.datetime.now(dt.timezone.utc).isoformat(), "errors": store.merge_errors(),
                         "seconds": time.perf_counter() - started})

@@ -14,17 +14,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 pytest.importorskip("distributed")
 
 import engine.pipeline as pipeline  # noqa: E402
 from engine.config import AnalysisConfig, RunConfig  # noqa: E402
-from engine.dataset_clustering import TokenReservoir, cluster_dataset  # noqa: E402
+from engine.dataset_clustering import TokenReservoir  # noqa: E402
 from engine.distributed import (  # noqa: E402
     ClusterConfig,
-    SampledSource,
     check_rows,
     check_run_config,
     check_shared_paths,
@@ -36,14 +37,12 @@ from engine.distributed import (  # noqa: E402
 )
 from engine.errors import ConfigError, DataError  # noqa: E402
 from engine.scenes import write_scene_set  # noqa: E402
-from engine.simulated import SimulatedConfig, SimulatedSource  # noqa: E402
 from engine.store import read_rows  # noqa: E402
-from kernels.backends import resolve_backend  # noqa: E402
 
 ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200)
+SAMPLED = replace(ANALYSIS, dataset_sample=3000)  # tokens in the dataset-level sample (of 4 x 5184)
 SLOTS_PER_IMAGE = 1 + 6  # encoder + global + 5 prompts
 IMAGES = 4
-SAMPLE = 3000  # tokens in the dataset-level sample (of 4 x 5184)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,13 +69,10 @@ def scenes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(scenes, tmp_path_factory):
-    """The one-process sweep, and the token sample one process draws over the same images."""
+    """The one-process sweep, with the dataset-level sample and clustering."""
     out = tmp_path_factory.mktemp("ref") / "sweep"
-    cfg = config(scenes, out)
-    reservoir = TokenReservoir(SAMPLE, seed=cfg.analysis.seed)
-    source = SimulatedSource(cfg.prompts, cfg.class_ids, "cpu", SimulatedConfig(seed=cfg.simulated_seed))
-    pipeline.run_sweep(cfg, echo=quiet, show_progress=False, source=SampledSource(source, reservoir))
-    return out, reservoir
+    pipeline.run_sweep(config(scenes, out, analysis=SAMPLED), echo=quiet, show_progress=False)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +82,7 @@ def scheduler():
         yield handle.address
 
 
-def dies_once_mid_shard(cfg, positions, index, run_id, token_sample=0, *, marker: Path):
+def dies_once_mid_shard(cfg, positions, index, run_id, token_sample, *, marker: Path):
     """The first shard of two or more items to get here writes its first item, then kills its worker."""
     if len(positions) >= 2:
         try:
@@ -100,10 +96,10 @@ def dies_once_mid_shard(cfg, positions, index, run_id, token_sample=0, *, marker
 
 
 def test_cluster_sweep_writes_the_local_runs_files(scenes, reference, scheduler, tmp_path):
-    ref_out, ref_sample = reference
+    ref_out = reference
     out = tmp_path / "cluster"
-    result = run_distributed_sweep(config(scenes, out), ClusterConfig(scheduler=scheduler), echo=quiet,
-                                   show_progress=False, token_sample=SAMPLE)
+    result = run_distributed_sweep(config(scenes, out, analysis=SAMPLED), ClusterConfig(scheduler=scheduler), echo=quiet,
+                                   show_progress=False)
     assert result.images_done == IMAGES and result.errors == 0 and result.images_skipped_resume == 0
     # whole-batch shards from position 0: the same batches, so the same files with the same rows
     names = sorted(p.name for p in (out / "rows").glob("*.parquet"))
@@ -118,14 +114,13 @@ def test_cluster_sweep_writes_the_local_runs_files(scenes, reference, scheduler,
     assert [d["device"] for d in cluster["devices"]] == ["cpu", "cpu"]
     assert sum(r["items"] for r in cluster["shard_reports"]) == IMAGES
     assert run["images_done_this_run"] == IMAGES and run["config"]["resume"] is False
-    # the per-shard samples merge into the sample one process draws: the same fit
-    saved = json.loads((out / "dataset_clustering.json").read_text())["results"][0]
-    assert saved["tokens"] == SAMPLE and saved["tokens_seen"] == IMAGES * 72 * 72 and saved["images"] == IMAGES
-    backend, _ = resolve_backend("torch", "cpu")
-    local = cluster_dataset(ref_sample, 5, 8, backend, 0, n_init=ANALYSIS.n_init, num_classes=len(saved["class_names"]),
-                            class_names=tuple(saved["class_names"]))
-    assert saved["contingency"] == local["contingency"] and saved["sizes"] == local["sizes"]
-    assert saved["inertia"] == pytest.approx(local["inertia"], rel=1e-6)
+    # the per-shard samples merge into the sample one process draws, and give the same fit
+    sample, local_sample = (TokenReservoir.load(d / pipeline.RESERVOIR_FILE) for d in (out, ref_out))
+    assert len(sample) == SAMPLED.dataset_sample and sample.tokens_seen == local_sample.tokens_seen == IMAGES * 72 * 72
+    assert np.array_equal(sample.priorities, local_sample.priorities) and torch.equal(sample.tokens, local_sample.tokens)
+    saved, local = (json.loads((d / "dataset_clustering.json").read_text())["results"] for d in (out, ref_out))
+    assert saved == local and saved[0]["images"] == IMAGES
+    assert run["dataset_clustering"]["tokens"] == SAMPLED.dataset_sample
 
 
 def test_killed_worker_its_shard_retried_every_row_once(scenes, reference, scheduler, tmp_path):
@@ -139,7 +134,7 @@ def test_killed_worker_its_shard_retried_every_row_once(scenes, reference, sched
     assert marker.exists()  # a worker did die mid-shard, after writing part of it
     keys = row_keys(out)
     assert len(keys) == len(set(keys)) == IMAGES * SLOTS_PER_IMAGE
-    assert sorted_rows(out) == sorted_rows(reference[0])
+    assert sorted_rows(out) == sorted_rows(reference)
     assert result.images_done == IMAGES
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
@@ -150,7 +145,7 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
     import cli
 
     out = tmp_path / "resumed"
-    shutil.copytree(reference[0], out)
+    shutil.copytree(reference, out)
     (out / "rows" / "part-000002.parquet").unlink()  # a local run that stopped after its first batch
     args = ["sweep", str(scenes), "--out", str(out), "--scheduler", scheduler, "--batch-size", "2", "--num-workers", "0",
             "--n-init", "2", "--dims", "8", "--no-progress"]
@@ -159,7 +154,7 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
     done = CliRunner().invoke(cli.app, [*args, "--resume"])
     assert done.exit_code == 0, done.output
     assert "2 images analysed, 2 already done" in done.output
-    assert sorted_rows(out) == sorted_rows(reference[0])
+    assert sorted_rows(out) == sorted_rows(reference)
     run = json.loads((out / "run.json").read_text())
     assert run["images_skipped_resume"] == 2 and run["cluster"]["shards"] == 1
 
@@ -220,7 +215,7 @@ def test_row_check_names_duplicated_and_missing_rows(scenes, reference, tmp_path
     index = index_dataset(DataConfig(root=scenes, split=cfg.split))
     assert rows_per_item(cfg) == SLOTS_PER_IMAGE
     doubled = tmp_path / "doubled"
-    shutil.copytree(reference[0], doubled)
+    shutil.copytree(reference, doubled)
     shutil.copy(doubled / "rows" / "part-000002.parquet", doubled / "rows" / "part-000003.parquet")
     with pytest.raises(DataError, match="more than once.*part-000002.parquet', 'part-000003.parquet"):
         check_rows(doubled, index, SLOTS_PER_IMAGE, set())
