@@ -167,9 +167,12 @@ def worker_state() -> WorkerState:
 
 def describe_worker(device: str) -> dict:
     """Where this worker runs and which device `device` means there (client.run on every worker)."""
+    import multiprocessing
+
     import torch
 
     info = {"host": socket.gethostname(), "pid": os.getpid(), "device": device,
+            "daemon": multiprocessing.current_process().daemon,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0}
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -311,27 +314,32 @@ def open_cluster(cluster: ClusterConfig, device: str, echo: Callable[[str], None
         finally:
             client.close()
         return
-    if device.startswith("cuda"):
+    import dask
+
+    # non-daemonic worker processes, so the DataLoader in each may start its own workers;
+    # kept for the cluster's life, since a nanny reads it again when it restarts a worker
+    with dask.config.set({"distributed.worker.daemon": False}):
+        if device.startswith("cuda"):
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError:
+                raise ConfigError("--cluster local with --device cuda needs dask-cuda (one worker per GPU); "
+                                  "install it with pip install 'sam3-datr[dask-cuda]', or use --device cpu") from None
+            local = LocalCUDACluster(n_workers=cluster.workers, threads_per_worker=1, dashboard_address=":0")
+            kind = "LocalCUDACluster"
+        else:
+            local = distributed.LocalCluster(n_workers=cluster.workers or 2, threads_per_worker=1, processes=True,
+                                             dashboard_address=":0")
+            kind = "LocalCluster"
         try:
-            from dask_cuda import LocalCUDACluster
-        except ImportError:
-            raise ConfigError("--cluster local with --device cuda needs dask-cuda (one worker per GPU); "
-                              "install it with pip install 'sam3-datr[dask-cuda]', or use --device cpu") from None
-        local = LocalCUDACluster(n_workers=cluster.workers, threads_per_worker=1, dashboard_address=":0")
-        kind = "LocalCUDACluster"
-    else:
-        local = distributed.LocalCluster(n_workers=cluster.workers or 2, threads_per_worker=1, processes=True,
-                                         dashboard_address=":0")
-        kind = "LocalCluster"
-    try:
-        client = distributed.Client(local)
-        try:
-            echo(f"cluster: started a {kind} at {local.scheduler_address} (dashboard {client.dashboard_link})")
-            yield ClusterHandle(client, kind, local.scheduler_address)
+            client = distributed.Client(local)
+            try:
+                echo(f"cluster: started a {kind} at {local.scheduler_address} (dashboard {client.dashboard_link})")
+                yield ClusterHandle(client, kind, local.scheduler_address)
+            finally:
+                client.close()
         finally:
-            client.close()
-    finally:
-        local.close()
+            local.close()
 
 
 def check_rows(out: Path, index, expected_rows: int, errored: set[str]) -> set[str]:
@@ -413,10 +421,15 @@ def run_distributed_sweep(
     todo = [i for i, it in enumerate(index.items) if it.image_id not in finished]
     if cfg.resume:
         echo(f"resume: {len(index.items) - len(todo)} items already done, {len(todo)} to go")
+    sample = open_reservoir(cfg, store, bool(finished), echo) if cfg.analysis.dataset_sample else None
 
     with open_cluster(cluster, cfg.device, echo) as handle:
         client = handle.client
         workers = client.run(describe_worker, cfg.device)
+        daemonic = [address for address, info in workers.items() if info["daemon"]]
+        if daemonic and cfg.num_workers > 0:
+            raise ConfigError(f"--num-workers {cfg.num_workers}: worker {daemonic[0]} is a daemonic process and cannot start "
+                              "DataLoader workers; start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False, or use --num-workers 0")
         for address, info in workers.items():
             if cfg.device.startswith("cuda") and info["cuda_devices"] > 1:
                 echo(f"note: worker {address} sees {info['cuda_devices']} GPUs and uses the first; "
@@ -445,9 +458,7 @@ def run_distributed_sweep(
 
         client.register_plugin(WorkerState(cluster.threads, cfg.device), name=PLUGIN_NAME)
         index_future = client.submit(hold, index, pure=False)
-        token_sample = cfg.analysis.dataset_sample
-        sample = open_reservoir(cfg, store, bool(finished), echo) if token_sample else None
-        futures = [client.submit(shard_task, cfg, shard, index_future, run_id, token_sample, pure=False,
+        futures = [client.submit(shard_task, cfg, shard, index_future, run_id, cfg.analysis.dataset_sample, pure=False,
                                  key=f"datr-shard-{shard[0]:06d}-{run_id}") for shard in shards]
         reports: list[dict] = []
         try:

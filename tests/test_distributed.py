@@ -147,7 +147,7 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
     out = tmp_path / "resumed"
     shutil.copytree(reference, out)
     (out / "rows" / "part-000002.parquet").unlink()  # a local run that stopped after its first batch
-    args = ["sweep", str(scenes), "--out", str(out), "--scheduler", scheduler, "--batch-size", "2", "--num-workers", "0",
+    args = ["sweep", str(scenes), "--out", str(out), "--scheduler", scheduler, "--batch-size", "2", "--num-workers", "1",
             "--n-init", "2", "--dims", "8", "--no-progress"]
     refused = CliRunner().invoke(cli.app, args)
     assert refused.exit_code == 2 and "--resume" in refused.output
