@@ -147,6 +147,7 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
     out = tmp_path / "resumed"
     shutil.copytree(reference, out)
     (out / "rows" / "part-000002.parquet").unlink()  # a local run that stopped after its first batch
+    # --num-workers 1: DataLoader workers inside the Dask workers (one of them restarted by the kill test)
     args = ["sweep", str(scenes), "--out", str(out), "--scheduler", scheduler, "--batch-size", "2", "--num-workers", "1",
             "--n-init", "2", "--dims", "8", "--no-progress"]
     refused = CliRunner().invoke(cli.app, args)
