@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,sam3]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,sam3,faiss,dask]'
 	touch $@
 
 setup: $(VENV)/.installed
