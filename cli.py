@@ -102,14 +102,16 @@ def bench_kernels(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batched call.")] = 8,
     reference_images: Annotated[int, typer.Option(min=1, help="Images run through the sklearn reference.")] = 4,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads (1 keeps the comparison fair).")] = 1,
+    eigh: Annotated[str, typer.Option(help="PCA eigensolver of the torch path: auto, torch, cupy, host.")] = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
     """Batched torch PCA+KMeans vs scikit-learn one problem at a time, same process."""
     from bench.kernels import KernelBenchConfig, run_kernel_bench
 
     set_threads(threads)
+    set_matmul_precision(device)
     cfg = KernelBenchConfig(
-        device=device, images=images, batch_size=batch_size, reference_images=reference_images, threads=threads
+        device=device, images=images, batch_size=batch_size, reference_images=reference_images, threads=threads, eigh=eigh
     )
     result = run_kernel_bench(cfg, echo=typer.echo)
     write_json(json_path, result)
@@ -155,7 +157,7 @@ def build_run_config(
     split: str | None, mode: ModeChoice, tile_overlap: int, dataset_kind: str, device: str, batch_size: int, workers: int,
     decode: str, backend: BackendChoice, alpha: str | None, clusters: str | None, dims: str | None, tau: str | None,
     n_init: int | None, seed: int | None, limit: int | None, resume: bool, prompts: str | None, save_features: Path | None,
-    from_cache: Path | None, figures: int, explicit: set[str],
+    from_cache: Path | None, figures: int, explicit: set[str], extra_analysis: dict | None = None,
 ):
     """CLI options over run.toml over defaults; only options given on the command line override the file."""
     from engine.config import RunConfig, load_toml, merge, parse_list
@@ -187,6 +189,7 @@ def build_run_config(
         analysis["seed"] = seed
     if "backend" in explicit or config is None:
         analysis["backend"] = backend.value
+    analysis.update({k: v for k, v in (extra_analysis or {}).items() if v is not None})
     overrides["analysis"] = analysis
     return merge(base, overrides).validate()
 
@@ -260,6 +263,8 @@ def sweep(
     config: Annotated[Path | None, typer.Option(help="run.toml with run options and an [analysis] table.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    eigh: Annotated[str | None, typer.Option(help="PCA eigensolver of the torch backend: auto, torch, cupy, host (default auto).")] = None,
+    dataset_sample: Annotated[int | None, typer.Option(help="Also cluster a reservoir sample of this many tokens from all images (0 = off).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://HOST:8786); the dataset and --out must be on a filesystem every worker shares.")] = None,
     cluster: Annotated[str | None, typer.Option(help="local: start a Dask cluster here (one worker per GPU with --device cuda).")] = None,
     dask_workers: Annotated[int | None, typer.Option(help="Workers of --cluster local (default: one per GPU; 2 on a CPU).")] = None,
@@ -271,7 +276,7 @@ def sweep(
         tile_overlap=tile_overlap, dataset_kind=dataset_kind, device=device, batch_size=batch_size, workers=workers,
         decode=decode, backend=backend, alpha=alpha, clusters=clusters, dims=dims, tau=tau, n_init=n_init, seed=seed,
         limit=limit, resume=resume, prompts=prompts, save_features=save_features, from_cache=from_cache,
-        figures=figures, explicit=explicit_options(ctx),
+        figures=figures, explicit=explicit_options(ctx), extra_analysis={"eigh": eigh, "dataset_sample": dataset_sample},
     )
     set_matmul_precision(cfg.device)
     if scheduler is not None or cluster is not None:

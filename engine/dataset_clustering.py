@@ -100,7 +100,7 @@ class TokenReservoir:
         if gt_tokens is None:
             new_labels = np.full(candidates.size, IGNORE, np.int64)
         else:
-            new_labels = gt_tokens.detach().reshape(b * n)[sel].to("cpu", torch.int64).numpy()
+            new_labels = gt_tokens.detach().reshape(b * n)[sel.to(gt_tokens.device)].to("cpu", torch.int64).numpy()
         self._absorb(new_tokens, new_labels, prio[candidates], np.asarray(ids, dtype=object)[candidates // n], candidates % n)
 
     def merge(self, other: TokenReservoir) -> TokenReservoir:

@@ -182,7 +182,7 @@ def run_sweep(
     cfg.validate()
     started = time.perf_counter()
     device = parse_device(cfg.device)
-    store = ResultStore(cfg.out, cfg.resume)
+    store = ResultStore(cfg.out, cfg.resume, clean_stale=record_run)
     try:
         backend, backend_reason = resolve_backend(cfg.analysis.backend, device, eigh=cfg.analysis.eigh)
     except BackendUnavailable as err:

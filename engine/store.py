@@ -51,20 +51,25 @@ ROW_SCHEMA = pa.schema([
 ERROR_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
 
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside `path`, unique per process (workers may share a folder)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_name(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_name(path)
     pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 
 class ResultStore:
-    def __init__(self, out: Path, resume: bool):
+    def __init__(self, out: Path, resume: bool, clean_stale: bool = True):
         self.out = Path(out)
         self.rows_dir = self.out / "rows"
         self.errors_dir = self.out / "errors"
@@ -75,8 +80,9 @@ class ResultStore:
             raise ConfigError(f"--out {self.out}: already holds {len(existing)} result shards; add --resume to continue it or choose a new --out")
         for d in (self.rows_dir, self.errors_dir):
             d.mkdir(parents=True, exist_ok=True)
-            for stale in d.glob(".*.tmp"):  # a shard that was being written when a run was killed
-                stale.unlink()
+            if clean_stale:  # shards being written when a run was killed (not by a worker: others may be writing)
+                for stale in d.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
 
     def row_shards(self) -> list[Path]:
         return sorted(self.rows_dir.glob("part-*.parquet"))

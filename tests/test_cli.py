@@ -75,6 +75,8 @@ def test_config_file_values_and_command_line_precedence(scenes, tmp_path):
         (["analyze", "{missing}", "--out", "{out}"], ["{missing}"]),
         (["report", "{missing}"], ["{missing}"]),
         (["bench", "kernels", "--device", "cuda"], ["cuda"]),
+        (["sweep", "{scenes}", "--out", "{out}", "--eigh", "magic"], ["--eigh"]),
+        (["sweep", "{scenes}", "--out", "{out}", "--dataset-sample", "3"], ["--dataset-sample"]),
     ],
 )
 def test_user_errors_exit_2_with_one_line(scenes, tmp_path, args, needles):
@@ -117,3 +119,12 @@ def test_bench_kernels_json_contract(tmp_path):
     # parity figures the bench reports must hold (same data, same process)
     assert payload["parity"]["shared_init_ari_min"] == 1.0
     assert abs(payload["inertia_ratio_median"] - 1) < 0.01
+
+
+def test_dataset_sample_from_the_command_line(scenes, tmp_path):
+    out = tmp_path / "ds"
+    result = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), "--dataset-sample", "500", *FAST])
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "dataset_clustering.json").read_text())["results"][0]
+    assert res["tokens"] == 500 and res["images"] == 2 and sum(res["sizes"]) == 500
+    assert "dataset-level clustering" in result.stdout
