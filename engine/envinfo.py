@@ -98,5 +98,14 @@ def collect_env() -> dict:
         },
         "cuda_devices": _cuda_devices(torch),
         "packages": {name: _check_import(name) for name in OPTIONAL_PACKAGES},
+        "backends": _backends(torch),
         "bpe_vocabulary": bpe,
     }
+
+
+def _backends(torch) -> dict:
+    """Which clustering backend runs on which device here, with the reason when not."""
+    from kernels.backends import BACKENDS, backend_status
+
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return {f"{name}@{dev}": dict(zip(("ok", "why"), backend_status(name, dev), strict=True)) for name in BACKENDS for dev in devices}

@@ -105,6 +105,9 @@ def test_env_lists_torch_and_backends():
     result = runner.invoke(app, ["env"])
     assert result.exit_code == 0, result.output
     assert "torch" in result.stdout
+    backends = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("backends:")).split(":", 1)[1])
+    assert backends["torch@cpu"]["ok"] and backends["sklearn@cpu"]["ok"]
+    assert not backends["cuml@cpu"]["ok"] and "CUDA" in backends["cuml@cpu"]["why"]
 
 
 def test_bench_kernels_json_contract(tmp_path):
