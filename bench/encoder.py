@@ -48,11 +48,11 @@ class EncoderBenchConfig:
 
 
 def machine_info(device: torch.device) -> dict:
-    from engine.envinfo import _cpu_name
+    from engine.envinfo import cpu_name
 
     info = {
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),

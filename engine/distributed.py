@@ -396,14 +396,7 @@ def run_distributed_sweep(
     shard_task: the function each shard runs, with run_shard's signature (tests wrap it).
     """
     from engine.data import DataConfig, index_dataset
-    from engine.pipeline import (
-        RESERVOIR_FILE,
-        SweepResult,
-        git_commit,
-        open_reservoir,
-        progress_bar,
-        versions,
-    )
+    from engine.pipeline import RESERVOIR_FILE, SweepResult, open_reservoir, progress_bar, run_header
     from engine.store import ResultStore
 
     cfg.validate()
@@ -437,12 +430,7 @@ def run_distributed_sweep(
         shards = plan_shards(todo, cfg.batch_size, len(workers), cluster.shard_size)
         run_id = uuid.uuid4().hex
         run = {
-            "status": "running",
-            "started": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "config": cfg.to_json(),
-            "versions": versions(),
-            "git_commit": git_commit(),
-            "device": cfg.device,
+            **run_header(cfg),
             "data": index.describe(),
             "num_items": len(index.items),
             "cluster": {

@@ -65,7 +65,7 @@ def _cuda_devices(torch) -> list[dict]:
     return devices
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -90,7 +90,7 @@ def collect_env() -> dict:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "cpu": {"name": _cpu_name(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
+        "cpu": {"name": cpu_name(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "torch": {
             "version": torch.__version__,
             "cuda_build": torch.version.cuda,

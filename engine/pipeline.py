@@ -76,6 +76,18 @@ def versions() -> dict:
     return out
 
 
+def run_header(cfg: RunConfig) -> dict:
+    """The first fields of every run.json: status, start time, resolved config, versions, commit."""
+    return {
+        "status": "running",
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "config": cfg.to_json(),
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "device": cfg.device,
+    }
+
+
 def parse_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
@@ -229,12 +241,7 @@ def run_sweep(
         raise DataError(f"{cfg.dataset}: no images to analyse")
 
     run = {
-        "status": "running",
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "config": cfg.to_json(),
-        "versions": versions(),
-        "git_commit": git_commit(),
-        "device": str(device),
+        **run_header(cfg),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "backend": {"requested": cfg.analysis.backend, "used": backend.name, "reason": backend_reason,
                     "detail": getattr(backend, "detail", "")},
