@@ -104,31 +104,74 @@ def assign(xt: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor) -> tuple
     The layout (P, n_init*k, N) keeps N innermost, so the min over k is a cheap
     elementwise pass; ||x||^2 is added only after the argmin.
     """
+    labels, partial = nearest(xt, centres)
+    return labels, (partial + x_sq[:, None, :]).clamp_(min=0)
+
+
+class Workspace:
+    """Reused buffers for the Lloyd loop, sized for all problems and restarts.
+
+    On the CPU a fresh multi-MB tensor per iteration costs page faults comparable to the
+    arithmetic itself; slicing views out of buffers allocated once avoids that.
+    """
+
+    def __init__(self, p: int, n_init: int, k: int, n: int, dtype: torch.dtype, device: torch.device):
+        self.scores = torch.empty(p * n_init * k * n, dtype=dtype, device=device)
+        self.onehot = torch.empty(p * n_init * k * n, dtype=dtype, device=device)
+        self.values = torch.empty(p * n_init * n, dtype=dtype, device=device)
+        self.labels = torch.empty(p * n_init * n, dtype=torch.long, device=device)
+
+    def views(self, p: int, m: int, k: int, n: int):
+        return (self.scores[: p * m * k * n].view(p, m * k, n), self.onehot[: p * m * k * n].view(p, m, k, n),
+                self.values[: p * m * n].view(p, m, n), self.labels[: p * m * n].view(p, m, n))
+
+
+def nearest(xt: torch.Tensor, centres: torch.Tensor, ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """labels (P, n_init, N) and ||c||^2 - 2 x.c of the nearest centre (||x||^2 left out)."""
     p, n_init, k, d = centres.shape
+    n = xt.shape[-1]
     c = centres.reshape(p, n_init * k, d)
     c_sq = (c * c).sum(-1)[:, :, None]  # (P, n_init*k, 1)
-    partial = torch.baddbmm(c_sq, c, xt, alpha=-2.0).reshape(p, n_init, k, -1)
-    d2min, labels = partial.min(dim=2)
-    return labels, (d2min + x_sq[:, None, :]).clamp_(min=0)
+    if ws is None:
+        partial = torch.baddbmm(c_sq, c, xt, alpha=-2.0).reshape(p, n_init, k, n)
+        values, labels = partial.min(dim=2)
+        return labels, values
+    scores, _, values, labels = ws.views(p, n_init, k, n)
+    torch.baddbmm(c_sq, c, xt, alpha=-2.0, out=scores)
+    torch.min(scores.view(p, n_init, k, n), 2, out=(values, labels))
+    return labels, values
 
 
 def update_centres(
-    x: torch.Tensor, w: torch.Tensor, labels: torch.Tensor, d2min: torch.Tensor, old: torch.Tensor, k: int
+    x_aug: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, partial: torch.Tensor, x_sq: torch.Tensor,
+    old: torch.Tensor, k: int, ws: Workspace | None = None,
 ) -> torch.Tensor:
     """Weighted means of the assigned tokens, with scikit-learn's empty-cluster relocation.
 
-    x (P, N, d), w (P, N), labels and d2min (P, n_init, N), old centres (P, n_init, k, d)
+    x_aug (P, N, d+1): the tokens with a column of ones, so one matmul gives every
+    cluster's weighted sum and its weight; w (P, N) or None for unit weights; labels and
+    partial (P, n_init, N) from `nearest`; old centres (P, n_init, k, d)
     -> new centres (P, n_init, k, d).
     """
-    p, n, d = x.shape
+    p, n, d1 = x_aug.shape
+    d = d1 - 1
     n_init = labels.shape[1]
-    onehot = torch.zeros(p, n_init, k, n, dtype=x.dtype, device=x.device)
-    onehot.scatter_(2, labels[:, :, None, :], w[:, None, None, :].expand(p, n_init, 1, n).to(x.dtype))
-    sums = (onehot.reshape(p, n_init * k, n) @ x).reshape(p, n_init, k, d)
-    counts = onehot.sum(-1)  # (P, n_init, k) weight per cluster
+    if ws is None:
+        onehot = torch.zeros(p, n_init, k, n, dtype=x_aug.dtype, device=x_aug.device)
+    else:
+        onehot = ws.views(p, n_init, k, n)[1].zero_()
+    if w is None:
+        onehot.scatter_(2, labels[:, :, None, :], 1.0)
+    else:
+        onehot.scatter_(2, labels[:, :, None, :], w[:, None, None, :].expand(p, n_init, 1, n).to(x_aug.dtype))
+    sums_aug = (onehot.reshape(p, n_init * k, n) @ x_aug).reshape(p, n_init, k, d1)
+    sums, counts = sums_aug[..., :d], sums_aug[..., d]  # counts: weight per cluster
 
     empty = counts <= 0
     if bool(empty.any()):
+        x = x_aug[..., :d]
+        wfull = torch.ones(p, n, dtype=x.dtype, device=x.device) if w is None else w.to(x.dtype)
+        d2min = (partial + x_sq[:, None, :]).clamp_(min=0)
         # the j-th empty cluster takes the j-th farthest token from its own centre
         n_far = min(k, n)
         far = d2min.topk(n_far, dim=-1).indices  # (P, n_init, n_far), farthest first
@@ -136,7 +179,7 @@ def update_centres(
         token = torch.gather(far, 2, rank)  # (P, n_init, k) token for each (empty) cluster
         bidx = torch.arange(p, device=x.device)[:, None, None]
         xt = x[bidx, token]  # (P, n_init, k, d)
-        wt = torch.gather(w[:, None, :].expand(p, n_init, n), 2, token).to(x.dtype)  # (P, n_init, k)
+        wt = torch.gather(wfull[:, None, :].expand(p, n_init, n), 2, token)  # (P, n_init, k)
         owner = torch.gather(labels, 2, token)  # cluster the token leaves
         emf = empty.to(x.dtype)
         # remove moved tokens from their old clusters, then seat them in the empty ones
@@ -144,7 +187,7 @@ def update_centres(
         counts = counts.scatter_add(2, owner, -(wt * emf))
         sums = torch.where(empty[..., None], xt * wt[..., None], sums)
         counts = torch.where(empty, wt, counts)
-    safe = counts.clamp(min=torch.finfo(x.dtype).tiny)
+    safe = counts.clamp(min=torch.finfo(x_aug.dtype).tiny)
     new = sums / safe[..., None]
     # a cluster that is still empty (all weights zero) keeps its old centre
     return torch.where((counts > 0)[..., None], new, old)
@@ -152,7 +195,7 @@ def update_centres(
 
 def lloyd(
     xc: torch.Tensor, xt: torch.Tensor, x_sq: torch.Tensor, w: torch.Tensor, centres: torch.Tensor,
-    has_tokens: torch.Tensor, tol_abs: torch.Tensor, max_iter: int,
+    has_tokens: torch.Tensor, tol_abs: torch.Tensor, max_iter: int, unit_weights: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd iterations for every problem and restart until each restart converges.
 
@@ -166,14 +209,16 @@ def lloyd(
     active = has_tokens[:, None].expand(p, n_init).clone()
     n_iter = torch.zeros(p, n_init, dtype=torch.long, device=dev)
     rows = torch.arange(p, device=dev)
-    sub = (xc, xt, x_sq, w, tol_abs)
+    x_aug = torch.cat([xc, torch.ones(*xc.shape[:2], 1, dtype=xc.dtype, device=dev)], -1)  # (P, N, d+1)
+    ws = Workspace(p, n_init, k, xc.shape[1], xc.dtype, dev)
+    sub = (x_aug, xt, x_sq, w, tol_abs)
     for it in range(max_iter):
         running = active[rows].sum(1)  # (P',) restarts still running per kept problem
         if not bool((running > 0).all()):
             rows = rows[running > 0]
             if rows.numel() == 0:
                 break
-            sub = (xc[rows], xt[rows], x_sq[rows], w[rows], tol_abs[rows])
+            sub = (x_aug[rows], xt[rows], x_sq[rows], w[rows], tol_abs[rows])
             running = active[rows].sum(1)
         s_x, s_xt, s_xsq, s_w, s_tol = sub
         m = int(running.max())
@@ -182,8 +227,8 @@ def lloyd(
         valid = torch.gather(s_active_all, 1, sel)
         r2 = rows[:, None]
         s_centres = centres[r2, sel]
-        labels, d2min = assign(s_xt, s_xsq, s_centres)
-        new = update_centres(s_x, s_w, labels, d2min, s_centres, k)
+        labels, partial = nearest(s_xt, s_centres, ws)
+        new = update_centres(s_x, None if unit_weights else s_w, labels, partial, s_xsq, s_centres, k, ws)
         shift = ((new - s_centres) ** 2).sum((-1, -2))  # (P', m)
         # Unchanged labels give bitwise-unchanged centres (shift 0), so this one test
         # covers scikit-learn's strict convergence as well as its tolerance.
@@ -247,7 +292,7 @@ def kmeans(
         centres = kmeans_plusplus(xc, w.clamp(min=0) * has_tokens[:, None], k, n_init, seed, x_sq)
 
     xt = xc.transpose(1, 2).contiguous()  # (P, d, N)
-    n_iter, centres = lloyd(xc, xt, x_sq, w, centres, has_tokens, tol_abs, max_iter)
+    n_iter, centres = lloyd(xc, xt, x_sq, w, centres, has_tokens, tol_abs, max_iter, unit_weights=weights is None)
     labels, d2min = assign(xt, x_sq, centres)
     pidx = torch.arange(p, device=x.device)
     if n_init > 1:
