@@ -143,33 +143,31 @@ def nearest(xt: torch.Tensor, centres: torch.Tensor, ws: Workspace | None = None
 
 
 def update_centres(
-    x_aug: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, partial: torch.Tensor, x_sq: torch.Tensor,
+    x: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, partial: torch.Tensor, x_sq: torch.Tensor,
     old: torch.Tensor, k: int, ws: Workspace | None = None,
 ) -> torch.Tensor:
     """Weighted means of the assigned tokens, with scikit-learn's empty-cluster relocation.
 
-    x_aug (P, N, d+1): the tokens with a column of ones, so one matmul gives every
-    cluster's weighted sum and its weight; w (P, N) or None for unit weights; labels and
-    partial (P, n_init, N) from `nearest`; old centres (P, n_init, k, d)
-    -> new centres (P, n_init, k, d).
+    x (P, N, d); w (P, N) or None for unit weights; labels and partial (P, n_init, N)
+    from `nearest`; old centres (P, n_init, k, d) -> new centres (P, n_init, k, d).
+    (Counting through an extra column of ones in the same matmul was tried: the
+    33-wide product's float sums then depended on the batch size.)
     """
-    p, n, d1 = x_aug.shape
-    d = d1 - 1
+    p, n, d = x.shape
     n_init = labels.shape[1]
     if ws is None:
-        onehot = torch.zeros(p, n_init, k, n, dtype=x_aug.dtype, device=x_aug.device)
+        onehot = torch.zeros(p, n_init, k, n, dtype=x.dtype, device=x.device)
     else:
         onehot = ws.views(p, n_init, k, n)[1].zero_()
     if w is None:
         onehot.scatter_(2, labels[:, :, None, :], 1.0)
     else:
-        onehot.scatter_(2, labels[:, :, None, :], w[:, None, None, :].expand(p, n_init, 1, n).to(x_aug.dtype))
-    sums_aug = (onehot.reshape(p, n_init * k, n) @ x_aug).reshape(p, n_init, k, d1)
-    sums, counts = sums_aug[..., :d], sums_aug[..., d]  # counts: weight per cluster
+        onehot.scatter_(2, labels[:, :, None, :], w[:, None, None, :].expand(p, n_init, 1, n).to(x.dtype))
+    sums = (onehot.reshape(p, n_init * k, n) @ x).reshape(p, n_init, k, d)
+    counts = onehot.sum(-1)  # (P, n_init, k) weight per cluster
 
     empty = counts <= 0
     if bool(empty.any()):
-        x = x_aug[..., :d]
         wfull = torch.ones(p, n, dtype=x.dtype, device=x.device) if w is None else w.to(x.dtype)
         d2min = (partial + x_sq[:, None, :]).clamp_(min=0)
         # the j-th empty cluster takes the j-th farthest token from its own centre
@@ -187,7 +185,7 @@ def update_centres(
         counts = counts.scatter_add(2, owner, -(wt * emf))
         sums = torch.where(empty[..., None], xt * wt[..., None], sums)
         counts = torch.where(empty, wt, counts)
-    safe = counts.clamp(min=torch.finfo(x_aug.dtype).tiny)
+    safe = counts.clamp(min=torch.finfo(x.dtype).tiny)
     new = sums / safe[..., None]
     # a cluster that is still empty (all weights zero) keeps its old centre
     return torch.where((counts > 0)[..., None], new, old)
@@ -200,44 +198,37 @@ def lloyd(
     """Lloyd iterations for every problem and restart until each restart converges.
 
     centres (P, n_init, k, d) are updated in place and returned with n_iter (P, n_init).
-    Each iteration works only on the restarts still running: the problems that have
-    one, and per problem its running restarts packed to the front (m = the most any
-    problem still has). The tokens are never copied per restart.
+    Each iteration works on the problems that still have a running restart, all n_init
+    restarts of each (finished ones are computed but frozen). Packing only the running
+    restarts would save work, but the matmul shapes would then depend on the other
+    problems in the batch, and float sums with them: a problem's result must not.
+    The tokens are never copied per restart.
     """
     p, n_init, k, d = centres.shape
     dev = xc.device
     active = has_tokens[:, None].expand(p, n_init).clone()
     n_iter = torch.zeros(p, n_init, dtype=torch.long, device=dev)
     rows = torch.arange(p, device=dev)
-    x_aug = torch.cat([xc, torch.ones(*xc.shape[:2], 1, dtype=xc.dtype, device=dev)], -1)  # (P, N, d+1)
     ws = Workspace(p, n_init, k, xc.shape[1], xc.dtype, dev)
-    sub = (x_aug, xt, x_sq, w, tol_abs)
+    sub = (xc, xt, x_sq, w, tol_abs)
     for it in range(max_iter):
-        running = active[rows].sum(1)  # (P',) restarts still running per kept problem
-        if not bool((running > 0).all()):
-            rows = rows[running > 0]
+        running = active[rows].any(1)  # (P',) problems with a restart still running
+        if not bool(running.all()):
+            rows = rows[running]
             if rows.numel() == 0:
                 break
-            sub = (x_aug[rows], xt[rows], x_sq[rows], w[rows], tol_abs[rows])
-            running = active[rows].sum(1)
+            sub = (xc[rows], xt[rows], x_sq[rows], w[rows], tol_abs[rows])
         s_x, s_xt, s_xsq, s_w, s_tol = sub
-        m = int(running.max())
-        s_active_all = active[rows]
-        sel = torch.argsort((~s_active_all).to(torch.int8), dim=1, stable=True)[:, :m]  # (P', m)
-        valid = torch.gather(s_active_all, 1, sel)
-        r2 = rows[:, None]
-        s_centres = centres[r2, sel]
+        s_centres, s_active = centres[rows], active[rows]
         labels, partial = nearest(s_xt, s_centres, ws)
         new = update_centres(s_x, None if unit_weights else s_w, labels, partial, s_xsq, s_centres, k, ws)
-        shift = ((new - s_centres) ** 2).sum((-1, -2))  # (P', m)
+        shift = ((new - s_centres) ** 2).sum((-1, -2))  # (P', n_init)
         # Unchanged labels give bitwise-unchanged centres (shift 0), so this one test
         # covers scikit-learn's strict convergence as well as its tolerance.
         done = shift <= s_tol[:, None]
-        # padded slots repeat a running restart's index; write only the valid ones
-        r2v, selv = r2.expand_as(sel)[valid], sel[valid]
-        centres[r2v, selv] = new[valid]
-        n_iter[r2v, selv] = it + 1
-        active[r2v, selv] = ~done[valid]
+        centres[rows] = torch.where(s_active[..., None, None], new, s_centres)
+        n_iter[rows] = torch.where(s_active, torch.full_like(n_iter[rows], it + 1), n_iter[rows])
+        active[rows] = s_active & ~done
     return n_iter, centres
 
 
