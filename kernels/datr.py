@@ -100,7 +100,10 @@ def mask_weights(query_masks: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """W(j) = max over kept queries of the pooled mask probability; 0 with no kept query.
 
     query_masks (B, P, Q, N) or (B, P, Q, H, W) probabilities; kept (B, P, Q) bool
-    -> (B, P, N) float32.
+    -> (B, P, N) float32. Only the kept queries' maps are read (moved to the front first).
     """
-    qm = query_masks.reshape(*query_masks.shape[:3], -1).float()
-    return torch.where(kept[..., None], qm, torch.zeros_like(qm)).amax(dim=2)
+    qm = query_masks.reshape(*query_masks.shape[:3], -1)
+    order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)[..., : max(int(kept.sum(-1).max()), 1)]
+    maps = torch.gather(qm, 2, order[..., None].expand(*order.shape, qm.shape[-1])).float()  # (B, P, K, N)
+    keep = torch.gather(kept, 2, order)[..., None]
+    return torch.where(keep, maps, torch.zeros_like(maps)).amax(dim=2)
