@@ -44,8 +44,9 @@ def majority_filter(label_map: torch.Tensor, k: int) -> torch.Tensor:
     Votes come from the in-bounds neighbours and the centre; the winner replaces the
     centre only when it is the unique maximum (any tie keeps the centre label).
     """
-    onehot = F.one_hot(label_map.long(), k).permute(0, 3, 1, 2).double()  # (B, k, H, W)
-    votes = F.conv2d(onehot.reshape(-1, 1, *label_map.shape[1:]), torch.ones(1, 1, 3, 3, dtype=torch.float64, device=label_map.device), padding=1)
+    # vote counts are small integers (<= 9): exact in float32, which GPUs convolve fast
+    onehot = F.one_hot(label_map.long(), k).permute(0, 3, 1, 2).float()  # (B, k, H, W)
+    votes = F.conv2d(onehot.reshape(-1, 1, *label_map.shape[1:]), torch.ones(1, 1, 3, 3, device=label_map.device), padding=1)
     votes = votes.reshape(onehot.shape)
     top2 = votes.topk(min(2, k), dim=1)
     winner = top2.indices[:, 0]
