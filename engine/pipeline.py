@@ -213,7 +213,8 @@ def run_sweep(
         all_ids = cache_reader.image_ids
         source = None
         source_info = {"model": "cache", **cache_reader.describe()}
-        num_classes = 5
+        source_info["simulated"] = bool((source_info.get("source") or {}).get("simulated", False))
+        num_classes = max(cache_reader.class_ids) + 1
     else:
         from engine.data import DataConfig, index_dataset
 

@@ -167,6 +167,7 @@ def test_feature_cache_round_trip_and_rerun(scenes, tmp_path, reference_run):
         for key in ("image_id", "scope", "kept_queries", "effective_tokens", "iou"):
             assert a[key] == b[key]
         assert abs(a["accuracy"] - b["accuracy"]) < 0.05
+    assert json.loads((rerun / "run.json").read_text())["simulated"] is True  # the cache came from the simulated model
     rerun2 = tmp_path / "from-cache-2"
     pipeline.run_sweep(config(None, rerun2, from_cache=cache), echo=lambda s: None, show_progress=False)
     assert sorted_rows(rerun2) == cached
