@@ -133,6 +133,12 @@ def progress_bar(total: int, enabled: bool):
 
 
 RESERVOIR_FILE = "reservoir.npz"
+MASK_PROBS_BUDGET = 2 << 30  # bytes of 288x288 fp16 mask probabilities kept for the figures of one batch
+
+
+def full_masks_fit(images: int, prompts: int, queries: int = 200, side: int = 288) -> bool:
+    """Whether a batch's full-resolution mask probabilities (fp16) fit the figure budget."""
+    return images * prompts * queries * side * side * 2 <= MASK_PROBS_BUDGET
 
 
 def open_reservoir(cfg: RunConfig, store: ResultStore, resuming_with_rows: bool, echo):
@@ -299,9 +305,13 @@ def run_sweep(
                     gt_mask, gt_tokens = batch.gt_mask, batch.gt_tokens
                     images = batch.images.to(device, non_blocking=True)
                     t0 = time.perf_counter()
+                    keep_full = figures_left > 0 and full_masks_fit(len(batch.image_ids), len(cfg.prompts))
+                    if figures_left > 0 and not keep_full:
+                        echo(f"figures: full-resolution masks of a {len(batch.image_ids)}-image batch would need more than "
+                             f"{MASK_PROBS_BUDGET >> 30} GiB; the per-mask figures use the 72x72 pooled masks")
                     try:
                         src = source.run_batch(images, batch.image_ids, cfg.analysis.taus, gt_mask=gt_mask, gt_tokens=gt_tokens,
-                                               keep_mask_probs=figures_left > 0)
+                                               keep_mask_probs=keep_full)
                     except torch.OutOfMemoryError:
                         raise DatrError(f"out of memory on {device} at --batch-size {cfg.batch_size}; lower --batch-size") from None
                     timer.add("model", t0, device)
