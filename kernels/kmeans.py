@@ -198,11 +198,10 @@ def lloyd(
     """Lloyd iterations for every problem and restart until each restart converges.
 
     centres (P, n_init, k, d) are updated in place and returned with n_iter (P, n_init).
-    Each iteration works on the problems that still have a running restart, all n_init
-    restarts of each (finished ones are computed but frozen). Packing only the running
-    restarts would save work, but the matmul shapes would then depend on the other
-    problems in the batch, and float sums with them: a problem's result must not.
-    The tokens are never copied per restart.
+    Each iteration works only on the restarts still running: the problems that have
+    one, and per problem its running restarts packed to the front (m = the most any
+    problem still has; padded slots are computed and dropped). The tokens are never
+    copied per restart.
     """
     p, n_init, k, d = centres.shape
     dev = xc.device
@@ -212,23 +211,30 @@ def lloyd(
     ws = Workspace(p, n_init, k, xc.shape[1], xc.dtype, dev)
     sub = (xc, xt, x_sq, w, tol_abs)
     for it in range(max_iter):
-        running = active[rows].any(1)  # (P',) problems with a restart still running
-        if not bool(running.all()):
-            rows = rows[running]
+        running = active[rows].sum(1)  # (P',) restarts still running per kept problem
+        if not bool((running > 0).all()):
+            rows = rows[running > 0]
             if rows.numel() == 0:
                 break
             sub = (xc[rows], xt[rows], x_sq[rows], w[rows], tol_abs[rows])
+            running = running[running > 0]
         s_x, s_xt, s_xsq, s_w, s_tol = sub
-        s_centres, s_active = centres[rows], active[rows]
+        m = int(running.max())
+        s_active_all = active[rows]
+        sel = torch.argsort((~s_active_all).to(torch.int8), dim=1, stable=True)[:, :m]  # (P', m) running first
+        valid = torch.gather(s_active_all, 1, sel)
+        r2 = rows[:, None]
+        s_centres = centres[r2, sel]
         labels, partial = nearest(s_xt, s_centres, ws)
         new = update_centres(s_x, None if unit_weights else s_w, labels, partial, s_xsq, s_centres, k, ws)
-        shift = ((new - s_centres) ** 2).sum((-1, -2))  # (P', n_init)
+        shift = ((new - s_centres) ** 2).sum((-1, -2))  # (P', m)
         # Unchanged labels give bitwise-unchanged centres (shift 0), so this one test
         # covers scikit-learn's strict convergence as well as its tolerance.
         done = shift <= s_tol[:, None]
-        centres[rows] = torch.where(s_active[..., None, None], new, s_centres)
-        n_iter[rows] = torch.where(s_active, torch.full_like(n_iter[rows], it + 1), n_iter[rows])
-        active[rows] = s_active & ~done
+        r2v, selv = r2.expand_as(sel)[valid], sel[valid]
+        centres[r2v, selv] = new[valid]
+        n_iter[r2v, selv] = it + 1
+        active[r2v, selv] = ~done[valid]
     return n_iter, centres
 
 
