@@ -11,7 +11,7 @@ import datetime as dt
 import platform
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ import torch
 from engine.analysis import BatchMaps, analyze_batch
 from engine.config import RunConfig
 from engine.errors import BackendError, DataError, DatrError
+from engine.source import SourceBatch
 from engine.store import ResultStore
 from kernels.backends import BackendUnavailable, resolve_backend
 
@@ -180,6 +181,79 @@ def cluster_reservoir(reservoir, cfg: RunConfig, backend, device: torch.device, 
     return {"file": "dataset_clustering.json", "tokens": len(reservoir), "backend": backend.name}
 
 
+@dataclass
+class PreparedBatch:
+    """A batch ready for the analysis: the source's outputs and what the loader knew."""
+
+    source: SourceBatch
+    gt_mask: torch.Tensor | None
+    gt_tokens: torch.Tensor | None
+    positions: list[int]  # item positions, for shard names
+    images: torch.Tensor | None  # (B, 3, S, S) uint8 on the device; None from a cache
+
+
+def model_batches(loader, source, cfg: RunConfig, device: torch.device, timer: StageTimer, cache_writer,
+                  skipped: Callable, wants_figures: Callable[[], bool], echo) -> Iterator[PreparedBatch]:
+    """Loaded batches through the model (SAM3 or simulated); bad items go to `skipped`."""
+    batches = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        timer.add("load", t0)
+        if batch is None:
+            return
+        if batch.errors:
+            skipped(batch.errors, f"{batch.indices[0] if batch.indices else 0:06d}")
+        if not batch.image_ids:
+            continue
+        images = batch.images.to(device, non_blocking=True)
+        keep_full = wants_figures() and full_masks_fit(len(batch.image_ids), len(cfg.prompts))
+        if wants_figures() and not keep_full:
+            echo(f"figures: full-resolution masks of a {len(batch.image_ids)}-image batch would need more than "
+                 f"{MASK_PROBS_BUDGET >> 30} GiB; the per-mask figures use the 72x72 pooled masks")
+        t0 = time.perf_counter()
+        try:
+            src = source.run_batch(images, batch.image_ids, cfg.analysis.taus, gt_mask=batch.gt_mask,
+                                   gt_tokens=batch.gt_tokens, keep_mask_probs=keep_full)
+        except torch.OutOfMemoryError:
+            raise DatrError(f"out of memory on {device} at --batch-size {cfg.batch_size}; lower --batch-size") from None
+        timer.add("model", t0, device)
+        if cache_writer is not None:
+            t0 = time.perf_counter()
+            cache_writer.write(src, batch.gt_mask, batch.gt_tokens)
+            timer.add("cache_write", t0)
+        yield PreparedBatch(src, batch.gt_mask, batch.gt_tokens, batch.indices, images)
+
+
+def cached_batches(reader, todo: list[int], cfg: RunConfig, device: torch.device, timer: StageTimer) -> Iterator[PreparedBatch]:
+    """Batches read back from a feature cache (no model)."""
+    batches = reader.batches(todo, cfg.batch_size, cfg.analysis.taus, device)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(batches, None)
+        timer.add("load", t0)
+        if batch is None:
+            return
+        yield PreparedBatch(batch.source, batch.gt_mask, batch.gt_tokens, batch.positions, None)
+
+
+def keep_figure_data(result: SweepResult, maps: BatchMaps | None, prep: PreparedBatch, wanted: int) -> int:
+    """Hand the first `wanted` images of this batch to the figures; returns how many were kept."""
+    if maps is None or wanted <= 0:
+        return 0
+    src = prep.source
+    kept = min(wanted, len(src.image_ids))
+    for row in range(kept):
+        image_id = src.image_ids[row]
+        result.maps.append((maps, row))
+        if prep.images is not None:
+            result.images[image_id] = prep.images[row].cpu()
+        if src.mask_probs is not None:
+            result.mask_probs[image_id] = src.mask_probs[row].cpu()
+        result.scores[image_id] = src.scores[row].cpu()
+    return kept
+
+
 def run_sweep(
     cfg: RunConfig,
     echo: Callable[[str], None] = print,
@@ -266,8 +340,19 @@ def run_sweep(
 
         cache_writer = FeatureCacheWriter(cfg.save_features, cfg.prompts, cfg.class_ids, cfg.analysis.taus, source_info)
 
+    result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=len(all_ids) - len(todo), errors=0, seconds=0.0, run=run)
+    figures_left = keep_figures
+    bar = progress_bar(len(todo), show_progress)
+    task = bar.add_task("sweep", total=len(todo), rate="")
+
+    def skipped(errors: list[tuple[str, str, str]], tag: str) -> None:
+        store.write_errors(errors, tag)
+        for image_id, _path, message in errors:
+            echo(f"skipped {image_id}: {message}")
+        bar.advance(task, len(errors))
+
     if cache_reader is not None:
-        batches = (("cache", b) for b in cache_reader.batches(todo, cfg.batch_size, cfg.analysis.taus, device))
+        batches = cached_batches(cache_reader, todo, cfg, device, timer)
     else:
         from engine.data import make_loader
 
@@ -275,83 +360,38 @@ def run_sweep(
         run["loader"] = loader.describe()
         if positions is None:  # a shard leaves the index errors to the coordinator
             store.write_errors([e for e in index.bad if e[0] not in finished], "index")
-        batches = (("data", b) for b in loader)
+        batches = model_batches(loader, source, cfg, device, timer, cache_writer, skipped, lambda: figures_left > 0, echo)
 
     reservoir = open_reservoir(cfg, store, bool(finished), echo) if cfg.analysis.dataset_sample else None
 
-    result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=len(all_ids) - len(todo), errors=0, seconds=0.0, run=run)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="datr-writer")
     pending = []
-    figures_left = keep_figures
     try:
-        with progress_bar(len(todo), show_progress) as bar:
-            task = bar.add_task("sweep", total=len(todo), rate="")
-            t_batch = time.perf_counter()
-            for kind, batch in batches:
-                timer.add("load", t_batch)
-                if kind == "cache":
-                    src, gt_mask, gt_tokens, positions = batch.source, batch.gt_mask, batch.gt_tokens, batch.positions
-                    images = None
-                else:
-                    if batch.errors:
-                        store.write_errors(batch.errors, f"{batch.indices[0] if batch.indices else 0:06d}")
-                        for image_id, _path, message in batch.errors:
-                            echo(f"skipped {image_id}: {message}")
-                        bar.advance(task, len(batch.errors))
-                    if not batch.image_ids:
-                        t_batch = time.perf_counter()
-                        continue
-                    positions = batch.indices
-                    gt_mask, gt_tokens = batch.gt_mask, batch.gt_tokens
-                    images = batch.images.to(device, non_blocking=True)
-                    t0 = time.perf_counter()
-                    keep_full = figures_left > 0 and full_masks_fit(len(batch.image_ids), len(cfg.prompts))
-                    if figures_left > 0 and not keep_full:
-                        echo(f"figures: full-resolution masks of a {len(batch.image_ids)}-image batch would need more than "
-                             f"{MASK_PROBS_BUDGET >> 30} GiB; the per-mask figures use the 72x72 pooled masks")
-                    try:
-                        src = source.run_batch(images, batch.image_ids, cfg.analysis.taus, gt_mask=gt_mask, gt_tokens=gt_tokens,
-                                               keep_mask_probs=keep_full)
-                    except torch.OutOfMemoryError:
-                        raise DatrError(f"out of memory on {device} at --batch-size {cfg.batch_size}; lower --batch-size") from None
-                    timer.add("model", t0, device)
-                    if cache_writer is not None:
-                        t0 = time.perf_counter()
-                        cache_writer.write(src, gt_mask, gt_tokens)
-                        timer.add("cache_write", t0)
+        with bar:
+            for prep in batches:
+                src = prep.source
                 t0 = time.perf_counter()
                 try:
                     out = analyze_batch(src, cfg.analysis, backend, cfg.prompts, cfg.class_ids, num_classes,
-                                        gt_tokens=None if gt_tokens is None else gt_tokens.to(device),
-                                        gt_mask=None if gt_mask is None else gt_mask.to(device),
+                                        gt_tokens=None if prep.gt_tokens is None else prep.gt_tokens.to(device),
+                                        gt_mask=None if prep.gt_mask is None else prep.gt_mask.to(device),
                                         keep_maps=figures_left > 0)
                 except torch.OutOfMemoryError:
                     raise DatrError(f"out of memory on {device} in the analysis at --batch-size {cfg.batch_size}; lower --batch-size") from None
                 except ValueError as err:  # NaN/inf features and the like, from the kernels
                     raise DataError(f"batch starting at {src.image_ids[0]}: {err}") from None
                 timer.add("analysis", t0, device)
-                if out.maps is not None and figures_left > 0:
-                    for row in range(min(figures_left, len(src.image_ids))):
-                        result.maps.append((out.maps, row))
-                        image_id = src.image_ids[row]
-                        if images is not None:
-                            result.images[image_id] = images[row].cpu()
-                        if src.mask_probs is not None:
-                            result.mask_probs[image_id] = src.mask_probs[row].cpu()
-                        result.scores[image_id] = src.scores[row].cpu()
-                    figures_left -= min(figures_left, len(src.image_ids))
-                pending.append(writer.submit(store.write_rows, out.columns, positions[0]))
+                figures_left -= keep_figure_data(result, out.maps, prep, figures_left)
+                pending.append(writer.submit(store.write_rows, out.columns, prep.positions[0]))
                 if reservoir is not None:  # after the rows are on their way: a resume will not re-offer these
                     reservoir.add(src.features.flatten(2).transpose(1, 2),
-                                  None if gt_tokens is None else gt_tokens.reshape(len(src.image_ids), -1), src.image_ids)
+                                  None if prep.gt_tokens is None else prep.gt_tokens.reshape(len(src.image_ids), -1), src.image_ids)
                 for done in [f for f in pending if f.done()]:
                     done.result()  # surface write errors early
                     pending.remove(done)
                 result.images_done += len(src.image_ids)
                 bar.advance(task, len(src.image_ids))
-                elapsed = time.perf_counter() - started
-                bar.update(task, rate=f"{result.images_done / max(elapsed, 1e-9):.2f} img/s")
-                t_batch = time.perf_counter()
+                bar.update(task, rate=f"{result.images_done / max(time.perf_counter() - started, 1e-9):.2f} img/s")
         for f in pending:
             f.result()
         if reservoir is not None and record_run:
