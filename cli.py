@@ -290,7 +290,7 @@ def sweep(
         from engine.pipeline import run_sweep
 
         result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=cfg.figures)
-    typer.echo(f"{result.images_done} images analysed, {result.images_skipped_resume} already done, "
+    typer.echo(f"{result.images_done} items analysed, {result.images_skipped_resume} already done, "
                f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
     if cfg.figures:
         draw_sweep_figures(result, cfg)

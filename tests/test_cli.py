@@ -33,7 +33,7 @@ def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
-    assert "2 images analysed" in result.stdout and "datr summary" in result.stdout
+    assert "2 items analysed" in result.stdout and "datr summary" in result.stdout
     rows = pq.read_table(out / "rows" / "part-000000.parquet")
     assert rows.num_rows == 2 * 7
     run = json.loads((out / "run.json").read_text())
@@ -42,7 +42,7 @@ def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path):
     again = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), *FAST])
     one_line_error(again, "--resume", str(out))
     resumed = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), "--resume", *FAST])
-    assert resumed.exit_code == 0 and "0 images analysed, 2 already done" in resumed.stdout
+    assert resumed.exit_code == 0 and "0 items analysed, 2 already done" in resumed.stdout
 
 
 def test_config_file_values_and_command_line_precedence(scenes, tmp_path):

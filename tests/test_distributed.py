@@ -154,7 +154,7 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
     assert refused.exit_code == 2 and "--resume" in refused.output
     done = CliRunner().invoke(cli.app, [*args, "--resume"])
     assert done.exit_code == 0, done.output
-    assert "2 images analysed, 2 already done" in done.output
+    assert "2 items analysed, 2 already done" in done.output
     assert sorted_rows(out) == sorted_rows(reference)
     run = json.loads((out / "run.json").read_text())
     assert run["images_skipped_resume"] == 2 and run["cluster"]["shards"] == 1
