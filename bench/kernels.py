@@ -20,8 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch
 from bench.machine import machine_info
 from bench.synthetic import scope_problems, token_maps
 from engine.errors import ConfigError
+from engine.timing import StageTimer
 from kernels.backends import backend_status, resolve_backend
 from kernels.backends.sklearn_backend import SklearnBackend
 from kernels.eigh import EIGH_METHODS, eigh_function, eigh_status
@@ -60,36 +60,6 @@ class KernelBenchConfig:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class StageTimer:
-    """Seconds per named stage: CUDA events on a GPU (read once, after a synchronize), wall clock on the CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.seconds: dict[str, float] = defaultdict(float)
-        self._pending: list[tuple[str, object, object]] = []
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        if self.device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            yield
-            end.record()
-            self._pending.append((name, begin, end))
-        else:
-            start = time.perf_counter()
-            yield
-            self.seconds[name] += time.perf_counter() - start
-
-    def collect(self) -> dict[str, float]:
-        if self._pending:
-            sync(self.device)
-            for name, begin, end in self._pending:
-                self.seconds[name] += begin.elapsed_time(end) / 1e3
-            self._pending.clear()
-        return dict(self.seconds)
 
 
 def backend_pipeline(backend, x: torch.Tensor, cfg: KernelBenchConfig, n_init: int, timer: StageTimer | None = None):

@@ -23,19 +23,8 @@ from engine.config import RunConfig
 from engine.errors import BackendError, DataError, DatrError
 from engine.source import SourceBatch
 from engine.store import ResultStore
+from engine.timing import StageTimer
 from kernels.backends import BackendUnavailable, resolve_backend
-
-
-@dataclass
-class StageTimer:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def add(self, stage: str, start: float, device: torch.device | None = None) -> float:
-        if device is not None and device.type == "cuda":
-            torch.cuda.synchronize(device)
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - start
-        return now
 
 
 @dataclass
@@ -197,9 +186,8 @@ def model_batches(loader, source, cfg: RunConfig, device: torch.device, timer: S
     """Loaded batches through the model (SAM3 or simulated); bad items go to `skipped`."""
     batches = iter(loader)
     while True:
-        t0 = time.perf_counter()
-        batch = next(batches, None)
-        timer.add("load", t0)
+        with timer.host("load"):
+            batch = next(batches, None)
         if batch is None:
             return
         if batch.errors:
@@ -211,17 +199,15 @@ def model_batches(loader, source, cfg: RunConfig, device: torch.device, timer: S
         if wants_figures() and not keep_full:
             echo(f"figures: full-resolution masks of a {len(batch.image_ids)}-image batch would need more than "
                  f"{MASK_PROBS_BUDGET >> 30} GiB; the per-mask figures use the 72x72 pooled masks")
-        t0 = time.perf_counter()
         try:
-            src = source.run_batch(images, batch.image_ids, cfg.analysis.taus, gt_mask=batch.gt_mask,
-                                   gt_tokens=batch.gt_tokens, keep_mask_probs=keep_full)
+            with timer.stage("model"):
+                src = source.run_batch(images, batch.image_ids, cfg.analysis.taus, gt_mask=batch.gt_mask,
+                                       gt_tokens=batch.gt_tokens, keep_mask_probs=keep_full)
         except torch.OutOfMemoryError:
             raise DatrError(f"out of memory on {device} at --batch-size {cfg.batch_size}; lower --batch-size") from None
-        timer.add("model", t0, device)
         if cache_writer is not None:
-            t0 = time.perf_counter()
-            cache_writer.write(src, batch.gt_mask, batch.gt_tokens)
-            timer.add("cache_write", t0)
+            with timer.host("cache_write"):
+                cache_writer.write(src, batch.gt_mask, batch.gt_tokens)
         yield PreparedBatch(src, batch.gt_mask, batch.gt_tokens, batch.indices, images)
 
 
@@ -229,9 +215,8 @@ def cached_batches(reader, todo: list[int], cfg: RunConfig, device: torch.device
     """Batches read back from a feature cache (no model)."""
     batches = reader.batches(todo, cfg.batch_size, cfg.analysis.taus, device)
     while True:
-        t0 = time.perf_counter()
-        batch = next(batches, None)
-        timer.add("load", t0)
+        with timer.host("load"):
+            batch = next(batches, None)
         if batch is None:
             return
         yield PreparedBatch(batch.source, batch.gt_mask, batch.gt_tokens, batch.positions, None)
@@ -280,7 +265,7 @@ def run_sweep(
     except BackendUnavailable as err:
         raise BackendError(f"--backend {cfg.analysis.backend}: {err}") from None
     echo(f"backend: {backend.name} ({backend_reason})")
-    timer = StageTimer()
+    timer = StageTimer(device)
 
     cache_reader = None
     data_info: dict = {}
@@ -309,9 +294,8 @@ def run_sweep(
         all_ids = [it.image_id for it in index.items]
         num_classes = len(index.classes)
         if source is None:
-            t0 = time.perf_counter()
-            source = build_source(cfg, device)
-            timer.add("model_load", t0)
+            with timer.host("model_load"):
+                source = build_source(cfg, device)
         source_info = source.describe()
     finished = store.finished_ids() if cfg.resume else set()
     wanted = range(len(all_ids)) if positions is None else positions
@@ -370,17 +354,16 @@ def run_sweep(
         with bar:
             for prep in batches:
                 src = prep.source
-                t0 = time.perf_counter()
                 try:
-                    out = analyze_batch(src, cfg.analysis, backend, cfg.prompts, cfg.class_ids, num_classes,
-                                        gt_tokens=None if prep.gt_tokens is None else prep.gt_tokens.to(device),
-                                        gt_mask=None if prep.gt_mask is None else prep.gt_mask.to(device),
-                                        keep_maps=figures_left > 0)
+                    with timer.stage("analysis"):
+                        out = analyze_batch(src, cfg.analysis, backend, cfg.prompts, cfg.class_ids, num_classes,
+                                            gt_tokens=None if prep.gt_tokens is None else prep.gt_tokens.to(device),
+                                            gt_mask=None if prep.gt_mask is None else prep.gt_mask.to(device),
+                                            keep_maps=figures_left > 0)
                 except torch.OutOfMemoryError:
                     raise DatrError(f"out of memory on {device} in the analysis at --batch-size {cfg.batch_size}; lower --batch-size") from None
                 except ValueError as err:  # NaN/inf features and the like, from the kernels
                     raise DataError(f"batch starting at {src.image_ids[0]}: {err}") from None
-                timer.add("analysis", t0, device)
                 figures_left -= keep_figure_data(result, out.maps, prep, figures_left)
                 pending.append(writer.submit(store.write_rows, out.columns, prep.positions[0]))
                 if reservoir is not None:  # after the rows are on their way: a resume will not re-offer these
@@ -395,17 +378,15 @@ def run_sweep(
         for f in pending:
             f.result()
         if reservoir is not None and record_run:
-            t0 = time.perf_counter()
-            run["dataset_clustering"] = cluster_reservoir(reservoir, cfg, backend, device, num_classes, echo)
-            timer.add("dataset_clustering", t0, device)
+            with timer.stage("dataset_clustering"):
+                run["dataset_clustering"] = cluster_reservoir(reservoir, cfg, backend, device, num_classes, echo)
     finally:
-        writer.shutdown(wait=True)
-        t0 = time.perf_counter()
-        if reservoir is not None:
-            reservoir.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
-        if record_run:
-            result.errors = store.merge_errors()
-        timer.add("write", t0)
+        with timer.host("write"):
+            writer.shutdown(wait=True)
+            if reservoir is not None:
+                reservoir.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
+            if record_run:
+                result.errors = store.merge_errors()
         result.seconds = time.perf_counter() - started
         run.update({
             "status": "complete" if result.images_done + result.errors >= len(todo) else "interrupted",
@@ -414,7 +395,8 @@ def run_sweep(
             "images_skipped_resume": result.images_skipped_resume,
             "errors": result.errors,
             "seconds": result.seconds,
-            "seconds_per_stage": timer.seconds,
+            "seconds_per_stage": timer.collect(),
+            "stage_timing": "CUDA events" if device.type == "cuda" else "wall clock",
         })
         if record_run:
             store.write_run_json(run)
