@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.backends.common import exact_inertia, token_mask
+from kernels.backends.common import exact_inertia, pca_problem
 from kernels.kmeans import KMeansResult
 from kernels.pca import PCAResult, check_finite, fix_signs
 
@@ -46,11 +46,7 @@ class CumlBackend:
     def pca_fit(self, x: torch.Tensor, n_components: int, weights: torch.Tensor | None = None) -> PCAResult:
         from cuml.decomposition import PCA
 
-        assert x.ndim == 3, f"x must be (P, N, C), got {tuple(x.shape)}"
-        p, n, c = x.shape
-        if not 1 <= n_components <= c:
-            raise ValueError(f"n_components must be in [1, {c}], got {n_components}")
-        mask = token_mask(weights, (p, n))
+        p, n, c, mask = pca_problem(x, n_components, weights)
         means, comps, var, ratio, count = [], [], [], [], []
         with self._device(x):
             for i in range(p):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels.backends.common import exact_inertia, token_mask
+from kernels.backends.common import exact_inertia, pca_problem
 from kernels.kmeans import KMeansResult, kmeans_plusplus
 from kernels.pca import PCAResult, check_finite, fix_signs
 
@@ -45,11 +45,7 @@ class FaissBackend:
 
     # -- PCA -------------------------------------------------------------------------------
     def pca_fit(self, x: torch.Tensor, n_components: int, weights: torch.Tensor | None = None) -> PCAResult:
-        assert x.ndim == 3, f"x must be (P, N, C), got {tuple(x.shape)}"
-        p, n, c = x.shape
-        if not 1 <= n_components <= c:
-            raise ValueError(f"n_components must be in [1, {c}], got {n_components}")
-        mask = token_mask(weights, (p, n))
+        p, n, c, mask = pca_problem(x, n_components, weights)
         faiss = self.faiss
         arr = x.detach().to("cpu", torch.float32).numpy()
         sel = None if mask is None else mask.cpu().numpy()
