@@ -191,7 +191,7 @@ def analyze_batch(
             else:
                 table = contingency(lab, gt_flat, k, num_classes, valid)
                 metric.update(accuracy=matched_accuracy(table), nmi=nmi_from_contingency(table), ari=ari_from_contingency(table))
-            append_rows(columns, batch.image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou, gt_flat is not None)
+            append_rows(columns, batch.image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou)
             if keep_maps and maps is None:
                 maps = BatchMaps(
                     slots=slots, image_ids=list(batch.image_ids), d=d, k=k,
@@ -223,37 +223,37 @@ def encoder_similarity(tokens: torch.Tensor, query_masks: torch.Tensor, kept: to
     return sim.reshape(*kept.shape, n).half()
 
 
-def append_rows(columns, image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou, has_gt) -> None:
-    """Extend the column lists with one row per (image, slot) for this grid point."""
+FLOAT_COLUMNS = ("flip_ratio", "flip_ratio_processed", "cos_distance", "datr_shift", "iou", "accuracy", "nmi", "ari",
+                 "silhouette", "calinski_harabasz", "davies_bouldin", "inertia", "explained_variance_ratio")
+
+
+def append_rows(columns, image_ids, slots, d, k, metric, effective, kept_count, cos_dist, shift, iou) -> None:
+    """Extend the column lists with one row per (image, slot) for this grid point.
+
+    Every (B, M) value goes to the host in one copy (one synchronisation on a GPU);
+    counts are exact in float64.
+    """
     b, m = kept_count.shape
-    host = {name: t.reshape(b, m).cpu().numpy() for name, t in metric.items()}
-    eff_count = effective.sum(-1).cpu().numpy()
-    kept_np, cos_np, shift_np, iou_np = (t.cpu().numpy() for t in (kept_count, cos_dist, shift, iou))
-    names = ["flip_ratio", "flip_ratio_processed", "cos_distance", "datr_shift", "iou", "accuracy", "nmi", "ari",
-             "silhouette", "calinski_harabasz", "davies_bouldin", "inertia", "explained_variance_ratio"]
+    per_slot = {**metric, "cos_distance": cos_dist, "datr_shift": shift, "iou": iou,
+                "kept_queries": kept_count, "effective_tokens": effective.sum(-1)}
+    missing = torch.full((b, m), float("nan"), dtype=torch.float64, device=kept_count.device)
+    names = list(FLOAT_COLUMNS) + ["kept_queries", "effective_tokens", "n_iter"]
+    host = torch.stack([per_slot[name].reshape(b, m).double() if name in per_slot else missing for name in names]).cpu().numpy()
+    at = {name: host[i] for i, name in enumerate(names)}
+    n_tokens = int(effective.shape[-1])
     for i, image_id in enumerate(image_ids):
         for j, slot in enumerate(slots):
             encoder = slot.kind == "encoder"
             row = {
                 "image_id": image_id, "scope": slot.scope, "scope_kind": slot.kind,
                 "class_id": slot.class_id, "tau": slot.tau, "alpha": slot.alpha, "d": d, "k": k,
-                "kept_queries": None if encoder else int(kept_np[i, j]),
-                "effective_tokens": None if encoder else int(eff_count[i, j]),
-                "n_tokens": int(effective.shape[-1]),
-                "n_iter": int(host["n_iter"][i, j]),
+                "kept_queries": None if encoder else int(at["kept_queries"][i, j]),
+                "effective_tokens": None if encoder else int(at["effective_tokens"][i, j]),
+                "n_tokens": n_tokens,
+                "n_iter": int(at["n_iter"][i, j]),
             }
-            values = {
-                "flip_ratio": host["flip_ratio"][i, j], "flip_ratio_processed": host["flip_ratio_processed"][i, j],
-                "cos_distance": cos_np[i, j], "datr_shift": shift_np[i, j], "iou": iou_np[i, j],
-                "accuracy": host["accuracy"][i, j] if has_gt else np.nan,
-                "nmi": host["nmi"][i, j] if has_gt else np.nan, "ari": host["ari"][i, j] if has_gt else np.nan,
-                "silhouette": np.nan if has_gt else host["silhouette"][i, j],
-                "calinski_harabasz": np.nan if has_gt else host["calinski_harabasz"][i, j],
-                "davies_bouldin": np.nan if has_gt else host["davies_bouldin"][i, j], "inertia": host["inertia"][i, j],
-                "explained_variance_ratio": host["explained_variance_ratio"][i, j],
-            }
-            for name in names:
-                v = float(values[name])
+            for name in FLOAT_COLUMNS:
+                v = float(at[name][i, j])
                 row[name] = None if np.isnan(v) else v
             for key, value in row.items():
                 columns.setdefault(key, []).append(value)
