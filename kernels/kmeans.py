@@ -238,6 +238,59 @@ def lloyd(
     return n_iter, centres
 
 
+@dataclass
+class Prepared:
+    """What every KMeans backend starts from (all on x's device and dtype).
+
+    xc (P, N, d) the data centred on its weighted mean (P, d); x_sq (P, N) squared norms of
+    xc; w (P, N) weights; has_tokens (P,) some weight > 0; tol_abs (P,) the tolerance
+    scaled by the mean feature variance, as scikit-learn; centres (P, n_init, k, d)
+    centred starting centres (given, or greedy k-means++).
+    """
+
+    xc: torch.Tensor
+    x_sq: torch.Tensor
+    w: torch.Tensor
+    has_tokens: torch.Tensor
+    mean: torch.Tensor
+    tol_abs: torch.Tensor
+    centres: torch.Tensor
+
+
+def prepare(
+    x: torch.Tensor, k: int, *, n_init: int, max_iter: int, tol: float, seed: int,
+    init: torch.Tensor | None, weights: torch.Tensor | None,
+) -> Prepared:
+    """Validate the arguments and build the common starting point of every backend."""
+    assert x.ndim == 3, f"x must be (P, N, d), got {tuple(x.shape)}"
+    p, n, d = x.shape
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > n:
+        raise ValueError(f"k = {k} clusters is more than the {n} tokens per problem")
+    if max_iter < 1 or n_init < 1 or tol < 0:
+        raise ValueError(f"need max_iter >= 1, n_init >= 1, tol >= 0; got {max_iter}, {n_init}, {tol}")
+    w = torch.ones(p, n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.dtype)
+    assert w.shape == (p, n), f"weights must be (P, N) = {(p, n)}, got {tuple(w.shape)}"
+    wsum = w.sum(1)
+    has_tokens = wsum > 0
+    # centre the data for accuracy, as scikit-learn does; centres are shifted back at the end
+    mean = (w[:, :, None] * x).sum(1) / wsum.clamp(min=1e-30)[:, None]
+    xc = x - mean[:, None, :]
+    x_sq = (xc * xc).sum(-1)
+    check_finite(x_sq, "KMeans input")
+    var = (w[:, :, None] * xc * xc).sum(1) / wsum.clamp(min=1e-30)[:, None]
+    if init is not None:
+        centres = init.to(x.dtype)
+        if centres.ndim == 3:
+            centres = centres[:, None]
+        assert centres.shape[0] == p and centres.shape[2:] == (k, d), f"init must be (P, [n_init,] k, d), got {tuple(init.shape)}"
+        centres = centres - mean[:, None, None, :]
+    else:
+        centres = kmeans_plusplus(xc, w.clamp(min=0) * has_tokens[:, None], k, n_init, seed, x_sq)
+    return Prepared(xc, x_sq, w, has_tokens, mean, var.mean(-1) * tol, centres)
+
+
 def kmeans(
     x: torch.Tensor,
     k: int,
@@ -257,37 +310,11 @@ def kmeans(
     count in the inertia but still get the label of their nearest centre.
     Raises ValueError on NaN/inf input, k < 1, or k larger than N.
     """
-    assert x.ndim == 3, f"x must be (P, N, d), got {tuple(x.shape)}"
-    p, n, d = x.shape
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if k > n:
-        raise ValueError(f"k = {k} clusters is more than the {n} tokens per problem")
-    if max_iter < 1 or n_init < 1 or tol < 0:
-        raise ValueError(f"need max_iter >= 1, n_init >= 1, tol >= 0; got {max_iter}, {n_init}, {tol}")
-    w = torch.ones(p, n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.dtype)
-    assert w.shape == (p, n), f"weights must be (P, N) = {(p, n)}, got {tuple(w.shape)}"
-    wsum = w.sum(1)
-    has_tokens = wsum > 0
-
-    # centre the data for accuracy, as scikit-learn does; centres are shifted back at the end
-    mean = (w[:, :, None] * x).sum(1) / wsum.clamp(min=1e-30)[:, None]
-    xc = x - mean[:, None, :]
-    x_sq = (xc * xc).sum(-1)
-    check_finite(x_sq, "KMeans input")
-    var = (w[:, :, None] * xc * xc).sum(1) / wsum.clamp(min=1e-30)[:, None]
-    tol_abs = var.mean(-1) * tol  # (P,)
-
-    if init is not None:
-        centres = init.to(x.dtype)
-        if centres.ndim == 3:
-            centres = centres[:, None]
-        assert centres.shape[0] == p and centres.shape[2:] == (k, d), f"init must be (P, [n_init,] k, d), got {tuple(init.shape)}"
-        centres = centres - mean[:, None, None, :]
-        n_init = centres.shape[1]
-    else:
-        centres = kmeans_plusplus(xc, w.clamp(min=0) * has_tokens[:, None], k, n_init, seed, x_sq)
-
+    prep = prepare(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights)
+    xc, x_sq, w, has_tokens, mean, tol_abs, centres = (prep.xc, prep.x_sq, prep.w, prep.has_tokens, prep.mean,
+                                                       prep.tol_abs, prep.centres)
+    p, n, d = xc.shape
+    n_init = centres.shape[1]
     xt = xc.transpose(1, 2).contiguous()  # (P, d, N)
     n_iter, centres = lloyd(xc, xt, x_sq, w, centres, has_tokens, tol_abs, max_iter, unit_weights=weights is None)
     labels, d2min = assign(xt, x_sq, centres)
@@ -305,6 +332,6 @@ def kmeans(
     return KMeansResult(
         labels=out_labels,
         centres=best_centres + mean[:, None, :],
-        inertia=torch.where(has_tokens, inertia, torch.zeros_like(wsum)),
+        inertia=torch.where(has_tokens, inertia, torch.zeros_like(inertia)),
         n_iter=torch.where(has_tokens, n_iter[pidx, best], torch.zeros_like(n_iter[:, 0])),
     )

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kernels.backends.common import exact_inertia, pca_problem
-from kernels.kmeans import KMeansResult, kmeans_plusplus
+from kernels.kmeans import KMeansResult, prepare
 from kernels.pca import PCAResult, check_finite, fix_signs
 
 
@@ -114,29 +114,11 @@ class FaissBackend:
         return faiss.vector_to_array(clus.centroids).reshape(k, d)
 
     def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None) -> KMeansResult:
-        assert x.ndim == 3, f"x must be (P, N, d), got {tuple(x.shape)}"
-        p, n, d = x.shape
-        if k < 1 or k > n:
-            raise ValueError(f"k must be in [1, {n}] (the tokens per problem), got {k}")
-        if max_iter < 1 or n_init < 1 or tol < 0:
-            raise ValueError(f"need max_iter >= 1, n_init >= 1, tol >= 0; got {max_iter}, {n_init}, {tol}")
         x32 = x.detach().to("cpu", torch.float32)
-        w = torch.ones(p, n) if weights is None else weights.detach().to("cpu", torch.float32)
-        assert w.shape == (p, n), f"weights must be (P, N) = {(p, n)}, got {tuple(w.shape)}"
-        wsum = w.sum(1)
-        has_tokens = wsum > 0
-        mean = (w[:, :, None] * x32).sum(1) / wsum.clamp(min=1e-30)[:, None]
-        xc = x32 - mean[:, None, :]
-        x_sq = (xc * xc).sum(-1)
-        check_finite(x_sq, "KMeans input")
-        tol_abs = ((w[:, :, None] * xc * xc).sum(1) / wsum.clamp(min=1e-30)[:, None]).mean(-1) * tol
-        if init is not None:
-            start = init.detach().to("cpu", torch.float32)
-            start = start[:, None] if start.ndim == 3 else start
-            assert start.shape[0] == p and start.shape[2:] == (k, d), f"init must be (P, [n_init,] k, d), got {tuple(init.shape)}"
-            start = start - mean[:, None, None, :]
-        else:
-            start = kmeans_plusplus(xc, w.clamp(min=0) * has_tokens[:, None], k, n_init, seed, x_sq)
+        prep = prepare(x32, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init,
+                       weights=None if weights is None else weights.detach().cpu())
+        xc, w, has_tokens, mean, tol_abs, start = prep.xc, prep.w, prep.has_tokens, prep.mean, prep.tol_abs, prep.centres
+        p, n, d = xc.shape
         restarts = start.shape[1]
 
         labels = torch.full((p, n), -1, dtype=torch.long)
