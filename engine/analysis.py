@@ -239,21 +239,29 @@ def append_rows(columns, image_ids, slots, d, k, metric, effective, kept_count, 
     missing = torch.full((b, m), float("nan"), dtype=torch.float64, device=kept_count.device)
     names = list(FLOAT_COLUMNS) + ["kept_queries", "effective_tokens", "n_iter"]
     host = torch.stack([per_slot[name].reshape(b, m).double() if name in per_slot else missing for name in names]).cpu().numpy()
-    at = {name: host[i] for i, name in enumerate(names)}
-    n_tokens = int(effective.shape[-1])
-    for i, image_id in enumerate(image_ids):
-        for j, slot in enumerate(slots):
-            encoder = slot.kind == "encoder"
-            row = {
-                "image_id": image_id, "scope": slot.scope, "scope_kind": slot.kind,
-                "class_id": slot.class_id, "tau": slot.tau, "alpha": slot.alpha, "d": d, "k": k,
-                "kept_queries": None if encoder else int(at["kept_queries"][i, j]),
-                "effective_tokens": None if encoder else int(at["effective_tokens"][i, j]),
-                "n_tokens": n_tokens,
-                "n_iter": int(at["n_iter"][i, j]),
-            }
-            for name in FLOAT_COLUMNS:
-                v = float(at[name][i, j])
-                row[name] = None if np.isnan(v) else v
-            for key, value in row.items():
-                columns.setdefault(key, []).append(value)
+    at = {name: host[i].reshape(-1) for i, name in enumerate(names)}  # row r = image r // M, slot r % M
+    encoder = np.tile([slot.kind == "encoder" for slot in slots], b)
+
+    def floats(values: np.ndarray) -> list:
+        return [None if v != v else v for v in values.tolist()]  # NaN -> null
+
+    def counts(values: np.ndarray) -> list:
+        return [None if enc else int(v) for enc, v in zip(encoder, values.tolist(), strict=True)]
+
+    block = {
+        "image_id": np.repeat(np.asarray(image_ids, dtype=object), m).tolist(),
+        "scope": [slot.scope for slot in slots] * b,
+        "scope_kind": [slot.kind for slot in slots] * b,
+        "class_id": [slot.class_id for slot in slots] * b,
+        "tau": [slot.tau for slot in slots] * b,
+        "alpha": [slot.alpha for slot in slots] * b,
+        "d": [d] * (b * m),
+        "k": [k] * (b * m),
+        "kept_queries": counts(at["kept_queries"]),
+        "effective_tokens": counts(at["effective_tokens"]),
+        "n_tokens": [int(effective.shape[-1])] * (b * m),
+        "n_iter": at["n_iter"].astype(np.int64).tolist(),
+        **{name: floats(at[name]) for name in FLOAT_COLUMNS},
+    }
+    for key, values in block.items():
+        columns.setdefault(key, []).extend(values)

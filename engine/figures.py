@@ -404,10 +404,6 @@ def percentile_rgb(pca: np.ndarray) -> np.ndarray:
 # Titles from the stored metrics
 
 
-def scope_label(slot) -> str:
-    return "global (all prompts)" if slot.kind == "global" else slot.scope
-
-
 def point_label(view: ImageView, slot) -> str:
     return f"τ={slot.tau:g}, α={slot.alpha:g}, d={view.d}, k={view.k}"
 
