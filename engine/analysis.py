@@ -9,7 +9,7 @@ leading columns serve every smaller d (they are the same eigenvectors).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ class BatchMaps:
     """Label maps of the first grid point (d, k), for figures. Shapes use M slots, S scopes."""
 
     slots: list[Slot]
+    image_ids: list[str]  # (B,)
     d: int
     k: int
     labels: torch.Tensor  # (B, M, H, W) aligned to the encoder labels (slot 0 = encoder)
@@ -69,7 +70,6 @@ class BatchMaps:
     scores: torch.Tensor  # (B, P, Q)
     query_masks: torch.Tensor  # (B, P, Q, H, W) float16 decoder mask probability pooled to the token grid
     encoder_similarity: torch.Tensor | None  # (B, P, Q, H, W) float16 cos(F_j, mask prototype); 0 if not kept
-    image_ids: list[str] = field(default_factory=list)  # (B,)
 
 
 @dataclass

@@ -211,16 +211,8 @@ def image_view(maps, row: int, result, cfg) -> ImageView:
 
 
 def image_id_of(maps, row: int, result) -> str:
-    """The image id of a BatchMaps row: maps.image_ids when present, else its place in result.maps."""
-    ids = getattr(maps, "image_ids", None)
-    if ids:
-        return str(ids[row])
-    # run_sweep appends to result.maps and result.scores together, one entry per figure image
-    keys = list(result.scores)
-    for pos, (m, r) in enumerate(result.maps):
-        if m is maps and r == row and pos < len(keys):
-            return str(keys[pos])
-    raise ValueError(f"row {row} of these BatchMaps is not among result.maps; cannot tell its image id")
+    """The image id of a BatchMaps row."""
+    return str(maps.image_ids[row])
 
 
 def read_image_metrics(out: Path, image_id: str, d: int, k: int) -> dict:

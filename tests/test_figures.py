@@ -47,7 +47,7 @@ def quadrants(values=(0, 1, 2, 3)) -> np.ndarray:
     return out
 
 
-def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bool = False, image_ids: bool = False):
+def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bool = False):
     """(maps, result, cfg) for one image: quadrant clusters, a road prompt that flips a block, an empty vehicle prompt."""
     analysis = AnalysisConfig(alphas=(0.3,), ks=(4,))
     slots = build_slots(analysis, PROMPTS, CLASS_IDS)  # encoder, global, road, vehicle
@@ -73,7 +73,7 @@ def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bo
     probs[0, 2, 0:40, 0:40] = 0.8
     similarity = torch.from_numpy(rng.uniform(-1, 1, size=(1, len(PROMPTS), q, G, G)).astype(np.float16))
     maps = BatchMaps(
-        slots=slots, d=8, k=4,
+        slots=slots, image_ids=["img/one"], d=8, k=4,
         labels=torch.from_numpy(labels)[None], labels_processed=torch.from_numpy(labels.copy())[None],
         effective=torch.from_numpy(effective)[None], mask_weights=torch.from_numpy(mask_weights)[None],
         encoder_pca=torch.from_numpy(rng.normal(size=(1, G, G, 3)).astype(np.float32)),
@@ -82,8 +82,6 @@ def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bo
         query_masks=torch.nn.functional.avg_pool2d(probs.float(), 4).half()[None],
         encoder_similarity=similarity if with_similarity else None,
     )
-    if image_ids:
-        maps.image_ids = ["img/one"]
     image = torch.full((3, 1008, 1008), 128, dtype=torch.uint8)
     result = SimpleNamespace(maps=[(maps, 0)], images={"img/one": image}, mask_probs={"img/one": probs},
                              scores={"img/one": scores})
@@ -219,7 +217,7 @@ def test_flip_map_draws_changed_tokens_only(tmp_path):
 
 def test_encoder_similarity_is_drawn_when_handed_over(tmp_path):
     only_mask = replace(FAST, only=("mask-road-0",))
-    maps, result, cfg = hand_case(tmp_path, with_similarity=True, image_ids=True)
+    maps, result, cfg = hand_case(tmp_path, with_similarity=True)
     (mask,) = draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", only_mask)
     assert "cosine similarity" in mask.caption
     maps, result, cfg = hand_case(tmp_path)
@@ -238,7 +236,7 @@ def test_pooled_masks_stand_in_when_full_resolution_was_not_kept(tmp_path):
     assert all("72×72 token grid" in r.caption for r in records)
 
 
-def test_image_id_from_maps_or_from_the_result_order(tmp_path):
+def test_image_id_comes_from_the_maps(tmp_path):
     maps, result, _ = hand_case(tmp_path)
     assert image_id_of(maps, 0, result) == "img/one"
     maps.image_ids = ["named"]
