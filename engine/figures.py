@@ -180,12 +180,10 @@ def image_view(maps, row: int, result, cfg) -> ImageView:
     image_id = image_id_of(maps, row, result)
     image = result.images.get(image_id) if result is not None else None
     probs = result.mask_probs.get(image_id) if result is not None else None
-    scores = result.scores.get(image_id) if result is not None else None
-    if scores is None and getattr(maps, "scores", None) is not None:
-        scores = maps.scores[row]
-    similarity = getattr(maps, "encoder_similarity", None)
-    query_masks = getattr(maps, "query_masks", None)
-    kept = getattr(maps, "kept", None)
+    scores = maps.scores[row]
+    similarity = maps.encoder_similarity
+    query_masks = maps.query_masks
+    kept = maps.kept
     prompts = tuple(cfg.prompts)
     class_ids = tuple(cfg.class_ids)
     view = ImageView(

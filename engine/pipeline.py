@@ -38,7 +38,6 @@ class SweepResult:
     maps: list[tuple[BatchMaps, int]] = field(default_factory=list)  # (maps, row in batch) for figures
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # image_id -> (3, S, S) uint8, figures only
     mask_probs: dict[str, torch.Tensor] = field(default_factory=dict)  # image_id -> (P, Q, 288, 288), figures only
-    scores: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def git_commit() -> str | None:
@@ -235,7 +234,6 @@ def keep_figure_data(result: SweepResult, maps: BatchMaps | None, prep: Prepared
             result.images[image_id] = prep.images[row].cpu()
         if src.mask_probs is not None:
             result.mask_probs[image_id] = src.mask_probs[row].cpu()
-        result.scores[image_id] = src.scores[row].cpu()
     return kept
 
 

@@ -83,8 +83,7 @@ def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bo
         encoder_similarity=similarity if with_similarity else None,
     )
     image = torch.full((3, 1008, 1008), 128, dtype=torch.uint8)
-    result = SimpleNamespace(maps=[(maps, 0)], images={"img/one": image}, mask_probs={"img/one": probs},
-                             scores={"img/one": scores})
+    result = SimpleNamespace(maps=[(maps, 0)], images={"img/one": image}, mask_probs={"img/one": probs})
     cfg = RunConfig(dataset=tmp_path, out=tmp_path / "sweep", prompts=PROMPTS, class_ids=CLASS_IDS, analysis=analysis)
     return maps, result, cfg
 
