@@ -63,7 +63,7 @@ from PIL import Image
 from engine.errors import BackendError, ConfigError, DataError
 from engine.preprocess import MODEL_SIDE, squash_image
 from engine.source import MASK_GRID, TOKEN_GRID
-from kernels.grid import IGNORE
+from kernels.grid import IGNORE, class_counts, coarsen_counts, vote
 
 UDD5_CLASSES = ("vegetation", "building", "road", "vehicle", "other")
 UDD5_COLOURS = ((107, 142, 35), (102, 102, 156), (128, 64, 128), (0, 0, 142), (0, 0, 0))
@@ -319,35 +319,12 @@ def _raw_gt_markers(path: Path) -> tuple[bool, str] | None:
 def majority_grids(labels: np.ndarray, num_classes: int, grid: int = MASK_GRID, coarse: int = TOKEN_GRID) -> tuple[np.ndarray, np.ndarray]:
     """(H, W) uint8 label map -> ((grid, grid), (coarse, coarse)) uint8 majority maps.
 
-    Same rule as kernels.grid.majority_downsample (pixel -> cell floor((y + 0.5) * grid / H),
-    255 and other out-of-range values do not vote, ties to the smallest class, empty cell 255).
-    The coarse grid must divide the fine one: a pixel's coarse cell is its fine cell // f
-    exactly, so coarse counts are sums of fine counts.
+    The rule of kernels.grid.majority_downsample; the coarse grid (which must divide the
+    fine one) is voted from the fine counts summed, so the pixels are counted once.
     """
     assert labels.ndim == 2 and labels.dtype == np.uint8, f"labels must be (H, W) uint8, got {labels.dtype} {labels.shape}"
-    assert grid % coarse == 0, f"coarse grid {coarse} must divide {grid}"
-    h, w = labels.shape
-    rows = np.floor((np.arange(h, dtype=np.float64) + 0.5) * grid / h).astype(np.int64).clip(max=grid - 1)
-    cols = np.floor((np.arange(w, dtype=np.float64) + 0.5) * grid / w).astype(np.int64).clip(max=grid - 1)
-    counts = np.zeros((num_classes, grid, grid), dtype=np.int32)
-    # a label map smaller than the grid leaves some cells without pixels: reduce over the
-    # cells that have pixels, then scatter them back
-    row_starts = np.flatnonzero(np.diff(np.r_[-1, rows]))
-    col_starts = np.flatnonzero(np.diff(np.r_[-1, cols]))
-    for k in range(num_classes):
-        hit = labels == k
-        if not hit.any():
-            continue
-        per_row = np.add.reduceat(hit, row_starts, axis=0, dtype=np.int32)
-        counts[k][np.ix_(rows[row_starts], cols[col_starts])] = np.add.reduceat(per_row, col_starts, axis=1, dtype=np.int32)
-    f = grid // coarse
-    coarse_counts = counts.reshape(num_classes, coarse, f, coarse, f).sum(axis=(2, 4))
-    return _vote(counts), _vote(coarse_counts)
-
-
-def _vote(counts: np.ndarray) -> np.ndarray:
-    best = counts.argmax(axis=0)  # first maximum = smallest class on ties
-    return np.where(counts.sum(axis=0) > 0, best, IGNORE).astype(np.uint8)
+    counts = class_counts(torch.from_numpy(labels)[None], grid, num_classes)
+    return vote(counts)[0].numpy(), vote(coarsen_counts(counts, coarse))[0].numpy()
 
 
 # ----------------------------------------------------------------------------- indexing
