@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import DataError
 from engine.source import SourceBatch
-from engine.store import atomic_write_bytes
+from engine.store import atomic_write_bytes, temporary_name
 
 FORMAT = "datr-feature-cache/1"
 
@@ -61,7 +61,7 @@ class FeatureCacheWriter:
                 tensors["gt_tokens"] = gt_tokens[i].to(torch.uint8)
             tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
             path = self.root / cache_file_name(image_id)
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = temporary_name(path)
             save_file(tensors, str(tmp), metadata={"image_id": image_id, "prompts": json.dumps(self.meta["prompts"]),
                                                     "taus": json.dumps(self.meta["taus"])})
             tmp.replace(path)
