@@ -20,6 +20,7 @@ import torch
 
 from engine.analysis import BatchMaps, analyze_batch
 from engine.config import RunConfig
+from engine.devices import parse_device
 from engine.errors import BackendError, DataError, DatrError
 from engine.source import SourceBatch
 from engine.store import ResultStore
@@ -75,21 +76,6 @@ def run_header(cfg: RunConfig) -> dict:
         "git_commit": git_commit(),
         "device": cfg.device,
     }
-
-
-def parse_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise BackendError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BackendError(f"--device {name} was asked for but CUDA is not available here; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise BackendError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif device.type != "cpu":
-        raise BackendError(f"--device {name}: only cpu and cuda devices are supported")
-    return device
 
 
 def build_source(cfg: RunConfig, device: torch.device):
