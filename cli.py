@@ -1,6 +1,10 @@
 """`datr`: thin typer commands that build a config and call one engine function.
 
-Process-wide switches (threads, TF32) are set here and nowhere else.
+Process-wide switches (threads, TF32) are set here for this process; a Dask worker sets
+the same ones when it starts (engine.run.distributed.WorkerState.setup). Option names
+match the config fields they set (`--num-workers` -> RunConfig.num_workers), so building a
+config is one mapping (`build_run_config`); choice options are checked by the config
+(engine.core.choices), which names the option and the values in one line.
 """
 
 from __future__ import annotations
@@ -8,13 +12,15 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from enum import Enum
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from engine.errors import DatrError
+from engine.core.choices import Backend, DatasetKind, Decode, Eigh, Mode, Model
+from engine.core.config import AnalysisConfig, RunConfig
+from engine.core.errors import DatrError
 
 app = typer.Typer(
     name="datr",
@@ -51,19 +57,13 @@ def set_threads(threads: int | None) -> None:
 
 
 def set_matmul_precision(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
+    from engine.core.devices import set_matmul_precision as set_for_device  # imports torch: not at startup
 
-        torch.backends.cuda.matmul.allow_tf32 = False  # parity first: fp32 means fp32
-        torch.backends.cudnn.allow_tf32 = False
+    set_for_device(device)
 
 
-class BackendChoice(str, Enum):
-    auto = "auto"
-    torch = "torch"
-    sklearn = "sklearn"
-    faiss = "faiss"
-    cuml = "cuml"
+def choices(enum) -> str:
+    return ", ".join(member.value for member in enum)
 
 
 def write_json(path: Path | None, payload: dict) -> None:
@@ -82,11 +82,11 @@ def env(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
     """Devices, backends and packages found; with --checkpoint, verify a SAM3 checkpoint."""
-    from engine.envinfo import collect_env
+    from engine.run.envinfo import collect_env
 
     report = collect_env()
     if checkpoint is not None:
-        from engine.sam3_adapter import verify_checkpoint
+        from engine.sources.sam3.build import verify_checkpoint
 
         report["checkpoint"] = verify_checkpoint(checkpoint, bpe_path=bpe, device=device)
     for key, value in report.items():
@@ -102,7 +102,7 @@ def bench_kernels(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batched call.")] = 8,
     reference_images: Annotated[int, typer.Option(min=1, help="Images run through the sklearn reference.")] = 4,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads (1 keeps the comparison fair).")] = 1,
-    eigh: Annotated[str, typer.Option(help="PCA eigensolver of the torch path: auto, torch, cupy, host.")] = "auto",
+    eigh: Annotated[str, typer.Option(help=f"PCA eigensolver of the torch path: {choices(Eigh)}.")] = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
     """Batched torch PCA+KMeans vs scikit-learn one problem at a time, same process."""
@@ -142,56 +142,42 @@ def bench_encoder(
     write_json(json_path, result)
 
 
-class ModelChoice(str, Enum):
-    sam3 = "sam3"
-    simulated = "simulated"
+LIST_FIELDS = {"alphas": float, "ks": int, "dims": int, "taus": float}  # a comma list on the command line
+RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"analysis"}
+ANALYSIS_FIELDS = {f.name for f in fields(AnalysisConfig)}
 
 
-class ModeChoice(str, Enum):
-    squash = "squash"
-    tile = "tile"
+def build_run_config(ctx: typer.Context, **fixed) -> RunConfig:
+    """Defaults < run.toml < options typed on the command line < what the command itself fixes.
 
+    Every parameter of the command named like a RunConfig / AnalysisConfig field sets it;
+    with --config only the options actually typed do (so the file's values survive the
+    command's defaults). `fixed`: fields the command decides (e.g. `analyze` reads one image).
+    """
+    from engine.core.config import load_toml, merge, parse_list
 
-def build_run_config(
-    dataset: Path | None, out: Path, *, config: Path | None, model: ModelChoice, checkpoint: Path | None, bpe: Path | None,
-    split: str | None, mode: ModeChoice, tile_overlap: int, dataset_kind: str, device: str, batch_size: int, workers: int,
-    decode: str, backend: BackendChoice, alpha: str | None, clusters: str | None, dims: str | None, tau: str | None,
-    n_init: int | None, seed: int | None, limit: int | None, resume: bool, prompts: str | None, save_features: Path | None,
-    from_cache: Path | None, figures: int, explicit: set[str], extra_analysis: dict | None = None,
-):
-    """CLI options over run.toml over defaults; only options given on the command line override the file."""
-    from engine.config import RunConfig, load_toml, merge, parse_list
-
-    base = RunConfig(dataset=dataset, out=out)
+    params = ctx.params
+    config = params.get("config")
+    base = RunConfig(dataset=params.get("dataset"), out=params["out"])
     if config is not None:
         base = merge(base, load_toml(config))
-    cli = {
-        "dataset": dataset, "out": out, "model": model.value, "checkpoint": checkpoint, "bpe_path": bpe, "split": split,
-        "mode": mode.value, "tile_overlap": tile_overlap, "dataset_kind": dataset_kind, "device": device,
-        "batch_size": batch_size, "num_workers": workers, "decode": decode, "limit": limit, "resume": resume,
-        "save_features": save_features, "from_cache": from_cache, "figures": figures,
-    }
-    overrides = {k: v for k, v in cli.items() if k in explicit or config is None}
-    if prompts is not None:
-        names = tuple(p.strip() for p in prompts.split(",") if p.strip())
-        overrides["prompts"] = names
-        if len(names) != len(base.class_ids):
-            overrides["class_ids"] = tuple(range(len(names)))
-    analysis = {}
-    for key, text, cast, option in (("alphas", alpha, float, "--alpha"), ("ks", clusters, int, "--clusters"),
-                                    ("dims", dims, int, "--dims"), ("taus", tau, float, "--tau")):
-        values = parse_list(text, cast, option)
-        if values is not None:
-            analysis[key] = values
-    if n_init is not None:
-        analysis["n_init"] = n_init
-    if seed is not None:
-        analysis["seed"] = seed
-    if "backend" in explicit or config is None:
-        analysis["backend"] = backend.value
-    analysis.update({k: v for k, v in (extra_analysis or {}).items() if v is not None})
-    overrides["analysis"] = analysis
-    return merge(base, overrides).validate()
+    typed = explicit_options(ctx)
+    run: dict = {}
+    analysis: dict = {}
+    for name, value in params.items():
+        if name in fixed or value is None or (config is not None and name not in typed):
+            continue
+        if name in LIST_FIELDS:
+            analysis[name] = parse_list(value, LIST_FIELDS[name], option_name(ctx, name))
+        elif name in ANALYSIS_FIELDS:
+            analysis[name] = value
+        elif name == "prompts":
+            run["prompts"] = tuple(p.strip() for p in value.split(",") if p.strip())
+            if len(run["prompts"]) != len(base.class_ids):
+                run["class_ids"] = tuple(range(len(run["prompts"])))
+        elif name in RUN_FIELDS:
+            run[name] = value
+    return merge(base, {**run, **fixed, "analysis": analysis}).validate()
 
 
 def explicit_options(ctx: typer.Context) -> set[str]:
@@ -201,14 +187,17 @@ def explicit_options(ctx: typer.Context) -> set[str]:
         source = ctx.get_parameter_source(name)
         return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
-    names = {name for name in ctx.params if typed(name)}
-    rename = {"bpe": "bpe_path", "workers": "num_workers"}  # parameter name -> RunConfig field
-    return {rename.get(n, n) for n in names}
+    return {name for name in ctx.params if typed(name)}
+
+
+def option_name(ctx: typer.Context, name: str) -> str:
+    """How the user spells the parameter `name` (its first option string, e.g. --alpha for alphas)."""
+    return next((p.opts[0] for p in ctx.command.params if p.name == name), name)
 
 
 def print_summary(out: Path, echo) -> None:
-    from engine.store import read_rows
-    from engine.summary import render_summary, summarize
+    from engine.present.summary import render_summary, summarize
+    from engine.run.store import read_rows
 
     try:
         table = summarize(read_rows(out))
@@ -218,16 +207,27 @@ def print_summary(out: Path, echo) -> None:
     echo(render_summary(table, f"datr summary: {out}"))
 
 
-ModelOpt = Annotated[ModelChoice, typer.Option(help="sam3 (needs --checkpoint) or simulated (GT-derived stand-in, no weights).")]
+def draw_figures(result, cfg: RunConfig) -> None:
+    try:
+        from engine.present.figures.draw import draw_sweep_figures
+    except ImportError:
+        raise DatrError("figures need matplotlib; install the project with its dependencies") from None
+    draw_sweep_figures(result, cfg)
+
+
+ModelOpt = Annotated[str, typer.Option(help=f"{choices(Model)}: sam3 needs --checkpoint; simulated is a GT-derived stand-in, no weights.")]
 CheckpointOpt = Annotated[Path | None, typer.Option(help="SAM3 checkpoint sam3.pt (from the gated facebook/sam3 release).")]
-BpeOpt = Annotated[Path | None, typer.Option(help="BPE vocabulary; found in the open_clip package if omitted.")]
+BpeOpt = Annotated[Path | None, typer.Option("--bpe", help="BPE vocabulary; found in the open_clip package if omitted.")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (no silent fallback).")]
-BackendOpt = Annotated[BackendChoice, typer.Option(help="Clustering backend; auto records what it chose.")]
-AlphaOpt = Annotated[str | None, typer.Option(help="DATR blend alpha, a comma list is a grid (default 0.3).")]
-ClustersOpt = Annotated[str | None, typer.Option(help="KMeans k, a comma list is a grid (default 5).")]
-DimsOpt = Annotated[str | None, typer.Option(help="PCA dimensions d, a comma list is a grid (default 32).")]
-TauOpt = Annotated[str | None, typer.Option(help="Score threshold tau for kept queries, a comma list is a grid (default 0.5).")]
-ModeOpt = Annotated[ModeChoice, typer.Option(help="squash: SAM3's 1008 resize; tile: 1008 crops.")]
+BackendOpt = Annotated[str, typer.Option(help=f"Clustering backend: {choices(Backend)}; auto records what it chose.")]
+AlphaOpt = Annotated[str | None, typer.Option("--alpha", help="DATR blend alpha, a comma list is a grid (default 0.3).")]
+ClustersOpt = Annotated[str | None, typer.Option("--clusters", help="KMeans k, a comma list is a grid (default 5).")]
+DimsOpt = Annotated[str | None, typer.Option("--dims", help="PCA dimensions d, a comma list is a grid (default 32).")]
+TauOpt = Annotated[str | None, typer.Option("--tau", help="Score threshold tau for kept queries, a comma list is a grid (default 0.5).")]
+ModeOpt = Annotated[str, typer.Option(help=f"{choices(Mode)}: squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
+DatasetKindOpt = Annotated[str, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)}.")]
+NInitOpt = Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under \\[analysis].")]
 
 
 @app.command()
@@ -236,23 +236,23 @@ def sweep(
     ctx: typer.Context,
     dataset: Annotated[Path | None, typer.Argument(help="UDD5 root (holding train/ val/), a split folder, or an image folder.")] = None,
     out: Annotated[Path, typer.Option(help="Result folder (rows/*.parquet, errors.parquet, run.json).")] = Path("datr-out"),
-    model: ModelOpt = ModelChoice.simulated,
+    model: ModelOpt = "simulated",
     checkpoint: CheckpointOpt = None,
-    bpe: BpeOpt = None,
+    bpe_path: BpeOpt = None,
     split: Annotated[str | None, typer.Option(help="Split folder to read.")] = "val",
-    mode: ModeOpt = ModeChoice.squash,
+    mode: ModeOpt = "squash",
     tile_overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 0,
-    dataset_kind: Annotated[str, typer.Option("--dataset", help="udd5, udd6, images or auto.")] = "auto",
+    dataset_kind: DatasetKindOpt = "auto",
     device: DeviceOpt = "cpu",
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 4,
-    workers: Annotated[int, typer.Option("--num-workers", help="DataLoader worker processes.")] = 2,
-    decode: Annotated[str, typer.Option(help="JPEG decoding: cpu, cuda or auto.")] = "auto",
-    backend: BackendOpt = BackendChoice.auto,
-    alpha: AlphaOpt = None,
-    clusters: ClustersOpt = None,
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
+    decode: Annotated[str, typer.Option(help=f"JPEG decoding: {choices(Decode)}.")] = "auto",
+    backend: BackendOpt = "auto",
+    alphas: AlphaOpt = None,
+    ks: ClustersOpt = None,
     dims: DimsOpt = None,
-    tau: TauOpt = None,
-    n_init: Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")] = None,
+    taus: TauOpt = None,
+    n_init: NInitOpt = None,
     seed: Annotated[int | None, typer.Option(help="KMeans seed (default 0).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a sweep in --out, skipping finished images.")] = False,
@@ -260,10 +260,10 @@ def sweep(
     save_features: Annotated[Path | None, typer.Option(help="Also write the feature cache (safetensors) here.")] = None,
     from_cache: Annotated[Path | None, typer.Option(help="Analyse a feature cache instead of running the model.")] = None,
     figures: Annotated[int, typer.Option(help="Draw the per-image figures for the first N images.")] = 0,
-    config: Annotated[Path | None, typer.Option(help="run.toml with run options and an [analysis] table.")] = None,
+    config: ConfigOpt = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
-    eigh: Annotated[str | None, typer.Option(help="PCA eigensolver of the torch backend: auto, torch, cupy, host (default auto).")] = None,
+    eigh: Annotated[str | None, typer.Option(help=f"PCA eigensolver of the torch backend: {choices(Eigh)} (default auto).")] = None,
     dataset_sample: Annotated[int | None, typer.Option(help="Also cluster a reservoir sample of this many tokens from all images (0 = off).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://HOST:8786); the dataset and --out must be on a filesystem every worker shares.")] = None,
     cluster: Annotated[str | None, typer.Option(help="local: start a Dask cluster here (one worker per GPU with --device cuda).")] = None,
@@ -271,39 +271,24 @@ def sweep(
 ) -> None:
     """Run the analysis over a dataset; results to --out (resumable). --scheduler/--cluster: over a Dask cluster."""
     set_threads(threads)
-    cfg = build_run_config(
-        dataset, out, config=config, model=model, checkpoint=checkpoint, bpe=bpe, split=split, mode=mode,
-        tile_overlap=tile_overlap, dataset_kind=dataset_kind, device=device, batch_size=batch_size, workers=workers,
-        decode=decode, backend=backend, alpha=alpha, clusters=clusters, dims=dims, tau=tau, n_init=n_init, seed=seed,
-        limit=limit, resume=resume, prompts=prompts, save_features=save_features, from_cache=from_cache,
-        figures=figures, explicit=explicit_options(ctx), extra_analysis={"eigh": eigh, "dataset_sample": dataset_sample},
-    )
+    cfg = build_run_config(ctx)
     set_matmul_precision(cfg.device)
     if scheduler is not None or cluster is not None:
-        from engine.distributed import ClusterConfig, run_distributed_sweep  # imports dask: only here
+        from engine.run.distributed import ClusterConfig, run_distributed_sweep  # imports dask: only here
 
         where = ClusterConfig(scheduler=scheduler, cluster=cluster, workers=dask_workers, threads=threads)
         result = run_distributed_sweep(cfg, where, echo=typer.echo, show_progress=progress)
     elif dask_workers is not None:
         raise DatrError("--dask-workers applies to --cluster local")
     else:
-        from engine.pipeline import run_sweep
+        from engine.run.sweep import run_sweep
 
         result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=cfg.figures)
     typer.echo(f"{result.images_done} items analysed, {result.images_skipped_resume} already done, "
                f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
     if cfg.figures:
-        draw_sweep_figures(result, cfg)
+        draw_figures(result, cfg)
     print_summary(cfg.out, typer.echo)
-
-
-def draw_sweep_figures(result, cfg) -> None:
-    try:
-        from engine.figures import draw_image_figures
-    except ImportError:
-        raise DatrError("figures need matplotlib; install the project with its dependencies") from None
-    for maps, row in result.maps:
-        draw_image_figures(maps, row, result, cfg, cfg.out / "figures")
 
 
 @app.command()
@@ -313,38 +298,32 @@ def analyze(
     image: Annotated[Path, typer.Argument(help="One image file.")],
     out: Annotated[Path, typer.Option(help="Result folder.")],
     gt: Annotated[Path | None, typer.Option(help="Its ground-truth PNG (index or colour).")] = None,
-    model: ModelOpt = ModelChoice.simulated,
+    model: ModelOpt = "simulated",
     checkpoint: CheckpointOpt = None,
-    bpe: BpeOpt = None,
-    mode: ModeOpt = ModeChoice.squash,
-    dataset_kind: Annotated[str, typer.Option("--dataset", help="udd5, udd6, images or auto.")] = "auto",
+    bpe_path: BpeOpt = None,
+    mode: ModeOpt = "squash",
+    dataset_kind: DatasetKindOpt = "auto",
     device: DeviceOpt = "cpu",
-    backend: BackendOpt = BackendChoice.auto,
-    alpha: AlphaOpt = None,
-    clusters: ClustersOpt = None,
+    backend: BackendOpt = "auto",
+    alphas: AlphaOpt = None,
+    ks: ClustersOpt = None,
     dims: DimsOpt = None,
-    tau: TauOpt = None,
-    n_init: Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")] = None,
-    figures: Annotated[bool, typer.Option(help="Draw the paper's per-image figures.")] = True,
-    config: Annotated[Path | None, typer.Option(help="run.toml with run options and an [analysis] table.")] = None,
+    taus: TauOpt = None,
+    n_init: NInitOpt = None,
+    draw: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the paper's per-image figures.")] = True,
+    config: ConfigOpt = None,
 ) -> None:
     """The paper's single-image analysis: rows, the summary table and every figure."""
-    from engine.data import index_image
+    from engine.data.index import index_image
+    from engine.run.sweep import run_sweep
 
-    index = index_image(image, gt, mode=mode.value, dataset=dataset_kind)
-    cfg = build_run_config(
-        image.parent, out, config=config, model=model, checkpoint=checkpoint, bpe=bpe, split=None, mode=mode,
-        tile_overlap=0, dataset_kind=dataset_kind, device=device, batch_size=1, workers=0, decode="cpu",
-        backend=backend, alpha=alpha, clusters=clusters, dims=dims, tau=tau, n_init=n_init, seed=None, limit=None,
-        resume=False, prompts=None, save_features=None, from_cache=None, figures=len(index.items) if figures else 0,
-        explicit=explicit_options(ctx) | {"split", "num_workers", "decode", "batch_size", "figures"},
-    )
+    index = index_image(image, gt, mode=mode, dataset=dataset_kind)
+    cfg = build_run_config(ctx, dataset=image.parent, split=None, batch_size=1, num_workers=0, decode="cpu",
+                           figures=len(index.items) if draw else 0)
     set_matmul_precision(cfg.device)
-    from engine.pipeline import run_sweep
-
     result = run_sweep(cfg, echo=typer.echo, show_progress=False, index=index, keep_figures=cfg.figures)
     if cfg.figures:
-        draw_sweep_figures(result, cfg)
+        draw_figures(result, cfg)
     print_summary(cfg.out, typer.echo)
 
 
@@ -358,9 +337,8 @@ def demo(
     figures: Annotated[int, typer.Option(min=0, help="Per-image figure sets to draw.")] = 1,
 ) -> None:
     """Simulated UDD5-like scenes end to end: sweep over an alpha grid, figures, report. No weights needed."""
-    from engine.config import AnalysisConfig, RunConfig
-    from engine.pipeline import run_sweep
-    from engine.scenes import write_scene_set
+    from engine.data.scenes import write_scene_set
+    from engine.run.sweep import run_sweep
 
     if out.exists() and any(out.iterdir()):
         import shutil
@@ -375,10 +353,10 @@ def demo(
     set_matmul_precision(cfg.device)
     result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)
     if figures:
-        draw_sweep_figures(result, cfg)
+        draw_figures(result, cfg)
     print_summary(cfg.out, typer.echo)
     try:
-        from engine.report import build_report
+        from engine.present.report.build import build_report
     except ImportError:
         return
     index = build_report(cfg.out, echo=typer.echo)
@@ -416,7 +394,7 @@ def report(
     formats: Annotated[str, typer.Option(help="Figure formats, comma list of png, pdf, svg.")] = "png",
 ) -> None:
     """Dataset-level figures and DIR/report/index.html from a sweep's results."""
-    from engine.report import build_report
+    from engine.present.report.build import build_report
 
     index = build_report(sweep_dir, echo=typer.echo, formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     typer.echo(f"report: {index}")

@@ -8,8 +8,6 @@ from events after a synchronize.
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -17,16 +15,13 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import ConfigError
-from engine.preprocess import MODEL_SIDE
-from engine.sam3_adapter import (
-    DEFAULT_PROMPTS,
-    Sam3Config,
-    Sam3Source,
-    build_random_sam3_model,
-    load_sam3_model,
-    parse_device,
-)
+from bench.machine import machine_info
+from engine.core.config import DEFAULT_PROMPTS
+from engine.core.devices import parse_device
+from engine.core.errors import ConfigError
+from engine.core.geometry import MODEL_SIDE
+from engine.sources.sam3.build import build_random_sam3_model, load_sam3_model
+from engine.sources.sam3.source import Sam3Config, Sam3Source
 
 DEFAULT_IMAGES_CPU = 1
 DEFAULT_IMAGES_GPU = 16
@@ -45,23 +40,6 @@ class EncoderBenchConfig:
     seed: int = 0
     image_side: int = MODEL_SIDE  # tests only: a smaller side for the tiny model
     model_factory: Callable[[str], torch.nn.Module] | None = None  # tests only: the tiny model
-
-
-def machine_info(device: torch.device) -> dict:
-    from engine.envinfo import cpu_name
-
-    info = {
-        "platform": platform.platform(),
-        "cpu": cpu_name(),
-        "logical_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 def _timed(device: torch.device, fn: Callable, *args) -> tuple[float, object]:

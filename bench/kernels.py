@@ -28,8 +28,8 @@ import torch
 
 from bench.machine import machine_info
 from bench.synthetic import scope_problems, token_maps
-from engine.errors import ConfigError
-from engine.timing import StageTimer
+from engine.core.errors import ConfigError
+from engine.core.timing import StageTimer
 from kernels.backends import backend_status, resolve_backend
 from kernels.backends.sklearn_backend import SklearnBackend
 from kernels.eigh import EIGH_METHODS, eigh_function, eigh_status

@@ -7,23 +7,18 @@ import platform
 
 import torch
 
-from engine.envinfo import cpu_name
+from engine.core.devices import cpu_name
+from engine.core.versions import versions
 
 
 def machine_info(device: torch.device | str | None = None) -> dict:
-    import numpy
-    import sklearn
-
     info = {
         "host": platform.node(),
         "platform": platform.platform(),
-        "python": platform.python_version(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "sklearn": sklearn.__version__,
+        **versions(),
         "cuda": torch.version.cuda,
     }
     dev = torch.device(device) if device is not None else None

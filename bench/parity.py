@@ -37,7 +37,7 @@ import torch
 
 from bench.machine import machine_info
 from bench.synthetic import scope_problems, token_maps
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 from kernels.backends import backend_status, resolve_backend
 from kernels.backends.sklearn_backend import SklearnBackend
 from kernels.kmeans import kmeans_plusplus

@@ -15,8 +15,14 @@ import numpy as np
 import torch
 
 from bench.machine import machine_info
-from engine.config import AnalysisConfig, RunConfig
-from engine.errors import ConfigError
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig
+from engine.core.devices import parse_device
+from engine.core.errors import ConfigError
+from engine.data.index import index_dataset
+from engine.data.loader import load_item
+from engine.data.scenes import write_scene_set
+from engine.run.sweep import run_sweep
+from engine.sources.simulated import SimulatedSource
 
 
 @dataclass(frozen=True)
@@ -68,10 +74,6 @@ def paper_way(tokens: np.ndarray, queries: np.ndarray, scores: np.ndarray, query
 
 
 def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) -> dict:
-    from engine.pipeline import parse_device, run_sweep
-    from engine.scenes import write_scene_set
-    from engine.simulated import SimulatedSource
-
     if cfg.reference_images > cfg.images:
         raise ConfigError(f"--reference-images ({cfg.reference_images}) cannot exceed --images ({cfg.images})")
     device = parse_device(cfg.device)
@@ -88,8 +90,6 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
         stages = result.run["seconds_per_stage"]
 
         # the paper's way, on the same decoder outputs for the first reference images
-        from engine.data import DataConfig, index_dataset, load_item
-
         index = index_dataset(DataConfig(root=root, num_workers=0))
         source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
         ref_seconds = 0.0

@@ -33,8 +33,9 @@ from collections.abc import Callable
 
 import torch
 
-Eigh = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-EIGH_METHODS = ("torch", "cupy", "host")
+from kernels.choices import EIGH_METHODS
+
+Eigh = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # (P, C, C) -> ascending evals (P, C), evecs (P, C, C)
 
 
 class EighUnavailable(RuntimeError):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.pca import check_finite
+from kernels.checks import check_finite
 
 
 @dataclass

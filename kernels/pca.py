@@ -8,12 +8,12 @@ solvers give the same components up to rounding, which is what parity compares.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-Eigh = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+from kernels.checks import check_finite
+from kernels.eigh import Eigh
 
 
 @dataclass
@@ -32,21 +32,6 @@ class PCAResult:
     explained_variance: torch.Tensor
     explained_variance_ratio: torch.Tensor
     n_samples: torch.Tensor
-
-
-def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise ValueError when x (P, ...) holds NaN or inf (callers turn it into a user error).
-
-    Callers pass a small derived tensor (a covariance, squared norms): NaN/inf in the
-    input always reaches it, so the full input need not be scanned.
-    """
-    bad_rows = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-    if bool(bad_rows.any()):
-        bad = bad_rows.nonzero().flatten().tolist()
-        raise ValueError(
-            f"{name} contains NaN or inf, or values too large for {x.dtype} "
-            f"(problems {bad[:5]}{'...' if len(bad) > 5 else ''})"
-        )
 
 
 def weighted_moments(

@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from engine.analysis import analyze_batch
-from engine.config import AnalysisConfig
-from engine.data import DataConfig, index_dataset, make_loader
-from engine.scenes import write_scene_set
-from engine.simulated import SimulatedSource
+from engine.analysis.batch import analyze_batch
+from engine.core.config import AnalysisConfig, DataConfig
+from engine.data.index import index_dataset
+from engine.data.loader import make_loader
+from engine.data.scenes import write_scene_set
+from engine.sources.simulated import SimulatedSource
 from kernels.backends.torch_backend import TorchBackend
 
 PROMPTS = ("vegetation", "building", "road", "vehicle", "other")

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from engine.scenes import write_scene_set
+from engine.data.scenes import write_scene_set
 
 runner = CliRunner()
 FAST = ["--n-init", "1", "--dims", "4", "--num-workers", "0", "--no-progress"]

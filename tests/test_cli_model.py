@@ -14,7 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli import app
-from engine.sam3_adapter import expected_shapes, resolve_bpe_path
+from engine.sources.sam3.build import expected_shapes
+from engine.sources.sam3.checkpoint import resolve_bpe_path
 from tests.tiny_sam3 import build_tiny_sam3
 
 runner = CliRunner()
@@ -70,7 +71,7 @@ def bad_files(full_shapes, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     cases["wrong_shape"] = (folder / "wrong_shapes.pt", f"{wrong} weights with the wrong shape")
 
     # a real SAM3-architecture checkpoint, but the tiny one: most of the full model's layers absent
-    from engine.sam3_adapter import build_random_sam3_model
+    from engine.sources.sam3.build import build_random_sam3_model
 
     tiny = build_random_sam3_model(None, "cpu", model_factory=build_tiny_sam3)
     torch.save({"model": {f"detector.{k}": v for k, v in tiny.state_dict().items()}}, folder / "tiny.pt")

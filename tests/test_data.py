@@ -10,19 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.data import (
-    UDD5_CLASSES,
-    DataConfig,
-    index_dataset,
-    index_image,
-    load_item,
-    majority_grids,
-    make_loader,
-    resolve_decode,
-    tile_origins,
-)
-from engine.errors import BackendError, ConfigError, DataError
-from engine.preprocess import squash_image
+from engine.core.config import DataConfig
+from engine.core.errors import BackendError, ConfigError, DataError
+from engine.data.classes import UDD5_CLASSES
+from engine.data.index import index_dataset, index_image, tile_origins
+from engine.data.labels import majority_grids
+from engine.data.loader import load_item, make_loader, resolve_decode
+from engine.data.preprocess import squash_image
 from kernels.grid import majority_downsample
 from tests.udd_trees import (
     UDD5_COLOURS,

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from engine.dataset_clustering import (
+from engine.analysis.dataset import (
     TokenReservoir,
     cluster_dataset,
     token_priorities,

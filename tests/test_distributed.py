@@ -21,12 +21,13 @@ import torch
 
 pytest.importorskip("distributed")
 
-import engine.pipeline as pipeline  # noqa: E402
-from engine.config import AnalysisConfig, RunConfig  # noqa: E402
-from engine.dataset_clustering import TokenReservoir  # noqa: E402
-from engine.distributed import (  # noqa: E402
+import engine.run.sweep as pipeline  # noqa: E402
+from engine.analysis.dataset import TokenReservoir  # noqa: E402
+from engine.core.config import AnalysisConfig, RunConfig  # noqa: E402
+from engine.core.errors import ConfigError, DataError  # noqa: E402
+from engine.data.scenes import write_scene_set  # noqa: E402
+from engine.run.distributed import (  # noqa: E402
     ClusterConfig,
-    check_rows,
     check_run_config,
     check_shared_paths,
     open_cluster,
@@ -35,9 +36,8 @@ from engine.distributed import (  # noqa: E402
     run_distributed_sweep,
     run_shard,
 )
-from engine.errors import ConfigError, DataError  # noqa: E402
-from engine.scenes import write_scene_set  # noqa: E402
-from engine.store import read_rows  # noqa: E402
+from engine.run.sample import RESERVOIR_FILE  # noqa: E402
+from engine.run.store import check_rows, read_rows  # noqa: E402
 
 ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200)
 SAMPLED = replace(ANALYSIS, dataset_sample=3000)  # tokens in the dataset-level sample (of 4 x 5184)
@@ -115,7 +115,7 @@ def test_cluster_sweep_writes_the_local_runs_files(scenes, reference, scheduler,
     assert sum(r["items"] for r in cluster["shard_reports"]) == IMAGES
     assert run["images_done_this_run"] == IMAGES and run["config"]["resume"] is False
     # the per-shard samples merge into the sample one process draws, and give the same fit
-    sample, local_sample = (TokenReservoir.load(d / pipeline.RESERVOIR_FILE) for d in (out, ref_out))
+    sample, local_sample = (TokenReservoir.load(d / RESERVOIR_FILE) for d in (out, ref_out))
     assert len(sample) == SAMPLED.dataset_sample and sample.tokens_seen == local_sample.tokens_seen == IMAGES * 72 * 72
     assert np.array_equal(sample.priorities, local_sample.priorities) and torch.equal(sample.tokens, local_sample.tokens)
     saved, local = (json.loads((d / "dataset_clustering.json").read_text())["results"] for d in (out, ref_out))
@@ -160,17 +160,27 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
     assert run["images_skipped_resume"] == 2 and run["cluster"]["shards"] == 1
 
 
+def sees_another_run(cfg, positions, index, run_id, token_sample):
+    """A shard on a worker whose --out holds another run's run.json (the worker-side path check fails)."""
+    return run_shard(cfg, positions, index, "another-run", token_sample)
+
+
 def test_a_shard_error_stops_the_sweep_with_its_message(scenes, scheduler, tmp_path):
-    out = tmp_path / "no-gt"
+    # what the client can tell (the run plan, shared with a local sweep) is refused before any shard runs
     with pytest.raises(DataError, match="simulated model needs ground truth"):
-        run_distributed_sweep(config(scenes, out, dataset_kind="images"), ClusterConfig(scheduler=scheduler), echo=quiet,
-                              show_progress=False)
+        run_distributed_sweep(config(scenes, tmp_path / "no-gt", dataset_kind="images"), ClusterConfig(scheduler=scheduler),
+                              echo=quiet, show_progress=False)
+    out = tmp_path / "bad-shard"
+    with pytest.raises(DataError, match="does not see this run's"):
+        run_distributed_sweep(config(scenes, out), ClusterConfig(scheduler=scheduler), echo=quiet, show_progress=False,
+                              shard_task=sees_another_run)
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "interrupted" and "ground truth" in run["error"]
+    assert run["status"] == "interrupted" and "does not see this run's" in run["error"]
 
 
 def test_a_worker_that_cannot_see_out_or_the_dataset_says_so(scenes, tmp_path):
-    from engine.data import DataConfig, index_dataset
+    from engine.core.config import DataConfig
+    from engine.data.index import index_dataset
 
     index = index_dataset(DataConfig(root=scenes))
     cfg = config(scenes, tmp_path / "elsewhere")
@@ -211,21 +221,23 @@ def test_shards_are_whole_batches_covering_every_position_once():
 
 def test_row_check_names_duplicated_and_missing_rows(scenes, reference, tmp_path):
     cfg = config(scenes, tmp_path / "x")
-    from engine.data import DataConfig, index_dataset
+    from engine.core.config import DataConfig
+    from engine.data.index import index_dataset
 
     index = index_dataset(DataConfig(root=scenes, split=cfg.split))
+    item_ids = [it.image_id for it in index.items]
     assert rows_per_item(cfg) == SLOTS_PER_IMAGE
     doubled = tmp_path / "doubled"
     shutil.copytree(reference, doubled)
     shutil.copy(doubled / "rows" / "part-000002.parquet", doubled / "rows" / "part-000003.parquet")
     with pytest.raises(DataError, match="more than once.*part-000002.parquet', 'part-000003.parquet"):
-        check_rows(doubled, index, SLOTS_PER_IMAGE, set())
+        check_rows(doubled, item_ids, SLOTS_PER_IMAGE, set())
     (doubled / "rows" / "part-000003.parquet").unlink()
     (doubled / "rows" / "part-000000.parquet").unlink()
     with pytest.raises(DataError, match="2 without rows or an error.*--resume"):
-        check_rows(doubled, index, SLOTS_PER_IMAGE, set())
+        check_rows(doubled, item_ids, SLOTS_PER_IMAGE, set())
     ids = {it.image_id for it in index.items}
-    assert check_rows(doubled, index, SLOTS_PER_IMAGE, {"scene_0000", "scene_0001"}) == ids - {"scene_0000", "scene_0001"}
+    assert check_rows(doubled, item_ids, SLOTS_PER_IMAGE, {"scene_0000", "scene_0001"}) == ids - {"scene_0000", "scene_0001"}
 
 
 def test_cluster_options_that_cannot_work_say_why(scenes, tmp_path):

@@ -18,19 +18,14 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.analysis import BatchMaps, build_slots
-from engine.config import AnalysisConfig, RunConfig
-from engine.data import UDD5_COLOURS
-from engine.errors import ConfigError
-from engine.figures import (
-    FigureOptions,
-    draw_image_figures,
-    image_id_of,
-    new_figure,
-    percentile_rgb,
-    show_labels,
-)
-from engine.palette import cluster_palette
+from engine.analysis.batch import BatchMaps, build_slots
+from engine.core.config import AnalysisConfig, RunConfig
+from engine.core.errors import ConfigError
+from engine.data.classes import UDD5_COLOURS
+from engine.present.figures.draw import draw_image_figures
+from engine.present.figures.panels import new_figure, percentile_rgb, show_labels
+from engine.present.figures.view import FigureOptions, image_id_of
+from engine.present.palette import cluster_palette
 
 G = 72  # token grid
 PROMPTS = ("road", "vehicle")
@@ -236,10 +231,10 @@ def test_pooled_masks_stand_in_when_full_resolution_was_not_kept(tmp_path):
 
 
 def test_image_id_comes_from_the_maps(tmp_path):
-    maps, result, _ = hand_case(tmp_path)
-    assert image_id_of(maps, 0, result) == "img/one"
+    maps, _, _ = hand_case(tmp_path)
+    assert image_id_of(maps, 0) == "img/one"
     maps.image_ids = ["named"]
-    assert image_id_of(maps, 0, result) == "named"
+    assert image_id_of(maps, 0) == "named"
 
 
 def test_other_formats_on_request_and_bad_ones_refused(tmp_path):

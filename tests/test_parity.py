@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import bench.parity as parity
 from bench.parity import ParityConfig, run_parity
 from cli import app
-from engine.errors import ConfigError
+from engine.core.errors import ConfigError
 from kernels.backends import resolve_backend
 from kernels.kmeans import KMeansResult
 

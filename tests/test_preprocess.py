@@ -1,12 +1,12 @@
-"""engine.preprocess against SAM3's own processor transform (Sam3Processor.transform)."""
+"""engine.data.preprocess against SAM3's own processor transform (Sam3Processor.transform)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from engine.preprocess import MODEL_SIDE, normalize_for_model, squash_image
-from engine.sam3_compat import apply_cpu_compat
+from engine.data.preprocess import MODEL_SIDE, normalize_for_model, squash_image
+from engine.sources.sam3.compat import apply_cpu_compat
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from engine.errors import ConfigError, DataError
-from engine.report import build_report, correlation
-from engine.store import ERROR_SCHEMA, ROW_SCHEMA
+from engine.analysis.rows import ROW_SCHEMA
+from engine.core.errors import ConfigError, DataError
+from engine.present.report.build import build_report
+from engine.present.report.plots import correlation
+from engine.run.store import ERROR_SCHEMA
 from tests.test_figures import broken_links
 
 PROMPTS = ("vegetation", "vehicle")
@@ -162,18 +164,19 @@ def test_correlation_matches_numpy_and_scipy():
 
 def test_real_sweep_figures_and_report_end_to_end(tmp_path):
     """A tiny simulated sweep: draw_image_figures on the real BatchMaps, then the report links them."""
-    from engine.config import AnalysisConfig, RunConfig
-    from engine.figures import FigureOptions, draw_image_figures
-    from engine.pipeline import run_sweep
-    from engine.scenes import write_scene_set
+    from engine.core.config import AnalysisConfig, RunConfig
+    from engine.data.scenes import write_scene_set
+    from engine.present.figures.draw import draw_image_figures
+    from engine.present.figures.view import FigureOptions
+    from engine.run.sweep import run_sweep
 
     root = write_scene_set(tmp_path / "scenes", 2, size=(400, 300))
     cfg = RunConfig(dataset=root, out=tmp_path / "sweep", prompts=("road", "vehicle"), class_ids=(2, 3), batch_size=2,
                     num_workers=0, figures=1, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=1, dims=(8,))).validate()
     result = run_sweep(cfg, echo=lambda _: None, show_progress=False, keep_figures=1)
-    (maps, row), = result.maps
+    (maps, row), = result.figures.maps
     only = ("structural_clustering", "class-road_flips", "decoder_masks", "mask-road-0")
-    records = draw_image_figures(maps, row, result, cfg, cfg.out / "figures",
+    records = draw_image_figures(maps, row, result.figures, cfg, cfg.out / "figures",
                                  FigureOptions(dpi=40, panel_inches=2.0, masks_per_prompt=1, only=only))
     assert [r.name for r in records] == list(only)
     assert "cosine similarity" in records[-1].caption  # the pipeline hands over the encoder similarity
@@ -185,7 +188,7 @@ def test_real_sweep_figures_and_report_end_to_end(tmp_path):
 
 
 def test_dataset_level_clustering_is_shown_with_its_contingency(tmp_path):
-    from engine.dataset_clustering import write_dataset_clustering
+    from engine.analysis.dataset import write_dataset_clustering
 
     sweep = write_sweep(tmp_path / "sweep")
     index = build_report(sweep, echo=lambda s: None)

@@ -17,20 +17,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import BackendError, CheckpointError, ConfigError
-from engine.sam3_adapter import (
-    Sam3Config,
-    Sam3Source,
+from engine.core.devices import parse_device
+from engine.core.errors import BackendError, CheckpointError, ConfigError
+from engine.sources.sam3.build import (
     build_random_sam3_model,
-    check_state_dict,
     expected_shapes,
     load_sam3_model,
-    normalise_checkpoint,
     parameter_free,
-    parse_device,
-    resolve_bpe_path,
     verify_checkpoint,
 )
+from engine.sources.sam3.checkpoint import check_state_dict, normalise_checkpoint, resolve_bpe_path
+from engine.sources.sam3.source import Sam3Config, Sam3Source
 from kernels.grid import pool_to_tokens
 from tests.tiny_sam3 import TINY_SIDE, build_tiny_sam3
 
@@ -80,9 +77,8 @@ def images() -> torch.Tensor:
     return torch.randint(0, 256, (2, 3, TINY_SIDE, TINY_SIDE), dtype=torch.uint8, generator=gen)
 
 
-def make_source(model, *, prompts=PROMPTS, grid_chunk=8, encoder_memory=True, checkpoint=None) -> Sam3Source:
-    return Sam3Source(model, Sam3Config(checkpoint=checkpoint, prompts=prompts, grid_chunk=grid_chunk,
-                                        encoder_memory=encoder_memory))
+def make_source(model, *, prompts=PROMPTS, grid_chunk=8, checkpoint=None) -> Sam3Source:
+    return Sam3Source(model, Sam3Config(checkpoint=checkpoint, prompts=prompts, grid_chunk=grid_chunk))
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +128,7 @@ def test_official_checkpoint_layout_is_accepted():
     """The published sam3.pt is the video model's state_dict (the package's video builder
     loads it with strict=True), so its key set is the video model's: that must pass our
     strict check against the full image model, dropping only the tracker's weights."""
-    from engine import sam3_compat
+    from engine.sources.sam3 import compat as sam3_compat
 
     bpe = str(resolve_bpe_path(None))
     with parameter_free():
@@ -278,14 +274,11 @@ def test_batch_shapes_dtypes_and_ranges(grid, taus, model, images):
     assert grid.query_masks.shape == (b, p, q, side, side) and grid.query_masks.dtype == torch.float16
     assert grid.union_masks.shape == (b, len(taus), p, mask_side, mask_side) and grid.union_masks.dtype == torch.bool
     assert grid.mask_probs.shape == (b, p, q, mask_side, mask_side) and grid.mask_probs.dtype == torch.float16
-    assert grid.encoder_memory.shape == (b, p, side * side, c) and grid.encoder_memory.dtype == torch.float32
-    assert grid.extra["token_grid"] == side and grid.extra["mask_grid"] == mask_side
-    assert grid.extra["kept"].shape == (b, len(taus), p, q) and grid.extra["kept"].dtype == torch.bool
-    for t in (grid.features, grid.queries, grid.scores, grid.query_masks, grid.mask_probs, grid.encoder_memory):
+    for t in (grid.features, grid.queries, grid.scores, grid.query_masks, grid.mask_probs):
         assert torch.isfinite(t.float()).all()
     assert (grid.scores >= 0).all() and (grid.scores <= 1).all()
     # the features are the backbone's vision_features of the normalised images
-    from engine.preprocess import normalize_for_model
+    from engine.data.preprocess import normalize_for_model
 
     with torch.inference_mode():
         direct = model.backbone.forward_image(normalize_for_model(images))["vision_features"]
@@ -296,10 +289,10 @@ def test_kept_and_union_masks_follow_scores_and_taus(grid, taus):
     probs = grid.mask_probs.float()  # (B, P, Q, M, M)
     assert grid.union_masks[:, 0].any(), "tau = 0 keeps every query: some pixel must be foreground"
     assert not grid.union_masks[:, -1].any(), "tau > 1 keeps no query"
-    assert grid.extra["kept"][:, 1].any() and not grid.extra["kept"][:, 1].all(), "the median keeps about half"
+    median_kept = grid.scores >= taus[1]
+    assert median_kept.any() and not median_kept.all(), "the median keeps about half"
     for t, tau in enumerate(taus):
         kept = grid.scores >= tau  # (B, P, Q)
-        assert torch.equal(grid.extra["kept"][:, t], kept)
         expected = ((probs >= 0.5) & kept[..., None, None]).any(dim=2)
         # mask_probs are float16: a probability within one step of 0.5 may round across it
         near_half = ((probs - 0.5).abs() < 1e-3).any(dim=2)
@@ -317,7 +310,7 @@ def test_kept_and_union_masks_follow_scores_and_taus(grid, taus):
 def test_chunk_size_does_not_change_results(model, images, taus, grid, chunk):
     chunked = make_source(model, grid_chunk=chunk).run_batch(images, ["a", "b"], taus, keep_mask_probs=True)
     assert torch.equal(chunked.features, grid.features)  # the backbone does not see the chunking
-    for name in ("queries", "scores", "encoder_memory"):
+    for name in ("queries", "scores"):
         torch.testing.assert_close(getattr(chunked, name), getattr(grid, name), **FP32, msg=name)
     for name in ("query_masks", "mask_probs"):
         torch.testing.assert_close(getattr(chunked, name), getattr(grid, name), **FP16, msg=name)
@@ -339,7 +332,6 @@ def test_grid_equals_each_pair_alone(model, images, taus, grid):
             torch.testing.assert_close(alone.features[0], grid.features[i], **FP32)
             torch.testing.assert_close(alone.queries[0, 0], grid.queries[i, j], **FP32)
             torch.testing.assert_close(alone.scores[0, 0], grid.scores[i, j], **FP32)
-            torch.testing.assert_close(alone.encoder_memory[0, 0], grid.encoder_memory[i, j], **FP32)
             torch.testing.assert_close(alone.query_masks[0, 0], grid.query_masks[i, j], **FP16)
             differ = alone.union_masks[0, :, 0] != grid.union_masks[i, :, j]
             near_half = ((grid.mask_probs[i, j].float() - 0.5).abs() < 1e-3).any(dim=0)
@@ -373,10 +365,10 @@ def test_prompts_encoded_once_per_run(model, images, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model.backbone, "forward_text", counting)
-    src = make_source(model, grid_chunk=4, encoder_memory=False)
+    src = make_source(model, grid_chunk=4)
     for _ in range(2):
         batch = src.run_batch(images, ["a", "b"], (0.5,))
-        assert batch.encoder_memory is None and batch.mask_probs is None
+        assert batch.mask_probs is None
     assert calls == [list(PROMPTS)]
 
 
@@ -418,8 +410,8 @@ COMPAT_STEPS = textwrap.dedent(
     import json, sys, traceback
     import torch
     torch.set_num_threads(1)
-    from engine import sam3_compat
-    from engine.sam3_adapter import resolve_bpe_path
+    from engine.sources.sam3 import compat as sam3_compat
+    from engine.sources.sam3.checkpoint import resolve_bpe_path
     report = {}
 
     def attempt(name, fn):
@@ -474,7 +466,7 @@ def test_each_compat_fix_is_needed_and_works():
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    from engine.sam3_compat import torchvision_extension_loads
+    from engine.sources.sam3.compat import torchvision_extension_loads
 
     if not torchvision_extension_loads():
         assert "torchvision::nms does not exist" in report["import_torchvision_bare"]
@@ -496,7 +488,7 @@ def test_tensor_caches_follow_the_model(model):
     from sam3.model.decoder import TransformerDecoder
     from sam3.model.position_encoding import PositionEmbeddingSine
 
-    from engine.sam3_compat import move_tensor_caches
+    from engine.sources.sam3.compat import move_tensor_caches
 
     clone = copy.deepcopy(model)
     move_tensor_caches(clone, torch.device("meta"))

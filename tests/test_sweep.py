@@ -9,11 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import engine.pipeline as pipeline
-from engine.config import AnalysisConfig, RunConfig
-from engine.errors import ConfigError
-from engine.scenes import write_scene_set
-from engine.store import ROW_SCHEMA, read_rows
+import engine.run.sweep as pipeline
+from engine.analysis.rows import ROW_SCHEMA
+from engine.core.config import AnalysisConfig, RunConfig
+from engine.core.errors import ConfigError
+from engine.data.scenes import write_scene_set
+from engine.run.store import read_rows
 
 ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200)
 SLOTS_PER_IMAGE = 1 + 6  # encoder + global + 5 prompts

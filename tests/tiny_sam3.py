@@ -7,8 +7,8 @@ parameters; at 224 px the feature grid is 16x16 and the masks 64x64.
 
 The vision position encoding and the decoder are built with the same precompute and
 `resolution`/`stride` arguments as the real builder, so the CUDA-only spots that
-`engine.sam3_compat` fixes are exercised here too. Like the package's builder it needs
-`engine.sam3_compat.apply_cpu_compat()` to have run first on a CPU-only machine;
+`engine.sources.sam3.compat` fixes are exercised here too. Like the package's builder it needs
+`engine.sources.sam3.compat.apply_cpu_compat()` to have run first on a CPU-only machine;
 `load_sam3_model(..., model_factory=build_tiny_sam3)` and `build_random_sam3_model` do that.
 """
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.data import UDD5_COLOURS, UDD6_COLOURS, UDD6_TO_UDD5
+from engine.data.classes import UDD5_COLOURS, UDD6_COLOURS, UDD6_TO_UDD5
 
 SIZE = (128, 96)  # (W, H) of the small test images
 

@@ -17,11 +17,12 @@ from typing import Protocol
 
 import torch
 
+from kernels.choices import BACKENDS
 from kernels.eigh import EighUnavailable, resolve_eigh
 from kernels.kmeans import KMeansResult
 from kernels.pca import PCAResult
 
-BACKENDS = ("torch", "sklearn", "faiss", "cuml")
+__all__ = ["BACKENDS", "BackendUnavailable", "ClusterBackend", "backend_status", "resolve_backend"]
 
 INSTALL_HINTS = {
     "faiss": "pip install 'sam3-datr[faiss]' (faiss-cpu)",

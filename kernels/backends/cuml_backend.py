@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 
 from kernels.backends.common import exact_inertia, pca_problem
+from kernels.checks import check_finite
 from kernels.kmeans import KMeansResult
-from kernels.pca import PCAResult, check_finite, fix_signs
+from kernels.pca import PCAResult, fix_signs
 
 
 class CumlBackend:

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from kernels.backends.common import exact_inertia, pca_problem
+from kernels.checks import check_finite
 from kernels.kmeans import KMeansResult, prepare
-from kernels.pca import PCAResult, check_finite, fix_signs
+from kernels.pca import PCAResult, fix_signs
 
 
 class FaissBackend:

@@ -1,0 +1,1 @@
+"""The analysis: one batch (DATR problems -> PCA/KMeans -> metric rows) and the dataset-level clustering."""

@@ -1,0 +1,60 @@
+"""The closed sets of option values, each checked in one place (`Choice.parse`).
+
+The CLI takes these enums as option types (typer lists the values in --help); the
+config dataclasses keep plain strings (they go to run.json and come from run.toml) and
+parse them once, in the dataclass that owns the field. The backend and eigensolver
+names come from the kernels, which keep their own guard for direct callers.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from engine.core.errors import ConfigError
+from kernels.choices import BACKENDS, EIGH_METHODS
+
+
+class Choice(str, Enum):
+    """An option's allowed values; members are their own string values."""
+
+    @classmethod
+    def parse(cls, value: str | Enum, option: str) -> str:
+        """The value as a plain string, or ConfigError naming the option and the choices."""
+        text = value.value if isinstance(value, Enum) else value
+        try:
+            return cls(text).value
+        except ValueError:
+            raise ConfigError(f"{option}: choose {', '.join(m.value for m in cls)}, got {text!r}") from None
+
+
+class Model(Choice):
+    sam3 = "sam3"
+    simulated = "simulated"
+
+
+class Mode(Choice):
+    squash = "squash"  # the whole image resized to 1008 x 1008, as SAM3's processor does
+    tile = "tile"  # 1008 x 1008 crops in original pixels
+
+
+class DatasetKind(Choice):
+    auto = "auto"
+    udd5 = "udd5"
+    udd6 = "udd6"
+    images = "images"
+
+
+class Decode(Choice):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Autocast(Choice):
+    auto = "auto"  # bf16 on CUDA, off on the CPU
+    bf16 = "bf16"
+    off = "off"
+
+
+Backend = Choice("Backend", [(name, name) for name in ("auto", *BACKENDS)])
+Eigh = Choice("Eigh", [(name, name) for name in ("auto", *EIGH_METHODS)])

@@ -1,0 +1,198 @@
+"""Configuration of a run: one dataclass per stage, validated once, written to run.json.
+
+AnalysisConfig (the clustering analysis), DataConfig (where the images are and how they
+become model inputs) and RunConfig (everything a sweep needs; it hands its data options
+on through `data_config()`). Choice fields are plain strings parsed by engine.core.choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import tomllib
+
+from engine.core.choices import Backend, DatasetKind, Decode, Eigh, Mode, Model
+from engine.core.errors import ConfigError
+from engine.core.geometry import MODEL_SIDE
+
+DEFAULT_PROMPTS = ("vegetation", "building", "road", "vehicle", "other")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Parameters of the clustering analysis; every list is a grid evaluated in one pass."""
+
+    alphas: tuple[float, ...] = (0.3,)
+    ks: tuple[int, ...] = (5,)
+    dims: tuple[int, ...] = (32,)
+    taus: tuple[float, ...] = (0.5,)
+    n_init: int = 10
+    max_iter: int = 300
+    tol: float = 1e-4
+    seed: int = 0
+    effective_threshold: float = 0.5  # W_s(j) >= this makes token j effective
+    silhouette_sample: int = 1000
+    backend: str = "auto"  # engine.core.choices.Backend
+    eigh: str = "auto"  # PCA eigensolver of the torch backend (engine.core.choices.Eigh)
+    dataset_sample: int = 0  # tokens in the dataset-level reservoir (0 = no dataset-level clustering)
+
+    def validate(self) -> AnalysisConfig:
+        def need(ok: bool, option: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{option}: {msg}")
+
+        need(len(self.alphas) > 0 and all(a >= 0 for a in self.alphas), "--alpha", f"need values >= 0, got {list(self.alphas)}")
+        need(len(self.ks) > 0 and all(2 <= k <= 64 for k in self.ks), "--clusters", f"need values in [2, 64], got {list(self.ks)}")
+        need(len(self.dims) > 0 and all(1 <= d <= 256 for d in self.dims), "--dims", f"need values in [1, 256], got {list(self.dims)}")
+        need(len(self.taus) > 0 and all(0 < t <= 1 for t in self.taus), "--tau", f"need values in (0, 1], got {list(self.taus)}")
+        need(self.n_init >= 1, "--n-init", f"need >= 1, got {self.n_init}")
+        need(self.max_iter >= 1, "--max-iter", f"need >= 1, got {self.max_iter}")
+        need(self.tol >= 0, "--tol", f"need >= 0, got {self.tol}")
+        need(0 < self.effective_threshold <= 1, "effective_threshold", f"need (0, 1], got {self.effective_threshold}")
+        need(self.silhouette_sample >= 2, "silhouette_sample", f"need >= 2, got {self.silhouette_sample}")
+        Backend.parse(self.backend, "--backend")
+        Eigh.parse(self.eigh, "--eigh")
+        need(self.dataset_sample >= 0, "--dataset-sample", f"need >= 0, got {self.dataset_sample}")
+        need(self.dataset_sample == 0 or self.dataset_sample >= max(self.ks), "--dataset-sample",
+             f"need at least k = {max(self.ks)} tokens, got {self.dataset_sample}")
+        for name in ("alphas", "ks", "dims", "taus"):
+            values = getattr(self, name)
+            need(len(set(values)) == len(values), f"--{name}", f"values repeat: {list(values)}")
+        return self
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how to turn them into 1008 x 1008 model inputs.
+
+    root: the dataset folder (None only for a run that reads a feature cache instead).
+    split: the split folder to read (None: ROOT itself, or every split under it).
+    limit: read only the first `limit` images (sorted by name) -- before tiling.
+    """
+
+    root: Path | None
+    split: str | None = "val"
+    mode: str = "squash"  # engine.core.choices.Mode
+    tile_overlap: int = 0  # pixels shared by neighbouring tiles, 0 <= overlap < 1008
+    dataset: str = "auto"  # engine.core.choices.DatasetKind
+    num_workers: int = 2
+    decode: str = "auto"  # engine.core.choices.Decode
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.root is not None:
+            object.__setattr__(self, "root", Path(self.root))
+        Mode.parse(self.mode, "--mode")
+        DatasetKind.parse(self.dataset, "--dataset")
+        Decode.parse(self.decode, "--decode")
+        if not 0 <= self.tile_overlap < MODEL_SIDE:
+            raise ConfigError(f"--tile-overlap must be in [0, {MODEL_SIDE - 1}] pixels, got {self.tile_overlap}")
+        if self.num_workers < 0:
+            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}")
+        if self.split is not None and (not self.split or "/" in self.split or self.split in (".", "..")):
+            raise ConfigError(f"--split must be a folder name such as val or train, got {self.split!r}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a sweep needs besides the analysis parameters."""
+
+    dataset: Path | None
+    out: Path
+    model: str = "simulated"  # engine.core.choices.Model
+    checkpoint: Path | None = None
+    bpe_path: Path | None = None
+    split: str | None = "val"
+    mode: str = "squash"  # engine.core.choices.Mode
+    tile_overlap: int = 0
+    dataset_kind: str = "auto"  # engine.core.choices.DatasetKind
+    device: str = "cpu"
+    batch_size: int = 4
+    num_workers: int = 2
+    decode: str = "auto"  # engine.core.choices.Decode
+    limit: int | None = None
+    resume: bool = False
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    class_ids: tuple[int, ...] = (0, 1, 2, 3, 4)
+    grid_chunk: int = 8
+    save_features: Path | None = None
+    from_cache: Path | None = None
+    figures: int = 0
+    simulated_seed: int = 0
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    def validate(self) -> RunConfig:
+        Model.parse(self.model, "--model")
+        if self.model == "sam3" and self.checkpoint is None and self.from_cache is None:
+            raise ConfigError("--model sam3 needs --checkpoint PATH/sam3.pt (the weights are not downloaded); or use --model simulated")
+        self.data_config()  # checks the data options
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size: need >= 1, got {self.batch_size}")
+        if self.figures < 0:
+            raise ConfigError(f"--figures: need >= 0, got {self.figures}")
+        if len(self.prompts) == 0 or len(self.prompts) != len(self.class_ids):
+            raise ConfigError(f"--prompts: need one prompt per class id, got {len(self.prompts)} prompts for {len(self.class_ids)} classes")
+        if len(set(self.prompts)) != len(self.prompts) or "global" in self.prompts or "encoder" in self.prompts:
+            raise ConfigError(f"--prompts: prompts must be unique and not 'global' or 'encoder', got {list(self.prompts)}")
+        if self.dataset is None and self.from_cache is None:
+            raise ConfigError("give a DATASET folder (or --from-cache DIR)")
+        self.analysis.validate()
+        return self
+
+    def data_config(self) -> DataConfig:
+        """The data options of this run (DataConfig checks them)."""
+        return DataConfig(root=self.dataset, split=self.split, mode=self.mode, tile_overlap=self.tile_overlap,
+                          dataset=self.dataset_kind, num_workers=self.num_workers, decode=self.decode, limit=self.limit)
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        for key, value in list(out.items()):
+            if isinstance(value, Path):
+                out[key] = str(value)
+        return out
+
+
+def parse_list(text: str | None, cast, option: str) -> tuple | None:
+    """'0.3,0.5' -> (0.3, 0.5); a clear error naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        values = tuple(cast(v.strip()) for v in str(text).split(",") if v.strip() != "")
+    except ValueError:
+        raise ConfigError(f"{option}: expected a comma-separated list of numbers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{option}: empty list")
+    return values
+
+
+def load_toml(path: Path) -> dict:
+    """Read a run.toml: top-level run options and an [analysis] table."""
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
+    run_keys = {f.name for f in fields(RunConfig)} - {"analysis"}
+    ana_keys = {f.name for f in fields(AnalysisConfig)}
+    unknown = [k for k in data if k not in run_keys and k != "analysis"]
+    unknown += [f"analysis.{k}" for k in data.get("analysis", {}) if k not in ana_keys]
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown keys {unknown}")
+    return data
+
+
+def merge(base: RunConfig, overrides: dict) -> RunConfig:
+    """Apply a dict of run options (and an 'analysis' dict) onto a RunConfig."""
+    analysis = overrides.pop("analysis", None) or {}
+    tuple_fields = {"alphas", "ks", "dims", "taus"}
+    ana = replace(base.analysis, **{k: tuple(v) if k in tuple_fields else v for k, v in analysis.items()})
+    path_fields = {"dataset", "out", "checkpoint", "bpe_path", "save_features", "from_cache"}
+    run = {k: (Path(v) if k in path_fields and v is not None else v) for k, v in overrides.items()}
+    for key in ("prompts", "class_ids"):
+        if key in run:
+            run[key] = tuple(run[key])
+    return replace(base, analysis=ana, **run)

@@ -1,0 +1,110 @@
+"""The dataset-level report of a sweep: figures from the stored rows and one index.html.
+
+`build_report(DIR)` reads DIR/rows/*.parquet, DIR/errors.parquet and DIR/run.json (and
+lists DIR/figures/*/figures.json, the per-image figures, when present) and writes
+
+    DIR/report/dist_<metric>.png      per-class distributions over images (flip ratio raw and
+                                      processed, effective tokens, cosine distance, DATR shift)
+    DIR/report/quality_vs_iou.png     clustering accuracy / NMI / ARI (and the gain over the
+                                      encoder clustering) against the prompt's mask IoU, with
+                                      Pearson and Spearman correlations (needs GT)
+    DIR/report/grid_<param>.png       metric means against each parameter that the sweep varied
+    DIR/report/summary.csv, .tex      the per-class table in the paper's form (mean ± std)
+    DIR/report/summary_grid.csv       the means at every grid point
+    DIR/report/index.html             one page, every link relative, inline CSS, no scripts
+
+Nothing here reruns the analysis: the figures draw the stored per-image values; the
+only numbers computed are summaries of them (means, spreads, correlations). The pieces:
+rows (reading), plots (figures), tables (summary tables), page (the HTML).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.core.errors import DataError
+from engine.present.html import ReportFigure
+from engine.present.report.page import render_index
+from engine.present.report.plots import (
+    DISTRIBUTIONS,
+    GRID_PARAMS,
+    distribution_figure,
+    grid_figure,
+    quality_figure,
+)
+from engine.present.report.rows import (
+    Reference,
+    Rows,
+    find_image_pages,
+    read_errors,
+    read_rows_if_any,
+    reference_point,
+    scope_order,
+)
+from engine.present.report.tables import grid_table, summary_table, write_csv, write_latex
+from engine.present.style import STYLE, check_formats
+from engine.run.record import read_run_json
+
+
+def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",)) -> Path:
+    """Write DIR/report/ (figures, tables, index.html) from a sweep folder; returns the index.html path."""
+    sweep_dir = Path(sweep_dir)
+    formats = check_formats(formats)
+    formats = ("png",) + tuple(f for f in formats if f != "png")  # the page shows PNGs; others are linked
+    if not sweep_dir.is_dir():
+        raise DataError(f"{sweep_dir}: no such sweep folder; give the --out folder of `datr sweep`")
+    run = read_run_json(sweep_dir)
+    table = read_rows_if_any(sweep_dir)
+    errors = read_errors(sweep_dir)
+    if table is None and not run and not errors:
+        raise DataError(f"{sweep_dir}: no rows/, run.json or errors.parquet; run `datr sweep ... --out {sweep_dir}` first")
+    out = sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in list(out.glob("*.png")) + list(out.glob("*.pdf")) + list(out.glob("*.svg")):
+        stale.unlink()  # a rerun must not leave figures of a grid that is gone
+
+    rows = Rows.from_table(table) if table is not None else None
+    figures: list[ReportFigure] = []
+    notes: list[str] = []
+    summary: list[dict] = []
+    grid_summary: list[dict] = []
+    ref = None
+    if rows is not None:
+        ref = reference_point(rows, run)
+        scopes = scope_order(rows, run)
+        figures, notes = draw_dataset_figures(rows, ref, scopes, out, formats)
+        summary = summary_table(rows, ref, scopes)
+        grid_summary = grid_table(rows, scopes)
+        write_csv(out / "summary.csv", summary)
+        write_csv(out / "summary_grid.csv", grid_summary)
+        write_latex(out / "summary.tex", summary, ref)
+    image_pages = find_image_pages(sweep_dir)
+    index = out / "index.html"
+    index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages),
+                     encoding="utf-8")
+    echo(f"drew {len(figures)} dataset figures, linked {len(image_pages)} per-image figure sets, listed {len(errors)} errors")
+    return index
+
+
+def draw_dataset_figures(rows: Rows, ref: Reference, scopes, out: Path, formats: tuple[str, ...]) -> tuple[list[ReportFigure], list[str]]:
+    """Every dataset figure the rows allow, and a note for each kind that could not be drawn."""
+    import matplotlib
+
+    figures: list[ReportFigure] = []
+    notes: list[str] = []
+    with matplotlib.rc_context(STYLE):
+        for metric, title, meaning, scale, unit in DISTRIBUTIONS:
+            fig = distribution_figure(rows, ref, scopes, metric, title, meaning, scale, unit, out, formats)
+            if fig is not None:
+                figures.append(fig)
+        quality = quality_figure(rows, ref, scopes, out, formats)
+        if quality is None:
+            notes.append("Clustering quality against IoU needs ground truth (accuracy/NMI/ARI and IoU are empty).")
+        else:
+            figures.append(quality)
+        grid_figs = [f for p in GRID_PARAMS if (f := grid_figure(rows, ref, scopes, p, out, formats)) is not None]
+        if not grid_figs:
+            notes.append("The sweep ran a single parameter point; no grid curves (give --alpha 0.3,0.5 or a "
+                         "--clusters/--dims/--tau list to get them).")
+        figures += grid_figs
+    return figures, notes

@@ -1,0 +1,201 @@
+"""The report page, DIR/report/index.html: the run, the summary, the figures, definitions, galleries, errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from engine.present.html import Raw, ReportFigure, esc, figure_html, kv_table, page, simulated_banner
+from engine.present.palette import class_colour
+from engine.present.report.plots import DISTRIBUTIONS
+from engine.present.report.rows import Reference, Rows
+from engine.present.report.tables import TABLE_COLUMNS, fmt_cell
+from engine.run.record import is_simulated
+
+DEFINITIONS = """<dl>
+<dt>Scope</dt><dd><i>encoder</i>: KMeans on the encoder tokens F (PCA to d, k clusters); <i>global</i>: on
+DATR(F) = F + α·Σ softmax(F·Q/√C)·Q over the kept queries of all prompts (one softmax); a prompt name: the same
+with that prompt's kept queries only. Kept = score ≥ τ.</dd>
+<dt>Effective tokens E</dt><dd>Tokens whose mask weight (max over the scope's kept masks, pooled to the 72×72 grid)
+is ≥ 0.5.</dd>
+<dt>Flip ratio</dt><dd>Share of E whose DATR cluster, aligned to the encoder clusters by Hungarian matching over all
+tokens, differs from the encoder cluster. <i>Processed</i>: both maps pass a 3×3 plurality filter first and are
+re-aligned. No value when E is empty.</dd>
+<dt>Cosine distance / DATR shift</dt><dd>Cosine distance (the paper's number) = mean over E of 1 − cos(F_j, A_j) with
+A_j the attended query vector; DATR shift = mean over E of 1 − cos(F_j, DATR(F)_j).</dd>
+<dt>Accuracy, NMI, ARI</dt><dd>Clustering against the GT downsampled to the token grid by majority vote;
+accuracy after one-to-one matching of clusters to classes. <i>Mask IoU</i>: union of the prompt's kept masks
+(probability ≥ 0.5) against its GT class on the 288×288 grid.</dd>
+</dl>"""
+
+
+
+def run_facts(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | None, errors: list[dict]) -> list[tuple[str, object]]:
+    cfg = run.get("config") or {}
+    analysis = cfg.get("analysis") or {}
+    source = run.get("source") or {}
+    backend = run.get("backend") or {}
+    versions = run.get("versions") or {}
+    stages = run.get("seconds_per_stage") or {}
+    images = len(set(rows["image_id"].tolist())) if rows is not None else 0
+    model = source.get("model") or cfg.get("model")
+    if cfg.get("checkpoint"):
+        model = f"{model} (checkpoint {cfg['checkpoint']})"
+    return [
+        ("run folder", str(sweep_dir.resolve())),
+        ("status", run.get("status") or "unknown (no run.json)"),
+        ("started / finished", " / ".join(x for x in (run.get("started"), run.get("finished")) if x)),
+        ("model / source", model),
+        ("source note", source.get("note")),
+        ("dataset", " ".join(str(x) for x in (cfg.get("dataset"), f"split {cfg['split']}" if cfg.get("split") else None,
+                                              f"mode {cfg['mode']}" if cfg.get("mode") else None) if x)),
+        ("prompts", ", ".join(cfg.get("prompts") or [])),
+        ("images with results", images),
+        ("items skipped with errors", len(errors)),
+        ("device", " ".join(str(x) for x in (run.get("device"), f"({run['device_name']})" if run.get("device_name") else None) if x)),
+        ("backend", f"{backend.get('used')} — {backend.get('reason')}" if backend else None),
+        ("parameter grid", ", ".join(f"{k}={analysis[k]}" for k in ("taus", "alphas", "dims", "ks") if k in analysis)),
+        ("clustering", ", ".join(f"{k}={analysis[k]}" for k in ("n_init", "max_iter", "tol", "seed", "effective_threshold")
+                                  if k in analysis)),
+        ("figures drawn at", ref.label() if ref is not None else None),
+        ("git commit", run.get("git_commit")),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
+        ("seconds per stage", ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if isinstance(v, (int, float)))),
+        ("results", Raw(" ".join(f"<a href=\"{esc(href)}\">{esc(label)}</a>" for href, label in
+                                 (("../run.json", "run.json"), ("../errors.parquet", "errors.parquet"), ("../rows/", "rows/"))
+                                 if (sweep_dir / href[3:]).exists()))),
+    ]
+
+
+def summary_html(summary: list[dict], ref: Reference) -> str:
+    cols = [c for c in TABLE_COLUMNS if any(e[f"{c[0]}_mean"] is not None for e in summary)]
+    head = "<tr><th class=\"l\">scope</th><th>images</th>" + "".join(f"<th>{esc(label)}</th>" for _, label, _ in cols) + "</tr>"
+    body = []
+    for e in summary:
+        swatch = ""
+        if e["class_id"] is not None:
+            r, g, b = class_colour(e["class_id"])
+            swatch = f"<span class=\"swatch\" style=\"background:rgb({r},{g},{b})\"></span>"
+        cells = [f"<td class=\"l\">{swatch}{esc(e['scope'])}</td>", f"<td>{e['images']}</td>"]
+        for metric, _, fmt in cols:
+            text = fmt_cell(fmt, e[f"{metric}_mean"], e[f"{metric}_std"])
+            if metric == "effective_tokens" and e["n_tokens"] and e[f"{metric}_mean"] is not None:
+                text += f" / {e['n_tokens']}"
+            cells.append(f"<td>{esc(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<p>Mean ± standard deviation over images at {esc(ref.label())} (the paper reports one image: masks, "
+            "effective tokens out of 5184, flip ratio, average cosine distance). A dash means no image had a value "
+            "(e.g. a class with no kept mask has no effective token and so no flip ratio).</p>"
+            f"<table>{head}{''.join(body)}</table><p>Also as <a href=\"summary.csv\">CSV</a> and "
+            "<a href=\"summary.tex\">LaTeX</a>; means at every grid point in <a href=\"summary_grid.csv\">summary_grid.csv"
+            "</a>.</p>")
+
+
+def grid_html(grid_summary: list[dict]) -> str:
+    cols = [c for c in TABLE_COLUMNS if any(e[c[0]] is not None for e in grid_summary)]
+    head = ("<tr><th class=\"l\">scope</th><th>τ</th><th>α</th><th>d</th><th>k</th><th>images</th>"
+            + "".join(f"<th>{esc(label)}</th>" for _, label, _ in cols) + "</tr>")
+    body = []
+    for e in grid_summary:
+        cells = [f"<td class=\"l\">{esc(e['scope'])}</td>"] + [f"<td>{'—' if e[k] is None else f'{e[k]:g}'}</td>"
+                                                               for k in ("tau", "alpha", "d", "k")]
+        cells.append(f"<td>{e['images']}</td>")
+        cells += [f"<td>{esc(fmt_cell(fmt, e[m]))}</td>" for m, _, fmt in cols]
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def errors_html(errors: list[dict], limit: int = 200) -> str:
+    if not errors:
+        return "<p>No item was skipped.</p>"
+    rows = "".join(f"<tr><td class=\"l\">{esc(e.get('image_id'))}</td><td class=\"l\">{esc(e.get('path'))}</td>"
+                   f"<td class=\"l\">{esc(e.get('error'))}</td></tr>" for e in errors[:limit])
+    more = f"<p>{len(errors) - limit} more in errors.parquet.</p>" if len(errors) > limit else ""
+    return (f"<p class=\"warn\">{len(errors)} item(s) were skipped; their images have no rows.</p><table><tr>"
+            f"<th class=\"l\">image</th><th class=\"l\">path</th><th class=\"l\">error</th></tr>{rows}</table>{more}")
+
+
+def dataset_clustering_html(sweep_dir: Path) -> str:
+    """The cluster-vs-class contingency and purity of DIR/dataset_clustering.json (written by the sweep)."""
+    path = sweep_dir / "dataset_clustering.json"
+    if not path.is_file():
+        return ("<p>Not computed for this sweep (run <code>datr sweep ... --dataset-sample N</code> to cluster a "
+                "reservoir sample of tokens from all images).</p>")
+    try:
+        results = json.loads(path.read_text()).get("results", [])
+    except (json.JSONDecodeError, OSError) as err:
+        return f"<p class=\"warn\">{esc(path.name)} is unreadable: {esc(err)}</p>"
+    parts = []
+    for res in results:
+        head = (f"<h3>d = {res['d']}, k = {res['k']}: {res['tokens']} tokens sampled from {res['images']} images "
+                f"({esc(res.get('backend'))})</h3>")
+        facts = [("purity", res.get("purity")), ("matched accuracy", res.get("accuracy")), ("NMI", res.get("nmi")),
+                 ("ARI", res.get("ari")), ("explained variance (d)", res.get("explained_variance_ratio"))]
+        line = ", ".join(f"{name} {'—' if v is None else f'{v:.3f}'}" for name, v in facts)
+        table = ""
+        if res.get("contingency"):
+            names = res.get("class_names") or [str(i) for i in range(len(res["contingency"][0]))]
+            hrow = "<tr><th class=\"l\">cluster</th><th>tokens</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "<th>purity</th></tr>"
+            rows = []
+            for c, counts in enumerate(res["contingency"]):
+                purity = (res.get("cluster_purity") or [None] * (c + 1))[c]
+                rows.append(f"<tr><td class=\"l\">{c}</td><td>{res['sizes'][c]}</td>" + "".join(f"<td>{v}</td>" for v in counts)
+                            + f"<td>{'—' if purity is None else f'{purity:.3f}'}</td></tr>")
+            table = f"<table>{hrow}{''.join(rows)}</table>"
+        parts.append(head + f"<p>{esc(line)}</p>" + table)
+    return "".join(parts) or "<p>No results in dataset_clustering.json.</p>"
+
+
+def image_pages_html(pages: list[dict]) -> str:
+    if not pages:
+        return ("<p>No per-image figures in this sweep folder (run <code>datr sweep ... --figures N</code> or "
+                "<code>datr analyze</code> to draw them).</p>")
+    parts = []
+    for p in pages:
+        folder = f"../figures/{p['folder']}/"
+        thumbs = []
+        for f in p.get("figures", []):
+            png = next((x for x in f["files"] if x.endswith(".png")), None)
+            if png is None:
+                continue
+            thumbs.append(f"<figure><a href=\"{esc(folder + png)}\"><img src=\"{esc(folder + png)}\" alt=\"{esc(f['title'])}\" "
+                          f"loading=\"lazy\"></a><figcaption>{esc(f['paper'])}: {esc(f['title'])}</figcaption></figure>")
+        parts.append(f"<h3>{esc(p.get('image_id'))} — <a href=\"{esc(folder + 'index.html')}\">all figures with captions</a>"
+                     f"</h3><div class=\"gallery\">{''.join(thumbs)}</div>")
+    return "".join(parts)
+
+
+def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | None, figures: list[ReportFigure],
+                 notes: list[str], summary: list[dict], grid_summary: list[dict], errors: list[dict], pages: list[dict]) -> str:
+    title = f"sam3-datr report — {sweep_dir.resolve().name}"
+    body = [f"<h1>{esc(title)}</h1>"]
+    if is_simulated(run):
+        body.append(simulated_banner())
+    if run.get("status") not in (None, "complete"):
+        body.append(f"<p class=\"warn\">run.json status: {esc(run.get('status'))} — results may be partial.</p>")
+    if not run:
+        body.append("<p class=\"warn\">No run.json in this folder: the model, parameters and versions are unknown.</p>")
+    body.append("<h2>Run</h2>" + kv_table(run_facts(sweep_dir, run, rows, ref, errors)))
+    if rows is None:
+        body.append("<p class=\"warn\">No result rows (rows/*.parquet): nothing to summarise.</p>")
+    else:
+        by_name = {f.name: f for f in figures}
+        body.append("<h2>Per-class summary</h2>" + summary_html(summary, ref))
+        body.append("<h2>Per-class distributions</h2>")
+        body += [figure_html(by_name[f"dist_{m}"]) for m, *_ in DISTRIBUTIONS if f"dist_{m}" in by_name]
+        body.append("<h2>Clustering quality vs segmentation</h2>")
+        body += [figure_html(by_name["quality_vs_iou"])] if "quality_vs_iou" in by_name else []
+        body.append("<h2>Parameter grid</h2>")
+        body += [figure_html(f) for f in figures if f.name.startswith("grid_")]
+        if len(grid_summary) > len(summary):
+            body.append(grid_html(grid_summary))
+        body += [f"<p class=\"warn\">{esc(n)}</p>" for n in notes]
+    body.append("<h2>Dataset-level structural clustering</h2>" + dataset_clustering_html(sweep_dir))
+    body.append("<h2>Definitions</h2>" + DEFINITIONS)
+    body.append("<h2>Per-image figures</h2>" + image_pages_html(pages))
+    body.append("<h2>Errors</h2>" + errors_html(errors))
+    body.append(f"<p style=\"color:#777;font-size:.8em\">Written {esc(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))} "
+                "by <code>datr report</code>. Definitions of every metric: see the project README.</p>")
+    return page(title, body)
+

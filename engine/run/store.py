@@ -1,0 +1,126 @@
+"""Where a sweep's results land: Parquet row shards, the errors table and run.json.
+
+DIR/rows/part-NNNNNN.parquet   one shard per batch (NNNNNN = the batch's first item position)
+DIR/errors/part-*.parquet      one shard per batch that had bad items
+DIR/errors.parquet             all skipped items (image_id, path, error), merged at the end
+DIR/run.json                   resolved config, versions, device, backend choices, timings
+
+Every file is written to a temporary name and renamed (engine.core.files), so a killed
+run leaves whole shards only; `--resume` reads the image ids already present and skips
+them. The row schema is the analysis's (engine.analysis.rows.ROW_SCHEMA).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.analysis.rows import ROW_SCHEMA
+from engine.core.errors import ConfigError, DataError
+from engine.core.files import atomic_write_bytes, atomic_write_table
+
+ERROR_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
+
+
+class ResultStore:
+    def __init__(self, out: Path, resume: bool, clean_stale: bool = True):
+        self.out = Path(out)
+        self.rows_dir = self.out / "rows"
+        self.errors_dir = self.out / "errors"
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a folder; choose another --out")
+        existing = sorted(self.rows_dir.glob("part-*.parquet")) if self.rows_dir.is_dir() else []
+        if existing and not resume:
+            raise ConfigError(f"--out {self.out}: already holds {len(existing)} result shards; add --resume to continue it or choose a new --out")
+        for d in (self.rows_dir, self.errors_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            if clean_stale:  # shards being written when a run was killed (not by a worker: others may be writing)
+                for stale in d.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
+
+    def row_shards(self) -> list[Path]:
+        return sorted(self.rows_dir.glob("part-*.parquet"))
+
+    def finished_ids(self) -> set[str]:
+        done: set[str] = set()
+        for shard in self.row_shards():
+            try:
+                done.update(pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist())
+            except (pa.ArrowInvalid, OSError) as err:
+                raise DataError(f"{shard}: unreadable result shard ({err}); delete it and rerun with --resume") from None
+        return done
+
+    def write_rows(self, columns: dict[str, list], first_position: int) -> Path:
+        table = pa.Table.from_pydict({name: columns[name] for name in ROW_SCHEMA.names}, schema=ROW_SCHEMA)
+        path = self.rows_dir / f"part-{first_position:06d}.parquet"
+        atomic_write_table(path, table)
+        return path
+
+    def write_errors(self, errors: list[tuple[str, str, str]], tag: str) -> None:
+        if not errors:
+            return
+        ids, paths, messages = zip(*errors, strict=True)
+        table = pa.Table.from_pydict({"image_id": list(ids), "path": list(paths), "error": list(messages)}, schema=ERROR_SCHEMA)
+        atomic_write_table(self.errors_dir / f"part-{tag}-{time.time_ns()}.parquet", table)
+
+    def merge_errors(self) -> int:
+        """errors.parquet = the latest error of every item not finished since; returns its row count."""
+        finished = self.finished_ids()
+        latest: dict[str, tuple[str, str]] = {}
+        for shard in sorted(self.errors_dir.glob("part-*.parquet"), key=lambda p: int(p.stem.rsplit("-", 1)[1])):
+            for row in pq.read_table(shard).to_pylist():
+                latest[row["image_id"]] = (row["path"], row["error"])
+        kept = [(i, p, e) for i, (p, e) in latest.items() if i not in finished]
+        table = pa.Table.from_pydict(
+            {"image_id": [k[0] for k in kept], "path": [k[1] for k in kept], "error": [k[2] for k in kept]}, schema=ERROR_SCHEMA
+        )
+        atomic_write_table(self.out / "errors.parquet", table)
+        return len(kept)
+
+    def write_run_json(self, payload: dict) -> None:
+        atomic_write_bytes(self.out / "run.json", json.dumps(payload, indent=2, default=str).encode())
+
+
+def read_rows(out: Path) -> pa.Table:
+    """All row shards of a sweep folder as one table (sorted by shard, i.e. item order)."""
+    shards = sorted((Path(out) / "rows").glob("part-*.parquet"))
+    if not shards:
+        raise DataError(f"{out}: no result shards under rows/; run `datr sweep ... --out {out}` first")
+    return pa.concat_tables([pq.read_table(s) for s in shards])
+
+
+def check_rows(out: Path, item_ids: list[str], expected_rows: int, errored: set[str]) -> set[str]:
+    """Every item has exactly `expected_rows` rows, or none and an error; returns the ids with rows.
+
+    Raises DataError naming the items and the files when a row is missing or duplicated.
+    """
+    counts: Counter[str] = Counter()
+    files: dict[str, list[str]] = {}
+    for shard in sorted((Path(out) / "rows").glob("part-*.parquet")):
+        for image_id in pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist():
+            counts[image_id] += 1
+            if not files.get(image_id) or files[image_id][-1] != shard.name:
+                files.setdefault(image_id, []).append(shard.name)
+    doubled = [i for i in item_ids if counts[i] > expected_rows]
+    if doubled:
+        first = doubled[0]
+        raise DataError(f"{out}/rows: {len(doubled)} item(s) have their rows more than once, e.g. {first} "
+                        f"({counts[first]} rows, expected {expected_rows}) in {files[first]}; delete the later of "
+                        "those files and rerun with --resume")
+    short = [i for i in item_ids if 0 < counts[i] < expected_rows]
+    missing = [i for i in item_ids if counts[i] == 0 and i not in errored]
+    if short or missing:
+        example = (short or missing)[0]
+        raise DataError(f"{out}/rows: {len(short)} item(s) with too few rows and {len(missing)} without rows or an error, "
+                        f"e.g. {example} ({counts[example]} of {expected_rows} rows); rerun with --resume to fill them")
+    return {i for i in item_ids if counts[i]}
+
+
+def errored_ids(out: Path) -> set[str]:
+    """The image ids of DIR/errors.parquet."""
+    return set(pq.read_table(Path(out) / "errors.parquet", columns=["image_id"]).column("image_id").to_pylist())
