@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -168,27 +169,37 @@ def update_centres(
 
     empty = counts <= 0
     if bool(empty.any()):
-        wfull = torch.ones(p, n, dtype=x.dtype, device=x.device) if w is None else w.to(x.dtype)
-        d2min = (partial + x_sq[:, None, :]).clamp_(min=0)
+        w_full = torch.ones(p, n, dtype=x.dtype, device=x.device) if w is None else w.to(x.dtype)
+        d2_nearest = (partial + x_sq[:, None, :]).clamp_(min=0)  # (P, n_init, N)
         # the j-th empty cluster takes the j-th farthest token from its own centre
         n_far = min(k, n)
-        far = d2min.topk(n_far, dim=-1).indices  # (P, n_init, n_far), farthest first
+        farthest = d2_nearest.topk(n_far, dim=-1).indices  # (P, n_init, n_far), farthest first
         rank = (torch.cumsum(empty.long(), dim=-1) - 1).clamp(min=0, max=n_far - 1)
-        token = torch.gather(far, 2, rank)  # (P, n_init, k) token for each (empty) cluster
-        bidx = torch.arange(p, device=x.device)[:, None, None]
-        xt = x[bidx, token]  # (P, n_init, k, d)
-        wt = torch.gather(wfull[:, None, :].expand(p, n_init, n), 2, token)  # (P, n_init, k)
+        token = torch.gather(farthest, 2, rank)  # (P, n_init, k) token for each (empty) cluster
+        problem = torch.arange(p, device=x.device)[:, None, None]
+        moved = x[problem, token]  # (P, n_init, k, d)
+        moved_w = torch.gather(w_full[:, None, :].expand(p, n_init, n), 2, token)  # (P, n_init, k)
         owner = torch.gather(labels, 2, token)  # cluster the token leaves
-        emf = empty.to(x.dtype)
+        is_empty = empty.to(x.dtype)
         # remove moved tokens from their old clusters, then seat them in the empty ones
-        sums = sums.scatter_add(2, owner[..., None].expand(p, n_init, k, d), -(xt * (wt * emf)[..., None]))
-        counts = counts.scatter_add(2, owner, -(wt * emf))
-        sums = torch.where(empty[..., None], xt * wt[..., None], sums)
-        counts = torch.where(empty, wt, counts)
+        sums = sums.scatter_add(2, owner[..., None].expand(p, n_init, k, d), -(moved * (moved_w * is_empty)[..., None]))
+        counts = counts.scatter_add(2, owner, -(moved_w * is_empty))
+        sums = torch.where(empty[..., None], moved * moved_w[..., None], sums)
+        counts = torch.where(empty, moved_w, counts)
     safe = counts.clamp(min=torch.finfo(x.dtype).tiny)
     new = sums / safe[..., None]
     # a cluster that is still empty (all weights zero) keeps its old centre
     return torch.where((counts > 0)[..., None], new, old)
+
+
+class LiveProblems(NamedTuple):
+    """The per-problem inputs of Lloyd, cut to the problems that still have a running restart (P' of P)."""
+
+    x: torch.Tensor  # (P', N, d) centred tokens
+    xt: torch.Tensor  # (P', d, N) the same, transposed
+    x_sq: torch.Tensor  # (P', N) squared norms
+    w: torch.Tensor  # (P', N) weights
+    tol: torch.Tensor  # (P',) absolute tolerance on the centre shift
 
 
 def lloyd(
@@ -198,43 +209,46 @@ def lloyd(
     """Lloyd iterations for every problem and restart until each restart converges.
 
     centres (P, n_init, k, d) are updated in place and returned with n_iter (P, n_init).
-    Each iteration works only on the restarts still running: the problems that have
-    one, and per problem its running restarts packed to the front (m = the most any
-    problem still has; padded slots are computed and dropped). The tokens are never
+    Each iteration works only on the restarts still running. Problems with none left are
+    dropped (P' live problems); within each live problem the running restarts are packed
+    to the front of a restart axis of width R = the most any live problem still runs, so
+    one batched call covers (P', R) restarts; a packed slot beyond a problem's own count
+    holds a finished restart, is computed and its result dropped. The tokens are never
     copied per restart.
     """
     p, n_init, k, d = centres.shape
     dev = xc.device
-    active = has_tokens[:, None].expand(p, n_init).clone()
+    running = has_tokens[:, None].expand(p, n_init).clone()  # (P, n_init) restart still iterating
     n_iter = torch.zeros(p, n_init, dtype=torch.long, device=dev)
-    rows = torch.arange(p, device=dev)
-    ws = Workspace(p, n_init, k, xc.shape[1], xc.dtype, dev)
-    sub = (xc, xt, x_sq, w, tol_abs)
+    live_ids = torch.arange(p, device=dev)  # (P',) problems with a running restart
+    workspace = Workspace(p, n_init, k, xc.shape[1], xc.dtype, dev)
+    live = LiveProblems(xc, xt, x_sq, w, tol_abs)
     for it in range(max_iter):
-        running = active[rows].sum(1)  # (P',) restarts still running per kept problem
-        if not bool((running > 0).all()):
-            rows = rows[running > 0]
-            if rows.numel() == 0:
+        running_count = running[live_ids].sum(1)  # (P',) restarts still running per live problem
+        if not bool((running_count > 0).all()):
+            live_ids = live_ids[running_count > 0]
+            if live_ids.numel() == 0:
                 break
-            sub = (xc[rows], xt[rows], x_sq[rows], w[rows], tol_abs[rows])
-            running = running[running > 0]
-        s_x, s_xt, s_xsq, s_w, s_tol = sub
-        m = int(running.max())
-        s_active_all = active[rows]
-        sel = torch.argsort((~s_active_all).to(torch.int8), dim=1, stable=True)[:, :m]  # (P', m) running first
-        valid = torch.gather(s_active_all, 1, sel)
-        r2 = rows[:, None]
-        s_centres = centres[r2, sel]
-        labels, partial = nearest(s_xt, s_centres, ws)
-        new = update_centres(s_x, None if unit_weights else s_w, labels, partial, s_xsq, s_centres, k, ws)
-        shift = ((new - s_centres) ** 2).sum((-1, -2))  # (P', m)
+            live = LiveProblems(xc[live_ids], xt[live_ids], x_sq[live_ids], w[live_ids], tol_abs[live_ids])
+            running_count = running_count[running_count > 0]
+        width = int(running_count.max())  # R
+        live_running = running[live_ids]  # (P', n_init)
+        # restart_ids[i, r]: the restart in packed slot r of live problem i, running ones first (stable order)
+        restart_ids = torch.argsort((~live_running).to(torch.int8), dim=1, stable=True)[:, :width]  # (P', R)
+        slot_running = torch.gather(live_running, 1, restart_ids)  # (P', R) the slot holds a running restart
+        problem_ids = live_ids[:, None]  # (P', 1)
+        packed = centres[problem_ids, restart_ids]  # (P', R, k, d)
+        labels, partial = nearest(live.xt, packed, workspace)
+        new = update_centres(live.x, None if unit_weights else live.w, labels, partial, live.x_sq, packed, k, workspace)
+        shift = ((new - packed) ** 2).sum((-1, -2))  # (P', R) squared centre movement
         # Unchanged labels give bitwise-unchanged centres (shift 0), so this one test
         # covers scikit-learn's strict convergence as well as its tolerance.
-        done = shift <= s_tol[:, None]
-        r2v, selv = r2.expand_as(sel)[valid], sel[valid]
-        centres[r2v, selv] = new[valid]
-        n_iter[r2v, selv] = it + 1
-        active[r2v, selv] = ~done[valid]
+        converged = shift <= live.tol[:, None]
+        # write back the running slots only: (problem, restart) pairs, flat
+        problem_of, restart_of = problem_ids.expand_as(restart_ids)[slot_running], restart_ids[slot_running]
+        centres[problem_of, restart_of] = new[slot_running]
+        n_iter[problem_of, restart_of] = it + 1
+        running[problem_of, restart_of] = ~converged[slot_running]
     return n_iter, centres
 
 
