@@ -30,7 +30,7 @@ from bench.machine import machine_info
 from bench.synthetic import scope_problems, token_maps
 from engine.core.errors import ConfigError
 from engine.core.timing import StageTimer
-from kernels.backends import backend_status, resolve_backend
+from kernels.backends import BackendUnavailable, backend_status, resolve_backend
 from kernels.backends.sklearn_backend import SklearnBackend
 from kernels.eigh import EIGH_METHODS, eigh_function, eigh_status
 from kernels.kmeans import kmeans
@@ -121,17 +121,25 @@ def time_eighs(x: torch.Tensor, echo: Callable[[str], None], repeats: int) -> li
     return rows
 
 
-def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print) -> dict:
-    """Time the paths, check parity on the reference images, return the JSON payload."""
+@dataclass
+class Workload:
+    """What the bench runs: the torch backend, the batches of problems on the device, the reference problems."""
+
+    device: torch.device
+    backend: object
+    backend_reason: str
+    batches: list[torch.Tensor]  # (batch * 7, N, C) each, on the device
+    ref_problems: torch.Tensor  # (reference_images * 7, N, C) on the CPU
+    loops: list[tuple[str, object]]  # per-problem library backends (faiss, cuml) that run here
+
+
+def prepare(cfg: KernelBenchConfig, echo: Callable[[str], None]) -> Workload:
+    """Check the options, make the synthetic problems, pick the backends; one warm-up batch."""
     if cfg.reference_images > cfg.images:
         raise ConfigError(f"--reference-images ({cfg.reference_images}) cannot exceed --images ({cfg.images})")
     device = torch.device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {cfg.device} was asked for but CUDA is not available here; use --device cpu")
-    from threadpoolctl import threadpool_limits
-
-    from kernels.backends import BackendUnavailable
-
     try:
         backend, backend_reason = resolve_backend("torch", device, eigh=cfg.eigh)
     except BackendUnavailable as err:
@@ -142,16 +150,13 @@ def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print
         problems[i * PROBLEMS_PER_IMAGE : (i + cfg.batch_size) * PROBLEMS_PER_IMAGE].to(device)
         for i in range(0, cfg.images, cfg.batch_size)
     ]
-    ref_problems = problems[: cfg.reference_images * PROBLEMS_PER_IMAGE]
     echo(f"kernels bench: {cfg.images} images x {PROBLEMS_PER_IMAGE} problems of {tuple(problems.shape[1:])}, "
          f"d={cfg.d}, k={cfg.k}, batch {cfg.batch_size} on {device}, sklearn on {cfg.reference_images} images, "
          f"{cfg.threads} thread(s)")
     echo(f"  torch backend: {backend_reason}")
-
     # warm-up (allocator, kernels, solver handles) on one batch
     backend_pipeline(backend, batches[0][:PROBLEMS_PER_IMAGE], cfg, 1)
     sync(device)
-
     loops = []
     for name in cfg.loops:
         ok, why = backend_status(name, device)
@@ -159,93 +164,107 @@ def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print
             loops.append((name, resolve_backend(name, device)[0]))
         else:
             echo(f"  {name} per-problem loop: skipped ({why})")
-    loop_inputs = ref_problems.to(device)
+    return Workload(device, backend, backend_reason, batches, problems[: cfg.reference_images * PROBLEMS_PER_IMAGE], loops)
 
-    results, parity, stages_out = [], {}, {}
-    for n_init in cfg.n_inits:
-        t_torch, t_ref, t_loops = [], [], defaultdict(list)
-        timer = StageTimer(device)
-        for _ in range(cfg.repeats):
+
+def time_n_init(work: Workload, cfg: KernelBenchConfig, n_init: int, echo: Callable[[str], None]):
+    """The batched path, sklearn and the library loops at one n_init, alternating for `repeats` rounds.
+
+    Returns (result rows, the figures for this n_init, the last batched outputs, the sklearn reference).
+    """
+    from threadpoolctl import threadpool_limits
+
+    device = work.device
+    loop_inputs = work.ref_problems.to(device)
+    t_torch, t_ref, t_loops = [], [], defaultdict(list)
+    timer = StageTimer(device)
+    for _ in range(cfg.repeats):
+        start = time.perf_counter()
+        out = [backend_pipeline(work.backend, b, cfg, n_init, timer) for b in work.batches]
+        sync(device)
+        t_torch.append((time.perf_counter() - start) / cfg.images)
+        with threadpool_limits(cfg.threads):
             start = time.perf_counter()
-            out = [backend_pipeline(backend, b, cfg, n_init, timer) for b in batches]
-            sync(device)
-            t_torch.append((time.perf_counter() - start) / cfg.images)
-            with threadpool_limits(cfg.threads):
+            ref = sklearn_pipeline(work.ref_problems, cfg, n_init)
+            t_ref.append((time.perf_counter() - start) / cfg.reference_images)
+            for name, loop_backend in work.loops:
                 start = time.perf_counter()
-                ref = sklearn_pipeline(ref_problems, cfg, n_init)
-                t_ref.append((time.perf_counter() - start) / cfg.reference_images)
-                for name, loop_backend in loops:
-                    start = time.perf_counter()
-                    backend_pipeline(loop_backend, loop_inputs, cfg, n_init)
-                    sync(device)
-                    t_loops[name].append((time.perf_counter() - start) / cfg.reference_images)
-        stage_ms = {name: 1e3 * s / (cfg.repeats * cfg.images) for name, s in timer.collect().items()}
-        stages_out[f"n_init{n_init}"] = stage_ms
-        ms_torch, ms_ref = 1e3 * statistics.median(t_torch), 1e3 * statistics.median(t_ref)
-        fit = out[0][0]
-        n_ref = ref_problems.shape[0]
-        torch_inertia = torch.cat([km.inertia.cpu() for _, km in out])[:n_ref].double()
-        ratio = (torch_inertia / ref["inertia"].double()).numpy()
-        results += [
-            {"name": f"torch_batched_n_init{n_init}", "ms_per_image": ms_torch, "images_per_s": 1e3 / ms_torch},
-            {"name": f"sklearn_per_problem_n_init{n_init}", "ms_per_image": ms_ref, "images_per_s": 1e3 / ms_ref},
-        ]
-        parity[f"n_init{n_init}"] = {
-            "speedup_vs_sklearn": ms_ref / ms_torch,
-            "inertia_ratio_median": float(np.median(ratio)),
-            "inertia_ratio_max": float(ratio.max()),
-            "stage_ms_per_image": stage_ms,
-        }
-        echo(f"  n_init={n_init:<3} torch {ms_torch:9.2f} ms/image ({1e3 / ms_torch:7.2f} img/s)   "
-             f"sklearn {ms_ref:9.2f} ms/image   speedup {ms_ref / ms_torch:5.2f}x   "
-             f"inertia ratio median {np.median(ratio):.5f} max {ratio.max():.5f}")
-        echo("             stages (" + ("CUDA events" if device.type == "cuda" else "wall clock") + "): "
-             + ", ".join(f"{name} {ms:.3f}" for name, ms in stage_ms.items()) + " ms/image")
-        for name, times in t_loops.items():
-            ms_loop = 1e3 * statistics.median(times)
-            results.append({"name": f"{name}_per_problem_n_init{n_init}", "ms_per_image": ms_loop, "images_per_s": 1e3 / ms_loop})
-            parity[f"n_init{n_init}"][f"speedup_vs_{name}_loop"] = ms_loop / ms_torch
-            echo(f"             {name} per-problem loop {ms_loop:9.2f} ms/image   torch speedup {ms_loop / ms_torch:6.2f}x")
+                backend_pipeline(loop_backend, loop_inputs, cfg, n_init)
+                sync(device)
+                t_loops[name].append((time.perf_counter() - start) / cfg.reference_images)
+    stage_ms = {name: 1e3 * s / (cfg.repeats * cfg.images) for name, s in timer.collect().items()}
+    ms_torch, ms_ref = 1e3 * statistics.median(t_torch), 1e3 * statistics.median(t_ref)
+    torch_inertia = torch.cat([km.inertia.cpu() for _, km in out])[: work.ref_problems.shape[0]].double()
+    ratio = (torch_inertia / ref["inertia"].double()).numpy()
+    rows = [
+        {"name": f"torch_batched_n_init{n_init}", "ms_per_image": ms_torch, "images_per_s": 1e3 / ms_torch},
+        {"name": f"sklearn_per_problem_n_init{n_init}", "ms_per_image": ms_ref, "images_per_s": 1e3 / ms_ref},
+    ]
+    figures = {"speedup_vs_sklearn": ms_ref / ms_torch, "inertia_ratio_median": float(np.median(ratio)),
+               "inertia_ratio_max": float(ratio.max()), "stage_ms_per_image": stage_ms}
+    echo(f"  n_init={n_init:<3} torch {ms_torch:9.2f} ms/image ({1e3 / ms_torch:7.2f} img/s)   "
+         f"sklearn {ms_ref:9.2f} ms/image   speedup {ms_ref / ms_torch:5.2f}x   "
+         f"inertia ratio median {np.median(ratio):.5f} max {ratio.max():.5f}")
+    echo("             stages (" + ("CUDA events" if device.type == "cuda" else "wall clock") + "): "
+         + ", ".join(f"{name} {ms:.3f}" for name, ms in stage_ms.items()) + " ms/image")
+    for name, times in t_loops.items():
+        ms_loop = 1e3 * statistics.median(times)
+        rows.append({"name": f"{name}_per_problem_n_init{n_init}", "ms_per_image": ms_loop, "images_per_s": 1e3 / ms_loop})
+        figures[f"speedup_vs_{name}_loop"] = ms_loop / ms_torch
+        echo(f"             {name} per-problem loop {ms_loop:9.2f} ms/image   torch speedup {ms_loop / ms_torch:6.2f}x")
+    return rows, figures, out, ref
 
-    eigh_rows = time_eighs(batches[0], echo, cfg.repeats) if device.type == "cuda" else []
 
-    # PCA parity on the reference problems (the first batch covers them when batch >= reference)
-    n_cmp = min(ref_problems.shape[0], fit.explained_variance_ratio.shape[0])
+def check_parity(fit, ref: dict, cfg: KernelBenchConfig, echo: Callable[[str], None]) -> dict:
+    """PCA against sklearn on the reference problems; KMeans labels from shared initial centres (ARI must be 1)."""
+    from sklearn.metrics import adjusted_rand_score
+    from threadpoolctl import threadpool_limits
+
+    # the first batch covers the reference problems when batch >= reference
+    n_cmp = min(ref["explained_variance_ratio"].shape[0], fit.explained_variance_ratio.shape[0])
     ev_err = (fit.explained_variance_ratio[:n_cmp].cpu().double() - ref["explained_variance_ratio"][:n_cmp].double()).abs().max()
     agree = subspace_agreement(fit.components[:n_cmp].cpu().double(), ref["components"][:n_cmp].double()).min()
-    # KMeans from shared initial centres: labels must agree exactly (ARI = 1)
     z = ref["projected"].float()
     init = z[:, : cfg.k].clone()
     mine = kmeans(z, cfg.k, init=init, max_iter=cfg.max_iter, tol=cfg.tol)
     with threadpool_limits(cfg.threads):
         theirs = SklearnBackend().kmeans(z, cfg.k, n_init=1, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed, init=init)
-    from sklearn.metrics import adjusted_rand_score
-
     aris = [adjusted_rand_score(a, b) for a, b in zip(mine.labels.numpy(), theirs.labels.numpy(), strict=True)]
     echo(f"  parity: explained-variance-ratio max |diff| {float(ev_err):.2e}, subspace agreement min {float(agree):.6f}, "
          f"shared-init ARI min {min(aris):.6f}")
+    return {"explained_variance_ratio_max_abs_diff": float(ev_err), "subspace_agreement_min": float(agree),
+            "shared_init_ari_min": float(min(aris))}
 
-    head = parity[f"n_init{cfg.n_inits[0]}"]
+
+def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print) -> dict:
+    """Time the paths, check parity on the reference images, return the JSON payload."""
+    work = prepare(cfg, echo)
+    results, per_n_init, stages_out = [], {}, {}
+    for n_init in cfg.n_inits:
+        rows, figures, out, ref = time_n_init(work, cfg, n_init, echo)
+        results += rows
+        per_n_init[f"n_init{n_init}"] = figures
+        stages_out[f"n_init{n_init}"] = figures["stage_ms_per_image"]
+    eigh_rows = time_eighs(work.batches[0], echo, cfg.repeats) if work.device.type == "cuda" else []
+    parity = check_parity(out[0][0], ref, cfg, echo)
+
+    head = per_n_init[f"n_init{cfg.n_inits[0]}"]
     payload = {
         "bench": "kernels",
-        "machine": machine_info(device),
-        "device": str(device),
+        "machine": machine_info(work.device),
+        "device": str(work.device),
         "batch_size": cfg.batch_size,
         "config": asdict(cfg),
-        "backend": {"name": backend.name, "reason": backend_reason, "eigh": getattr(backend, "eigh", None)},
-        "timing": "CUDA events after a warm-up batch" if device.type == "cuda" else "wall clock after a warm-up batch",
+        "backend": {"name": work.backend.name, "reason": work.backend_reason, "eigh": getattr(work.backend, "eigh", None)},
+        "timing": "CUDA events after a warm-up batch" if work.device.type == "cuda" else "wall clock after a warm-up batch",
         "results": results,
         "speedup_vs_sklearn": head["speedup_vs_sklearn"],
         "inertia_ratio_median": head["inertia_ratio_median"],
-        "per_n_init": parity,
+        "per_n_init": per_n_init,
         "stages_ms_per_image": stages_out,
-        "parity": {
-            "explained_variance_ratio_max_abs_diff": float(ev_err),
-            "subspace_agreement_min": float(agree),
-            "shared_init_ari_min": float(min(aris)),
-        },
+        "parity": parity,
     }
-    for name, _ in loops:
+    for name, _ in work.loops:
         payload[f"speedup_vs_{name}_loop"] = head[f"speedup_vs_{name}_loop"]
     if eigh_rows:
         payload["eigh"] = eigh_rows

@@ -62,23 +62,41 @@ def _strip_centres(rng: np.random.Generator, length: int, count: int) -> list[in
 
 
 def render_scene(size: tuple[int, int] = (640, 480), *, seed: int = 0, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: ((H, W, 3) uint8 image, (H, W) uint8 UDD5 labels). size is (W, H)."""
+    """One scene: ((H, W, 3) uint8 image, (H, W) uint8 UDD5 labels). size is (W, H).
+
+    Layers are drawn in order, each over the last: ground ("other"), vegetation, roads,
+    buildings, vehicles; every random draw comes from one generator seeded with (seed, index).
+    """
     width, height = size
     rng = np.random.default_rng([seed, index])
-    side = min(width, height)
-    yy, xx = np.mgrid[0:height, 0:width]
     labels = np.full((height, width), OTHER, dtype=np.uint8)
     image = GROUND + 18 * smooth_noise(rng, height, width, 5)[..., None]
+    _draw_vegetation(rng, image, labels)
+    road, strips = _draw_roads(rng, image, labels)
+    _draw_buildings(rng, image, labels, road)
+    _draw_vehicles(rng, image, labels, road, strips)
+    image += rng.normal(0, 4, image.shape).astype(np.float32)
+    picture = Image.fromarray(image.clip(0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
+    return np.asarray(picture), labels
 
-    # vegetation: patches of a smooth field, crowns as a finer field on top
+
+def _draw_vegetation(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray) -> None:
+    """Patches of a smooth field, crowns as a finer field on top."""
+    height, width = labels.shape
     vegetation = smooth_noise(rng, height, width, 4) > rng.uniform(0.2, 0.6)
     crowns = smooth_noise(rng, height, width, max(8, width // 12))
     labels[vegetation] = VEGETATION
     image[vegetation] = GRASS + 22 * crowns[vegetation][:, None] * np.array([0.6, 1.0, 0.5], dtype=np.float32)
 
-    # roads: horizontal and vertical strips, sometimes a diagonal one
+
+def _draw_roads(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, list]:
+    """Horizontal and vertical strips, sometimes a diagonal one; returns the road mask and the strips
+    as (axis, centre, half width), axis 0 = horizontal."""
+    height, width = labels.shape
+    side = min(width, height)
+    yy, xx = np.mgrid[0:height, 0:width]
     road = np.zeros((height, width), dtype=bool)
-    strips = []  # (axis, centre, half width); axis 0 = horizontal
+    strips = []
     for axis, length in ((0, height), (1, width)):
         for centre in _strip_centres(rng, length, int(rng.integers(1, 3))):
             half = max(3, int(rng.uniform(0.02, 0.035) * side))
@@ -95,8 +113,13 @@ def render_scene(size: tuple[int, int] = (640, 480), *, seed: int = 0, index: in
         coord, along = (yy, xx) if axis == 0 else (xx, yy)
         dash = (np.abs(coord - centre) <= 0) & ((along // 10) % 2 == 0) & road
         image[dash] = (210, 210, 200)
+    return road, strips
 
-    # buildings: rectangles kept off the roads and off each other, pitched roofs and shadows
+
+def _draw_buildings(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, road: np.ndarray) -> None:
+    """Rectangles kept off the roads and off each other, pitched roofs and shadows."""
+    height, width = labels.shape
+    side = min(width, height)
     margin = max(2, side // 60)
     occupied = road.copy()
     target = int(rng.integers(6, 14))
@@ -125,7 +148,11 @@ def render_scene(size: tuple[int, int] = (640, 480), *, seed: int = 0, index: in
         image[top : top + bh, left : left + bw] = block + rng.normal(0, 4, block.shape)
         labels[top : top + bh, left : left + bw] = BUILDING
 
-    # vehicles: small rectangles on the straight strips, in a lane, not touching each other
+
+def _draw_vehicles(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, road: np.ndarray, strips: list) -> None:
+    """Small rectangles on the straight strips, in a lane, not touching each other."""
+    height, width = labels.shape
+    side = min(width, height)
     vehicles = np.zeros((height, width), dtype=bool)
     length, breadth = max(4, int(0.035 * side)), max(2, int(0.017 * side))
     for axis, centre, half in strips:
@@ -142,10 +169,6 @@ def render_scene(size: tuple[int, int] = (640, 480), *, seed: int = 0, index: in
             vehicles[ys, xs] = True
             image[ys, xs] = VEHICLE_COLOURS[rng.integers(len(VEHICLE_COLOURS))]
             labels[ys, xs] = VEHICLE
-
-    image += rng.normal(0, 4, image.shape).astype(np.float32)
-    picture = Image.fromarray(image.clip(0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.6))
-    return np.asarray(picture), labels
 
 
 def write_scene_set(root: Path, n_images: int, *, size: tuple[int, int] = (640, 480), seed: int = 0, split: str = "val") -> Path:

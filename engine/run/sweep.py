@@ -116,17 +116,7 @@ def run_sweep(
     elif source is None:
         with timer.host("model_load"):
             source = build_source(cfg, device)
-    source_info = plan.cache.describe() if plan.cache is not None else source.describe()
-    run = {
-        **run_header(cfg),
-        "device_name": device_name(device),
-        "backend": {"requested": cfg.analysis.backend, "used": backend.name, "reason": backend_reason,
-                    "detail": getattr(backend, "detail", "")},
-        "source": source_info,
-        "simulated": bool(source_info.get("simulated", False)),
-        "data": plan.index.describe() if plan.index is not None else {},
-        "num_items": len(plan.item_ids),
-    }
+    run = sweep_record(plan, device, backend, backend_reason, plan.cache if plan.cache is not None else source)
     if record_run:
         plan.store.write_run_json(run)
     result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=plan.skipped_resume, errors=0, seconds=0.0,
@@ -168,6 +158,21 @@ def run_sweep(
         if record_run:
             plan.store.write_run_json(run)
     return result
+
+
+def sweep_record(plan: RunPlan, device: torch.device, backend, backend_reason: str, source) -> dict:
+    """run.json of a local sweep as it starts: the header, then device, backend, source and data."""
+    source_info = source.describe()
+    return {
+        **run_header(plan.cfg),
+        "device_name": device_name(device),
+        "backend": {"requested": plan.cfg.analysis.backend, "used": backend.name, "reason": backend_reason,
+                    "detail": getattr(backend, "detail", "")},
+        "source": source_info,
+        "simulated": bool(source_info.get("simulated", False)),
+        "data": plan.index.describe() if plan.index is not None else {},
+        "num_items": len(plan.item_ids),
+    }
 
 
 def source_batches(plan: RunPlan, source, device: torch.device, timer: StageTimer, figures: FigureData, run: dict,
