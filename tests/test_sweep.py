@@ -189,3 +189,23 @@ def test_dataset_level_sample_survives_an_interrupted_run(scenes, tmp_path, monk
     restore()
     pipeline.run_sweep(config(scenes, out, analysis=ana, resume=True), echo=lambda s: None, show_progress=False)
     assert json.loads((out / "dataset_clustering.json").read_text())["results"] == expected
+
+
+def test_rows_diff_names_every_result_file_that_changed(reference_run, tmp_path):
+    """bench.rows_diff, the check that a refactor changes no number: silent on a copy, loud on one changed value."""
+    import shutil
+
+    from bench.rows_diff import diff, main
+
+    out = reference_run[0]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    assert diff(out, copy) == [] and main([str(out), str(copy)]) == 0
+    shard = sorted((copy / "rows").glob("part-*.parquet"))[0]
+    table = pq.read_table(shard)
+    inertia = table.column("inertia").to_pylist()
+    inertia[0] = float(torch.nextafter(torch.tensor(inertia[0], dtype=torch.float64), torch.tensor(float("inf"), dtype=torch.float64)))
+    pq.write_table(table.set_column(table.schema.get_field_index("inertia"), "inertia", [inertia]), shard)
+    (copy / "errors.parquet").unlink()
+    assert diff(out, copy) == [f"errors.parquet: only in {out}", f"rows/{shard.name}: differs"]
+    assert main([str(out), str(copy)]) == 1
