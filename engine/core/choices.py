@@ -8,13 +8,13 @@ names come from the kernels, which keep their own guard for direct callers.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import Enum, StrEnum
 
 from engine.core.errors import ConfigError
 from kernels.choices import BACKENDS, EIGH_METHODS
 
 
-class Choice(str, Enum):
+class Choice(StrEnum):
     """An option's allowed values; members are their own string values."""
 
     @classmethod

@@ -7,10 +7,9 @@ on through `data_config()`). Choice fields are plain strings parsed by engine.co
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-
-import tomllib
 
 from engine.core.choices import Backend, DatasetKind, Decode, Eigh, Mode, Model
 from engine.core.errors import ConfigError

@@ -1,7 +1,8 @@
 """One sweep over many workers with Dask: shards of item positions, the one-device pipeline on each.
 
-The client indexes the dataset once and plans contiguous shards of the unfinished item
-positions (whole batches each). Each shard is one task that runs `run_sweep` in shard
+The client plans the run as a local sweep does (engine.run.plan: config, --out, the
+dataset index, what is finished) and cuts the unfinished item positions into contiguous
+shards (whole batches each). Each shard is one task that runs `run_sweep` in shard
 mode on a worker; the worker keeps its model between shards (`WorkerState`, a worker
 plugin), so the model loads once per worker process. Rows land in the ordinary layout
 under --out (rows/part-NNNNNN.parquet), so a cluster run, a local run and `--resume`
@@ -275,7 +276,6 @@ def hold(value):
 
 
 # ----------------------------------------------------------------------------- client side
-
 
 
 @dataclass

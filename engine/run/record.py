@@ -19,7 +19,7 @@ from engine.core.versions import versions
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def git_commit() -> str | None:

@@ -17,7 +17,7 @@ title, caption and the paper figure each one reproduces) and an `index.html` pag
                                        activation | comparison
 
 Colours: the encoder clusters are matched to GT classes (display only, see
-engine/palette.py), and every DATR map is already aligned to the encoder labels, so
+engine/present/palette.py), and every DATR map is already aligned to the encoder labels, so
 one palette serves every figure of an image. Metrics in titles are read from the
 sweep's rows (DIR/rows), never recomputed. The pieces: view (one image's inputs, as
 numpy), panels (drawing helpers and titles), draw (the figures, the manifest, the page).

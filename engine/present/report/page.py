@@ -195,7 +195,7 @@ def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference |
     body.append("<h2>Definitions</h2>" + DEFINITIONS)
     body.append("<h2>Per-image figures</h2>" + image_pages_html(pages))
     body.append("<h2>Errors</h2>" + errors_html(errors))
-    body.append(f"<p style=\"color:#777;font-size:.8em\">Written {esc(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))} "
+    body.append(f"<p style=\"color:#777;font-size:.8em\">Written {esc(dt.datetime.now(dt.UTC).isoformat(timespec='seconds'))} "
                 "by <code>datr report</code>. Definitions of every metric: see the project README.</p>")
     return page(title, body)
 
