@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.data.classes import UDD5_CLASSES, UDD5_COLOURS
+from kernels.grid import IGNORE
 
 # Okabe-Ito (colour-blind safe), then a few extras for large k.
 EXTRA_COLOURS = (
@@ -63,7 +64,7 @@ class ClusterPalette:
         return self.colours[np.asarray(labels, dtype=np.int64)]
 
 
-def cluster_palette(encoder_labels: np.ndarray, k: int, gt: np.ndarray | None = None, ignore: int = 255) -> ClusterPalette:
+def cluster_palette(encoder_labels: np.ndarray, k: int, gt: np.ndarray | None = None, ignore: int = IGNORE) -> ClusterPalette:
     """Colours for k clusters; with GT, each cluster matched (one-to-one) to the class it overlaps most.
 
     encoder_labels, gt: (H, W) on the same grid. The matching maximises total overlap over
@@ -95,7 +96,7 @@ def cluster_palette(encoder_labels: np.ndarray, k: int, gt: np.ndarray | None = 
     return ClusterPalette(np.array(colours, dtype=np.uint8), names, matched)
 
 
-def class_rgb(gt: np.ndarray, ignore: int = 255) -> np.ndarray:
+def class_rgb(gt: np.ndarray, ignore: int = IGNORE) -> np.ndarray:
     """(H, W) class ids (ignore -> white) -> (H, W, 3) uint8 in the UDD5 display colours."""
     gt = np.asarray(gt, dtype=np.int64)
     top = max(int(gt[gt != ignore].max()) + 1 if (gt != ignore).any() else 0, len(UDD5_COLOURS))

@@ -44,6 +44,7 @@ from engine.present.palette import (
 )
 from engine.present.style import STYLE, save
 from engine.run.record import is_simulated, read_run_json
+from kernels.grid import IGNORE
 
 
 def draw_sweep_figures(result, cfg, options: FigureOptions | None = None) -> None:
@@ -125,7 +126,7 @@ def fig_structural(view: ImageView, palette: ClusterPalette, folder: Path, optio
     if view.gt is not None:
         axes[2].imshow(class_rgb(view.gt), extent=EXTENT, interpolation="nearest")
         panel_title(axes[2], 2, "ground truth (token grid)")
-        extra = [("GT: " + class_name(c), class_colour(c)) for c in sorted(set(np.unique(view.gt).tolist()) - {255})]
+        extra = [("GT: " + class_name(c), class_colour(c)) for c in sorted(set(np.unique(view.gt).tolist()) - {IGNORE})]
     cluster_legend(fig, palette, [view.labels[0], view.labels_processed[0]], extra)
     fig.suptitle(f"Encoder structural clustering (PCA d={view.d}, k={view.k}) — {view.image_id}")
     files = save(fig, folder, "structural_clustering", options.formats, options.dpi)
