@@ -60,7 +60,9 @@ def plan_run(cfg: RunConfig, echo: Callable[[str], None], *, index: DatasetIndex
         item_ids = list(cache.image_ids)
         num_classes, class_names = max(cache.class_ids) + 1, None
     else:
-        index = index if index is not None else index_items(cfg, echo)
+        index = index if index is not None else index_dataset(cfg.data_config())
+        echo(f"data: {len(index.items)} items from {index.num_images} images ({index.dataset}: {index.dataset_reason}), "
+             f"mode {index.mode}")
         if not index.has_gt and cfg.model == "simulated":
             raise DataError(f"{cfg.dataset}: the simulated model needs ground truth (gt/ PNGs); use --model sam3 with "
                             "--checkpoint, or a dataset with gt/")
@@ -74,14 +76,6 @@ def plan_run(cfg: RunConfig, echo: Callable[[str], None], *, index: DatasetIndex
     if cfg.resume:
         echo(f"resume: {len(item_ids) - len(todo)} items already done, {len(todo)} to go")
     return RunPlan(cfg, store, index, cache, item_ids, num_classes, class_names, finished, todo)
-
-
-def index_items(cfg: RunConfig, echo: Callable[[str], None]) -> DatasetIndex:
-    """The dataset's index, with one line on what was found."""
-    index = index_dataset(cfg.data_config())
-    echo(f"data: {len(index.items)} items from {index.num_images} images ({index.dataset}: {index.dataset_reason}), "
-         f"mode {index.mode}")
-    return index
 
 
 def open_cache(cfg: RunConfig) -> FeatureCacheReader:
