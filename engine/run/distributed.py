@@ -34,6 +34,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from engine.analysis.batch import build_slots
+from engine.analysis.dataset import TokenReservoir
 from engine.core.config import RunConfig
 from engine.core.devices import device_name, parse_device, set_matmul_precision
 from engine.core.errors import ConfigError, DataError, DatrError
@@ -118,8 +120,6 @@ def plan_shards(positions: list[int], batch_size: int, workers: int, shard_size:
 
 def rows_per_item(cfg: RunConfig) -> int:
     """Rows one item gets: one per analysis slot per (d, k) grid point."""
-    from engine.analysis.batch import build_slots
-
     slots = build_slots(cfg.analysis, cfg.prompts, cfg.class_ids)
     return len(slots) * len(cfg.analysis.dims) * len(cfg.analysis.ks)
 
@@ -234,8 +234,6 @@ def run_shard(cfg: RunConfig, positions: list[int], index, run_id: str, token_sa
     source = worker_state().source_for(shard_cfg)
     reservoir = None
     if token_sample > 0:
-        from engine.analysis.dataset import TokenReservoir
-
         reservoir = TokenReservoir(token_sample, seed=cfg.analysis.seed)
         source = SampledSource(source, reservoir)
     for attempt in range(TMP_RACE_RETRIES):
