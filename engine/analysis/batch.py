@@ -145,17 +145,18 @@ def analyze_batch(
     columns: dict[str, list] = {}
     maps = None
     effective = scopes.effective.reshape(b * m, n)
+    per_scope = {"cos_distance": scopes.cos_distance, "datr_shift": scopes.shift, "iou": scopes.iou,
+                 "kept_queries": scopes.kept_count, "effective_tokens": scopes.effective.sum(-1)}  # (B, M) each
     for d in cfg.dims:
         z = projected[..., :d].contiguous()
+        explained = fit.explained_variance_ratio[:, :d].sum(-1).double()
         for k in cfg.ks:
             km = backend.kmeans(z, k, n_init=cfg.n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
             labels = km.labels.reshape(b * m, n)
             metric, aligned, aligned_processed = score_clustering(z, labels, k, (b, m, h, w), effective, gt_flat,
                                                                   num_classes, cfg)
-            per_slot = {**metric, "inertia": km.inertia.double(), "n_iter": km.n_iter,
-                        "explained_variance_ratio": fit.explained_variance_ratio[:, :d].sum(-1).double(),
-                        "cos_distance": scopes.cos_distance, "datr_shift": scopes.shift, "iou": scopes.iou,
-                        "kept_queries": scopes.kept_count, "effective_tokens": scopes.effective.sum(-1)}
+            per_slot = {**metric, **per_scope, "inertia": km.inertia.double(), "n_iter": km.n_iter,
+                        "explained_variance_ratio": explained}
             append_rows(columns, batch.image_ids, slots, d, k, per_slot, n)
             if keep_maps and maps is None:
                 encoder_pca = projected.reshape(b, m, n, -1)[:, 0, :, :3].reshape(b, h, w, -1)
@@ -258,7 +259,7 @@ def figure_maps(batch: SourceBatch, tokens: torch.Tensor, slots: list[Slot], d: 
         mask_weights=scopes.mask_weights.reshape(b, *scopes.mask_weights.shape[1:3], h, w).cpu(),
         encoder_pca=encoder_pca.cpu(),
         gt_tokens=None if gt_tokens is None else gt_tokens.cpu(),
-        kept=(batch.scores >= tau).cpu(),
+        kept=kept.cpu(),
         scores=batch.scores.cpu(),
         query_masks=batch.query_masks.reshape(b, p, q, h, w).cpu(),
         encoder_similarity=similarity.reshape(b, p, q, h, w).cpu(),

@@ -8,7 +8,7 @@ names come from the kernels, which keep their own guard for direct callers.
 
 from __future__ import annotations
 
-from enum import Enum, StrEnum
+from enum import StrEnum
 
 from engine.core.errors import ConfigError
 from kernels.choices import BACKENDS, EIGH_METHODS
@@ -18,13 +18,12 @@ class Choice(StrEnum):
     """An option's allowed values; members are their own string values."""
 
     @classmethod
-    def parse(cls, value: str | Enum, option: str) -> str:
+    def parse(cls, value: str, option: str) -> str:
         """The value as a plain string, or ConfigError naming the option and the choices."""
-        text = value.value if isinstance(value, Enum) else value
         try:
-            return cls(text).value
+            return cls(value).value
         except ValueError:
-            raise ConfigError(f"{option}: choose {', '.join(m.value for m in cls)}, got {text!r}") from None
+            raise ConfigError(f"{option}: choose {', '.join(m.value for m in cls)}, got {value!r}") from None
 
 
 class Model(Choice):

@@ -231,6 +231,8 @@ def _items_for(image_id: str, image: Path, gt: Path | None, mode: str, overlap: 
 
 def index_dataset(cfg: DataConfig) -> DatasetIndex:
     """List the items of the dataset at cfg.root (sorted by file name, tiles row-major)."""
+    if cfg.root is None:
+        raise DataError("give a DATASET folder (the one that holds val/src/ and val/gt/)")
     folders = _find_folders(cfg.root, cfg.split)
     prefix_split = cfg.split is None and len(folders) > 1
     images: list[tuple[str, Path, Path | None]] = []  # (base id, image, gt folder)

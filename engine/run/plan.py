@@ -27,7 +27,6 @@ class RunPlan:
 
     index: the dataset's items (None when the run reads a feature cache: `cache`).
     item_ids: every item's id in order; todo: positions (into item_ids) still to analyse.
-    num_classes / class_names: the GT classes the rows are scored against.
     """
 
     cfg: RunConfig
@@ -35,14 +34,22 @@ class RunPlan:
     index: DatasetIndex | None
     cache: FeatureCacheReader | None
     item_ids: list[str]
-    num_classes: int
-    class_names: tuple[str, ...] | None
     finished: set[str]
     todo: list[int]
 
     @property
     def skipped_resume(self) -> int:
         return len(self.item_ids) - len(self.todo)
+
+    @property
+    def num_classes(self) -> int:
+        """GT classes the rows are scored against."""
+        return max(self.cache.class_ids) + 1 if self.cache is not None else len(self.index.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """Their names (the UDD5 list the loader maps every dataset onto); a cache does not record them."""
+        return None if self.cache is not None else tuple(self.index.classes)
 
 
 def plan_run(cfg: RunConfig, echo: Callable[[str], None], *, index: DatasetIndex | None = None,
@@ -58,7 +65,6 @@ def plan_run(cfg: RunConfig, echo: Callable[[str], None], *, index: DatasetIndex
     if cfg.from_cache is not None:
         cache = open_cache(cfg)
         item_ids = list(cache.image_ids)
-        num_classes, class_names = max(cache.class_ids) + 1, None
     else:
         index = index if index is not None else index_dataset(cfg.data_config())
         echo(f"data: {len(index.items)} items from {index.num_images} images ({index.dataset}: {index.dataset_reason}), "
@@ -67,7 +73,6 @@ def plan_run(cfg: RunConfig, echo: Callable[[str], None], *, index: DatasetIndex
             raise DataError(f"{cfg.dataset}: the simulated model needs ground truth (gt/ PNGs); use --model sam3 with "
                             "--checkpoint, or a dataset with gt/")
         item_ids = [it.image_id for it in index.items]
-        num_classes, class_names = len(index.classes), tuple(index.classes)
     if not item_ids:
         raise DataError(f"{cfg.dataset}: no images to analyse")
     finished = store.finished_ids() if cfg.resume else set()
@@ -75,7 +80,7 @@ def plan_run(cfg: RunConfig, echo: Callable[[str], None], *, index: DatasetIndex
     todo = [i for i in wanted if item_ids[i] not in finished]
     if cfg.resume:
         echo(f"resume: {len(item_ids) - len(todo)} items already done, {len(todo)} to go")
-    return RunPlan(cfg, store, index, cache, item_ids, num_classes, class_names, finished, todo)
+    return RunPlan(cfg, store, index, cache, item_ids, finished, todo)
 
 
 def open_cache(cfg: RunConfig) -> FeatureCacheReader:

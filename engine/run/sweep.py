@@ -111,9 +111,7 @@ def run_sweep(
     backend, backend_reason = open_backend(cfg, device)
     echo(f"backend: {backend.name} ({backend_reason})")
     timer = StageTimer(device)
-    if plan.cache is not None:
-        source = None
-    elif source is None:
+    if plan.cache is None and source is None:
         with timer.host("model_load"):
             source = build_source(cfg, device)
     run = sweep_record(plan, device, backend, backend_reason, plan.cache if plan.cache is not None else source)
@@ -194,12 +192,7 @@ def source_batches(plan: RunPlan, source, device: torch.device, timer: StageTime
 def model_batches(loader, source, cfg: RunConfig, device: torch.device, timer: StageTimer, cache_writer,
                   skipped: Callable, figures: FigureData, echo: Callable[[str], None]) -> Iterator[PreparedBatch]:
     """Loaded batches through the model (SAM3 or simulated); bad items go to `skipped`."""
-    batches = iter(loader)
-    while True:
-        with timer.host("load"):
-            batch = next(batches, None)
-        if batch is None:
-            return
+    for batch in timed(loader, timer):
         if batch.errors:
             skipped(batch.errors, f"{batch.indices[0] if batch.indices else 0:06d}")
         if not batch.image_ids:
@@ -225,13 +218,19 @@ def model_batches(loader, source, cfg: RunConfig, device: torch.device, timer: S
 def cached_batches(plan: RunPlan, device: torch.device, timer: StageTimer) -> Iterator[PreparedBatch]:
     """Batches read back from a feature cache (no model)."""
     cfg = plan.cfg
-    batches = plan.cache.batches(plan.todo, cfg.batch_size, cfg.analysis.taus, device)
+    for batch in timed(plan.cache.batches(plan.todo, cfg.batch_size, cfg.analysis.taus, device), timer):
+        yield PreparedBatch(batch.source, batch.gt_mask, batch.gt_tokens, batch.positions, None)
+
+
+def timed(batches, timer: StageTimer) -> Iterator:
+    """The items of `batches`, the time spent waiting for each one counted as the "load" stage."""
+    batches = iter(batches)
     while True:
         with timer.host("load"):
             batch = next(batches, None)
         if batch is None:
             return
-        yield PreparedBatch(batch.source, batch.gt_mask, batch.gt_tokens, batch.positions, None)
+        yield batch
 
 
 def analyse_batches(batches: Iterator[PreparedBatch], plan: RunPlan, backend, device: torch.device, timer: StageTimer,
