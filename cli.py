@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from engine.core.choices import Backend, DatasetKind, Decode, Eigh, Mode, Model
+from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, Mode, Model
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import DatrError
 
@@ -43,6 +43,11 @@ def user_errors(fn):
         except DatrError as err:
             typer.echo(f"datr: error: {err.message}", err=True)
             raise typer.Exit(err.exit_code) from None
+        except OSError as err:  # full disk, read-only or forbidden folder, ...: the user's to fix
+            from engine.core.errors import os_error_message
+
+            typer.echo(f"datr: error: {os_error_message(err)}", err=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 
@@ -258,6 +263,7 @@ def sweep(
     resume: Annotated[bool, typer.Option(help="Continue a sweep in --out, skipping finished images.")] = False,
     prompts: Annotated[str | None, typer.Option(help="Comma list of text prompts, one per class in class order.")] = None,
     save_features: Annotated[Path | None, typer.Option(help="Also write the feature cache (safetensors) here.")] = None,
+    cache_dtype: Annotated[str, typer.Option(help=f"Feature cache precision: {choices(CacheDtype)} (float32 reruns bitwise, twice the disk).")] = "float16",
     from_cache: Annotated[Path | None, typer.Option(help="Analyse a feature cache instead of running the model.")] = None,
     figures: Annotated[int, typer.Option(help="Draw the per-image figures for the first N images.")] = 0,
     config: ConfigOpt = None,
@@ -322,6 +328,11 @@ def analyze(
                            figures=len(index.items) if draw else 0)
     set_matmul_precision(cfg.device)
     result = run_sweep(cfg, echo=typer.echo, show_progress=False, index=index, keep_figures=cfg.figures)
+    if result.images_done == 0 and not result.images_skipped_resume:
+        from engine.run.store import read_shard
+
+        failed = read_shard(cfg.out / "errors.parquet").to_pylist()
+        raise DatrError(failed[0]["error"] if failed else f"{image}: no rows were written")
     if cfg.figures:
         draw_figures(result, cfg)
     print_summary(cfg.out, typer.echo)

@@ -105,7 +105,10 @@ def entropy_from_counts(counts: torch.Tensor) -> torch.Tensor:
 
 
 def nmi_from_contingency(table: torch.Tensor) -> torch.Tensor:
-    """Normalised mutual information (arithmetic mean normaliser, as scikit-learn): (B, ka, kb) -> (B,)."""
+    """Normalised mutual information (arithmetic mean normaliser, as scikit-learn): (B, ka, kb) -> (B,).
+
+    NaN for an empty table (no token with a valid label: nothing to score).
+    """
     table = table.double()
     n = table.sum((-1, -2))
     rows, cols = table.sum(-1), table.sum(-2)
@@ -116,13 +119,14 @@ def nmi_from_contingency(table: torch.Tensor) -> torch.Tensor:
     h_rows, h_cols = entropy_from_counts(rows), entropy_from_counts(cols)
     norm = 0.5 * (h_rows + h_cols)
     n_rows, n_cols = (rows > 0).sum(-1), (cols > 0).sum(-1)
-    trivial = (n_rows == n_cols) & (n_rows <= 1)  # both single-cluster (or empty): perfect by convention
+    trivial = (n_rows == n_cols) & (n_rows <= 1)  # both single-cluster: perfect by convention
     nmi = torch.where(mi > 0, mi / norm.clamp(min=1e-300), torch.zeros_like(mi))
-    return torch.where(trivial, torch.ones_like(nmi), nmi)
+    nmi = torch.where(trivial, torch.ones_like(nmi), nmi)
+    return torch.where(n > 0, nmi, torch.full_like(nmi, float("nan")))  # no labelled token: undefined
 
 
 def ari_from_contingency(table: torch.Tensor) -> torch.Tensor:
-    """Adjusted Rand index from the pair-confusion counts, as scikit-learn: (B, ka, kb) -> (B,)."""
+    """Adjusted Rand index from the pair-confusion counts, as scikit-learn: (B, ka, kb) -> (B,); NaN for an empty table."""
     table = table.double()
     n = table.sum((-1, -2))
     rows, cols = table.sum(-1), table.sum(-2)
@@ -133,7 +137,8 @@ def ari_from_contingency(table: torch.Tensor) -> torch.Tensor:
     tn = n * n - fp - fn - sum_sq
     denom = (tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)
     ari = 2.0 * (tp * tn - fn * fp) / torch.where(denom != 0, denom, torch.ones_like(denom))
-    return torch.where((fn == 0) & (fp == 0), torch.ones_like(ari), ari)
+    ari = torch.where((fn == 0) & (fp == 0), torch.ones_like(ari), ari)
+    return torch.where(n > 0, ari, torch.full_like(ari, float("nan")))  # no labelled token: undefined
 
 
 def matched_accuracy(table: torch.Tensor) -> torch.Tensor:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from cli import app
 from engine.data.scenes import write_scene_set
+from engine.run.store import read_rows
 
 runner = CliRunner()
 FAST = ["--n-init", "1", "--dims", "4", "--num-workers", "0", "--no-progress"]
@@ -34,7 +34,7 @@ def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path):
     result = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
     assert "2 items analysed" in result.stdout and "datr summary" in result.stdout
-    rows = pq.read_table(out / "rows" / "part-000000.parquet")
+    rows = read_rows(out)
     assert rows.num_rows == 2 * 7
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["analysis"]["n_init"] == 1 and run["config"]["analysis"]["dims"] == [4]
@@ -96,7 +96,7 @@ def test_analyze_one_image(scenes, tmp_path):
     out = tmp_path / "one"
     result = runner.invoke(app, ["analyze", str(image), "--gt", str(gt), "--out", str(out), "--n-init", "1", "--dims", "4", "--no-figures"])
     assert result.exit_code == 0, result.output
-    rows = pq.read_table(out / "rows" / "part-000000.parquet").to_pylist()
+    rows = read_rows(out).to_pylist()
     assert {r["image_id"] for r in rows} == {"scene_0000"} and len(rows) == 7
     assert all(r["accuracy"] is not None for r in rows)
 

@@ -32,10 +32,10 @@ from engine.run.distributed import (  # noqa: E402
     check_shared_paths,
     open_cluster,
     plan_shards,
-    rows_per_item,
     run_distributed_sweep,
     run_shard,
 )
+from engine.run.plan import rows_per_item  # noqa: E402
 from engine.run.sample import RESERVOIR_FILE  # noqa: E402
 from engine.run.store import check_rows, read_rows  # noqa: E402
 
@@ -45,6 +45,11 @@ SLOTS_PER_IMAGE = 1 + 6  # encoder + global + 5 prompts
 IMAGES = 4
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def shard(out: Path, first_position: int) -> Path:
+    """The row shard of the batch that starts at item `first_position`."""
+    (path,) = (out / "rows").glob(f"part-{first_position:06d}-*.parquet")
+    return path
 
 def quiet(_: str) -> None:
     pass
@@ -146,10 +151,12 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
 
     out = tmp_path / "resumed"
     shutil.copytree(reference, out)
-    (out / "rows" / "part-000002.parquet").unlink()  # a local run that stopped after its first batch
+    shard(out, 2).unlink()  # a local run that stopped after its first batch
     # --num-workers 1: DataLoader workers inside the Dask workers (one of them restarted by the kill test)
+    toml = tmp_path / "run.toml"
+    toml.write_text(f"[analysis]\nsilhouette_sample = {ANALYSIS.silhouette_sample}\n")  # as the reference (no CLI option)
     args = ["sweep", str(scenes), "--out", str(out), "--scheduler", scheduler, "--batch-size", "2", "--num-workers", "1",
-            "--n-init", "2", "--dims", "8", "--no-progress"]
+            "--n-init", "2", "--dims", "8", "--no-progress", "--config", str(toml)]
     refused = CliRunner().invoke(cli.app, args)
     assert refused.exit_code == 2 and "--resume" in refused.output
     done = CliRunner().invoke(cli.app, [*args, "--resume"])
@@ -175,7 +182,7 @@ def test_a_shard_error_stops_the_sweep_with_its_message(scenes, scheduler, tmp_p
         run_distributed_sweep(config(scenes, out), ClusterConfig(scheduler=scheduler), echo=quiet, show_progress=False,
                               shard_task=sees_another_run)
     run = json.loads((out / "run.json").read_text())
-    assert run["status"] == "interrupted" and "does not see this run's" in run["error"]
+    assert run["status"] == "failed" and "does not see this run's" in run["error"]
 
 
 def test_a_worker_that_cannot_see_out_or_the_dataset_says_so(scenes, tmp_path):
@@ -229,11 +236,12 @@ def test_row_check_names_duplicated_and_missing_rows(scenes, reference, tmp_path
     assert rows_per_item(cfg) == SLOTS_PER_IMAGE
     doubled = tmp_path / "doubled"
     shutil.copytree(reference, doubled)
-    shutil.copy(doubled / "rows" / "part-000002.parquet", doubled / "rows" / "part-000003.parquet")
-    with pytest.raises(DataError, match="more than once.*part-000002.parquet', 'part-000003.parquet"):
+    copy = doubled / "rows" / shard(doubled, 2).name.replace("part-000002", "part-000003")
+    shutil.copy(shard(doubled, 2), copy)
+    with pytest.raises(DataError, match=f"more than once.*{shard(doubled, 2).name}', '{copy.name}"):
         check_rows(doubled, item_ids, SLOTS_PER_IMAGE, set())
-    (doubled / "rows" / "part-000003.parquet").unlink()
-    (doubled / "rows" / "part-000000.parquet").unlink()
+    copy.unlink()
+    shard(doubled, 0).unlink()
     with pytest.raises(DataError, match="2 without rows or an error.*--resume"):
         check_rows(doubled, item_ids, SLOTS_PER_IMAGE, set())
     ids = {it.image_id for it in index.items}

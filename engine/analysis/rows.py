@@ -11,6 +11,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+# Bump when a change alters what the rows of the same options hold (a run's identity
+# carries it, so `--resume` does not mix rows of two versions).
+ROWS_VERSION = 1
+
 FLOAT_COLUMNS = ("flip_ratio", "flip_ratio_processed", "cos_distance", "datr_shift", "iou", "accuracy", "nmi", "ari",
                  "silhouette", "calinski_harabasz", "davies_bouldin", "inertia", "explained_variance_ratio")
 COUNT_COLUMNS = ("kept_queries", "effective_tokens")  # per DATR slot; null for the encoder slot

@@ -57,3 +57,8 @@ class Autocast(Choice):
 
 Backend = Choice("Backend", [(name, name) for name in ("auto", *BACKENDS)])
 Eigh = Choice("Eigh", [(name, name) for name in ("auto", *EIGH_METHODS)])
+
+
+class CacheDtype(Choice):
+    float16 = "float16"  # half the disk; a rerun from it can land on another partition (float rounding)
+    float32 = "float32"  # exact: a rerun from it reproduces the original rows bitwise

@@ -7,11 +7,14 @@ on through `data_config()`). Choice fields are plain strings parsed by engine.co
 
 from __future__ import annotations
 
+import math
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from engine.core.choices import Backend, DatasetKind, Decode, Eigh, Mode, Model
+from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, Mode, Model
 from engine.core.errors import ConfigError
 from engine.core.geometry import MODEL_SIDE
 
@@ -41,13 +44,14 @@ class AnalysisConfig:
             if not ok:
                 raise ConfigError(f"{option}: {msg}")
 
-        need(len(self.alphas) > 0 and all(a >= 0 for a in self.alphas), "--alpha", f"need values >= 0, got {list(self.alphas)}")
+        need(len(self.alphas) > 0 and all(math.isfinite(a) and a >= 0 for a in self.alphas), "--alpha",
+             f"need finite values >= 0, got {list(self.alphas)}")
         need(len(self.ks) > 0 and all(2 <= k <= 64 for k in self.ks), "--clusters", f"need values in [2, 64], got {list(self.ks)}")
         need(len(self.dims) > 0 and all(1 <= d <= 256 for d in self.dims), "--dims", f"need values in [1, 256], got {list(self.dims)}")
-        need(len(self.taus) > 0 and all(0 < t <= 1 for t in self.taus), "--tau", f"need values in (0, 1], got {list(self.taus)}")
+        need(len(self.taus) > 0 and all(math.isfinite(t) and 0 < t <= 1 for t in self.taus), "--tau", f"need values in (0, 1], got {list(self.taus)}")
         need(self.n_init >= 1, "--n-init", f"need >= 1, got {self.n_init}")
         need(self.max_iter >= 1, "--max-iter", f"need >= 1, got {self.max_iter}")
-        need(self.tol >= 0, "--tol", f"need >= 0, got {self.tol}")
+        need(math.isfinite(self.tol) and self.tol >= 0, "--tol", f"need a finite value >= 0, got {self.tol}")
         need(0 < self.effective_threshold <= 1, "effective_threshold", f"need (0, 1], got {self.effective_threshold}")
         need(self.silhouette_sample >= 2, "silhouette_sample", f"need >= 2, got {self.silhouette_sample}")
         Backend.parse(self.backend, "--backend")
@@ -118,6 +122,7 @@ class RunConfig:
     class_ids: tuple[int, ...] = (0, 1, 2, 3, 4)
     grid_chunk: int = 8
     save_features: Path | None = None
+    cache_dtype: str = "float16"  # engine.core.choices.CacheDtype
     from_cache: Path | None = None
     figures: int = 0
     simulated_seed: int = 0
@@ -125,6 +130,7 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         Model.parse(self.model, "--model")
+        CacheDtype.parse(self.cache_dtype, "--cache-dtype")
         if self.model == "sam3" and self.checkpoint is None and self.from_cache is None:
             raise ConfigError("--model sam3 needs --checkpoint PATH/sam3.pt (the weights are not downloaded); or use --model simulated")
         self.data_config()  # checks the data options
@@ -181,7 +187,47 @@ def load_toml(path: Path) -> dict:
     unknown += [f"analysis.{k}" for k in data.get("analysis", {}) if k not in ana_keys]
     if unknown:
         raise ConfigError(f"--config {path}: unknown keys {unknown}")
+    if "analysis" in data and not isinstance(data["analysis"], dict):
+        raise ConfigError(f"--config {path}: analysis must be a table ([analysis]), got {type(data['analysis']).__name__}")
+    for owner, table, prefix in ((RunConfig, data, ""), (AnalysisConfig, data.get("analysis", {}), "analysis.")):
+        hints = typing.get_type_hints(owner)
+        for key, value in table.items():
+            if key != "analysis" or owner is not RunConfig:
+                check_toml_type(path, prefix + key, value, hints[key])
     return data
+
+
+def check_toml_type(path: Path, key: str, value, hint) -> None:
+    """A run.toml value against its field's type (int, float, str, bool, Path, tuples of those; None allowed where it is)."""
+    def fits(value, hint) -> bool:
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if origin in (typing.Union, types.UnionType):
+            return any(fits(value, a) for a in args if a is not type(None))
+        if origin is tuple:
+            return isinstance(value, list) and all(fits(v, args[0]) for v in value)
+        if hint is bool:
+            return isinstance(value, bool)
+        if hint is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        if hint is float:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        if hint in (str, Path):
+            return isinstance(value, str)
+        return True
+
+    if not fits(value, hint):
+        raise ConfigError(f"--config {path}: {key} = {value!r} is a {type(value).__name__}, expected {describe_type(hint)}")
+
+
+def describe_type(hint) -> str:
+    """'an integer', 'a list of numbers', 'a path' ... for a config field's type."""
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path (a string)"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {describe_type(args[0]).split(' ', 1)[1]}s"
+    if args:
+        return describe_type(args[0])
+    return names.get(hint, str(hint))
 
 
 def merge(base: RunConfig, overrides: dict) -> RunConfig:

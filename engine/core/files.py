@@ -6,6 +6,7 @@ the result store clears when a run opens its folder).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -20,11 +21,37 @@ def temporary_name(path: Path) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = temporary_name(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no half-written file behind
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
+    """Write `table` to `path` (Parquet with page checksums, verified on read: engine.run.store.read_shard)."""
     tmp = temporary_name(path)
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp, write_page_checksum=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_once_table(path: Path, table: pa.Table) -> None:
+    """Like atomic_write_table, but never replaces an existing `path` (FileExistsError instead)."""
+    tmp = temporary_name(path)
+    try:
+        pq.write_table(table, tmp, write_page_checksum=True)
+        try:
+            os.link(tmp, path)  # atomic, and fails where `path` exists
+        except FileExistsError:
+            raise
+        except OSError as err:  # a file system without hard links: check, then rename (the --out lock keeps others out)
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            if path.exists():
+                raise FileExistsError(errno.EEXIST, "exists", str(path)) from None
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -28,6 +28,7 @@ no images, wrong layout, a UDD6 tree read as UDD5) raise `DataError`.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +95,21 @@ class DatasetIndex:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of a folder by name, including links that lead nowhere (recorded as bad by the caller)."""
+    def wanted(p: Path) -> bool:
+        return not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
+
+    return sorted(p for p in folder.iterdir() if wanted(p))
+
+
+def _unreachable(path: Path) -> str | None:
+    """Why a listed image cannot be opened (a symlink loop or a dangling link), or None."""
+    try:
+        path.stat()
+    except OSError as err:
+        what = "a symbolic link loop" if err.errno == errno.ELOOP else "a link to nothing"
+        return f"{path}: {what} ({one_line(err, path)}); fix or remove the link"
+    return None if path.is_file() else f"{path}: a link to something that is not a file; fix or remove the link"
 
 
 def _child(folder: Path, name: str) -> Path | None:
@@ -191,10 +206,12 @@ def _resolve_dataset(requested: str, folders: list[tuple[str | None, Path, Path 
         return "udd5", "requested"
     if requested == "udd6":
         return "udd6", "requested"
+    if name is not None:  # taken at its word: a GT file that contradicts it is an error for that item (engine.data.labels)
+        found = f"a UDD6 Roof label in {roof.name}, which is an error for that item" if roof is not None else \
+            f"no Roof label in {len(probe)} sampled GT files"
+        return name, f"auto: folder named {name.upper()} ({found})"
     if roof is not None:
         return "udd6", f"auto: UDD6 Roof label found in {roof.name}"
-    if name is not None:
-        return name, f"auto: folder named {name.upper()} (no Roof label in {len(probe)} sampled GT files)"
     return "udd5", f"auto: no UDD6 Roof label in {len(probe)} sampled GT files and no UDD5/UDD6 folder name; assuming UDD5"
 
 
@@ -241,8 +258,13 @@ def index_dataset(cfg: DataConfig) -> DatasetIndex:
     for split, src, gt_dir in folders:
         for path in _list_images(src):
             base_id = f"{split}_{path.stem}" if prefix_split else path.stem
-            if base_id in seen:
-                bad.append((base_id, str(path), f"{path}: same name as {seen[base_id].name}; rename one of them"))
+            if base_id in seen:  # recorded under its file name: the first one's id may well finish
+                bad.append((f"{base_id}{path.suffix}", str(path), f"{path}: same name as {seen[base_id].name} (image ids "
+                            "are file stems); rename one of them"))
+                continue
+            unreachable = _unreachable(path)
+            if unreachable is not None:
+                bad.append((base_id, str(path), unreachable))
                 continue
             seen[base_id] = path
             images.append((base_id, path, gt_dir))

@@ -94,11 +94,24 @@ class LoadedBatch:
 
 
 def _decode_cpu(path: Path) -> torch.Tensor:
-    """(3, H, W) uint8 via PIL; DataError for unreadable or truncated files."""
+    """(3, H, W) uint8 via PIL; DataError for unreadable or truncated files.
+
+    16-bit grey PNGs (mode I;16*) are rescaled to 8 bits (value / 257, rounded; PIL's
+    RGB conversion would clip them to white); 32-bit integer and float images have no
+    fixed range and are refused. 16-bit RGB PNGs PIL itself reads as 8-bit RGB.
+    """
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = np.array(img.convert("RGB"))  # a writable copy torch can own
+            if img.mode.startswith("I;16"):
+                grey = np.asarray(img).astype(np.float64) / 257.0
+                rgb = np.repeat(np.rint(grey).astype(np.uint8)[..., None], 3, axis=2)
+            elif img.mode in ("I", "F"):
+                kind = "32-bit integer" if img.mode == "I" else "floating-point"
+                raise DataError(f"{path}: a {kind} image (PIL mode {img.mode}) has no fixed 0-255 range; convert it to "
+                                "8-bit RGB (or 16-bit PNG) first")
+            else:
+                rgb = np.array(img.convert("RGB"))  # a writable copy torch can own
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise DataError(f"{path}: cannot decode image ({one_line(err, path)}); re-copy or remove it") from None
     return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()

@@ -34,14 +34,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from engine.analysis.batch import build_slots
 from engine.analysis.dataset import TokenReservoir
 from engine.core.config import RunConfig
 from engine.core.devices import device_name, parse_device, set_matmul_precision
-from engine.core.errors import ConfigError, DataError, DatrError
+from engine.core.errors import ConfigError, DataError
+from engine.run.lock import OutLock
 from engine.run.plan import open_backend, plan_run
 from engine.run.progress import progress_bar
-from engine.run.record import finish_record, now, run_header
+from engine.run.record import failure, finish_record, now, run_header
 from engine.run.sample import RESERVOIR_FILE, cluster_reservoir, open_reservoir
 from engine.run.store import check_rows, errored_ids
 from engine.run.sweep import SweepResult, run_sweep
@@ -66,7 +66,8 @@ class ClusterConfig:
     scheduler: address of a running dask.distributed scheduler (tcp://HOST:8786).
     cluster: "local" starts a LocalCluster (CPU) or dask-cuda LocalCUDACluster (--device cuda).
     workers: worker processes of the local cluster (default: one per GPU; 2 on a CPU).
-    threads: torch CPU threads in each worker (default: dask's, one).
+    threads: torch CPU threads in each worker (default: the client's torch thread count, so
+        a cluster run reduces in the same order as a local run on this machine).
     shard_size: items per shard (default: whole batches, about 4 shards per worker).
     connect_timeout: seconds to wait for the scheduler and for its first worker.
     """
@@ -116,12 +117,6 @@ def plan_shards(positions: list[int], batch_size: int, workers: int, shard_size:
         per_shard = max(1, math.ceil(len(positions) / (SHARDS_PER_WORKER * max(workers, 1))))
         shard_size = batch_size * math.ceil(per_shard / batch_size)
     return [positions[s : s + shard_size] for s in range(0, len(positions), shard_size)]
-
-
-def rows_per_item(cfg: RunConfig) -> int:
-    """Rows one item gets: one per analysis slot per (d, k) grid point."""
-    slots = build_slots(cfg.analysis, cfg.prompts, cfg.class_ids)
-    return len(slots) * len(cfg.analysis.dims) * len(cfg.analysis.ks)
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -350,6 +345,12 @@ def run_distributed_sweep(
     """
     cluster.validate()
     check_run_config(cfg)
+    with OutLock(cfg.out, echo):  # the workers write under the client's lock
+        return distributed_sweep(cfg, cluster, echo, show_progress, shard_task)
+
+
+def distributed_sweep(cfg: RunConfig, cluster: ClusterConfig, echo: Callable[[str], None], show_progress: bool,
+                      shard_task: Callable[..., dict]) -> SweepResult:
     started = time.perf_counter()
     plan = plan_run(cfg, echo)
     sample = open_reservoir(cfg, bool(plan.finished), echo) if cfg.analysis.dataset_sample else None
@@ -358,14 +359,15 @@ def run_distributed_sweep(
         workers = probe_workers(handle.client, cfg, echo)
         shards = plan_shards(plan.todo, cfg.batch_size, len(workers), cluster.shard_size)
         run_id = uuid.uuid4().hex
+        threads = cluster.threads or worker_threads_default()
         run = {
-            **run_header(cfg),
+            **run_header(cfg, plan.identity),
             "data": plan.index.describe(),
             "num_items": len(plan.item_ids),
             "cluster": {
                 "run_id": run_id, "kind": handle.kind, "scheduler": handle.address, "workers": len(workers),
                 "devices": [{"worker": address, **info} for address, info in sorted(workers.items())],
-                "shards": len(shards), "shard_size": len(shards[0]) if shards else 0,
+                "shards": len(shards), "shard_size": len(shards[0]) if shards else 0, "threads_per_worker": threads,
             },
         }
         plan.store.write_run_json(run)
@@ -373,10 +375,10 @@ def run_distributed_sweep(
         echo(f"cluster: {len(workers)} workers at {handle.address}, {len(shards)} shards of up to "
              f"{run['cluster']['shard_size']} items")
         try:
-            handle.client.register_plugin(WorkerState(cluster.threads, cfg.device), name=PLUGIN_NAME)
+            handle.client.register_plugin(WorkerState(threads, cfg.device), name=PLUGIN_NAME)
             reports = run_shards(handle.client, plan, shards, run_id, sample, shard_task, show_progress, started)
             errors = plan.store.merge_errors()
-            with_rows = check_rows(cfg.out, plan.item_ids, rows_per_item(cfg), errored_ids(cfg.out))
+            with_rows = check_rows(cfg.out, plan.item_ids, plan.rows_per_item, errored_ids(cfg.out))
             if sample is not None:
                 sample.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
                 echo(f"dataset clustering: {len(sample)} of {sample.tokens_seen} tokens sampled; fitting on a worker "
@@ -386,18 +388,28 @@ def run_distributed_sweep(
         except BaseException as err:
             if sample is not None:
                 sample.save(cfg.out / RESERVOIR_FILE)  # the shards that finished stay in the sample
-            run.update({"status": "interrupted", "error": err.message if isinstance(err, DatrError) else repr(err),
-                        "finished": now(), "errors": plan.store.merge_errors(), "seconds": time.perf_counter() - started})
-            plan.store.write_run_json(run)
+            status, error = failure(err)
+            run.update({"status": status, "error": error, "finished": now(), "seconds": time.perf_counter() - started})
+            try:
+                run["errors"] = plan.store.merge_errors()
+            finally:
+                plan.store.write_run_json(run)
             raise
 
     done_now = sum(1 for i in plan.todo if plan.item_ids[i] in with_rows)
     record_shards(run, reports)
-    finish_record(run, complete=True, images_done=done_now, images_skipped_resume=plan.skipped_resume, errors=errors,
+    finish_record(run, status="complete", images_done=done_now, images_skipped_resume=plan.skipped_resume, errors=errors,
                   seconds=time.perf_counter() - started, seconds_per_stage=stage_totals(reports))
     plan.store.write_run_json(run)
     return SweepResult(out=cfg.out, images_done=done_now, images_skipped_resume=plan.skipped_resume, errors=errors,
                        seconds=run["seconds"], run=run)
+
+
+def worker_threads_default() -> int:
+    """The client's torch CPU thread count: the workers' default (see ClusterConfig.threads)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def probe_workers(client, cfg: RunConfig, echo: Callable[[str], None]) -> dict[str, dict]:

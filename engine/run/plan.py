@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.analysis.batch import build_slots
 from engine.core.config import RunConfig
-from engine.core.errors import BackendError, DataError
+from engine.core.errors import BackendError, ConfigError, DataError
 from engine.data.index import DatasetIndex, index_dataset
+from engine.run.identity import check_resume, run_identity
+from engine.run.record import read_run_json
 from engine.run.store import ResultStore
 from engine.sources.cache import FeatureCacheReader
 from kernels.backends import BackendUnavailable, ClusterBackend, resolve_backend
@@ -36,6 +39,12 @@ class RunPlan:
     item_ids: list[str]
     finished: set[str]
     todo: list[int]
+    identity: dict
+
+    @property
+    def rows_per_item(self) -> int:
+        """Rows one item gets: one per analysis slot per (d, k) grid point."""
+        return rows_per_item(self.cfg)
 
     @property
     def skipped_resume(self) -> int:
@@ -52,15 +61,22 @@ class RunPlan:
         return None if self.cache is not None else tuple(self.index.classes)
 
 
+def rows_per_item(cfg: RunConfig) -> int:
+    """Rows one item gets: one per analysis slot per (d, k) grid point."""
+    slots = build_slots(cfg.analysis, cfg.prompts, cfg.class_ids)
+    return len(slots) * len(cfg.analysis.dims) * len(cfg.analysis.ks)
+
+
 def plan_run(cfg: RunConfig, echo: Callable[[str], None], *, index: DatasetIndex | None = None,
-             positions: list[int] | None = None, clean_stale: bool = True) -> RunPlan:
+             positions: list[int] | None = None, owner: bool = True) -> RunPlan:
     """Check cfg, open --out, list the items and the unfinished ones among `positions` (default: all).
 
-    index: an index made already (`datr analyze` indexes one image); clean_stale: clear
-    the leftovers of killed writers in --out (not from a Dask shard: others may be writing).
+    index: an index made already (`datr analyze` indexes one image); owner: this process
+    holds --out's lock (engine.run.lock), so it clears the leftovers of killed writers and
+    checks the run's identity against run.json (a Dask shard does neither: the client did).
     """
     cfg.validate()
-    store = ResultStore(cfg.out, cfg.resume, clean_stale=clean_stale)
+    store = ResultStore(cfg.out, cfg.resume, clean_stale=owner)
     cache = None
     if cfg.from_cache is not None:
         cache = open_cache(cfg)
@@ -75,12 +91,31 @@ def plan_run(cfg: RunConfig, echo: Callable[[str], None], *, index: DatasetIndex
         item_ids = [it.image_id for it in index.items]
     if not item_ids:
         raise DataError(f"{cfg.dataset}: no images to analyse")
+    if index is not None:
+        check_class_ids(cfg, index)
+    identity = run_identity(cfg, index, cache)
     finished = store.finished_ids() if cfg.resume else set()
+    if owner and cfg.resume and (finished or (cfg.out / "run.json").is_file()):
+        check_resume(cfg.out, read_run_json(cfg.out), identity)
+        strangers = sorted(finished - set(item_ids))
+        if strangers:
+            raise ConfigError(f"--resume {cfg.out}: it holds rows of {len(strangers)} image(s) that are not items of this "
+                              f"run (e.g. {strangers[0]}: removed from the dataset, or a smaller --limit); resume with the "
+                              "run's images, or choose a new --out")
     wanted = range(len(item_ids)) if positions is None else positions
     todo = [i for i in wanted if item_ids[i] not in finished]
     if cfg.resume:
         echo(f"resume: {len(item_ids) - len(todo)} items already done, {len(todo)} to go")
-    return RunPlan(cfg, store, index, cache, item_ids, finished, todo)
+    return RunPlan(cfg, store, index, cache, item_ids, finished, todo, identity)
+
+
+def check_class_ids(cfg: RunConfig, index: DatasetIndex) -> None:
+    """Class ids the dataset has (a prompt scored against a class the GT never holds would give IoU 0)."""
+    beyond = [c for c in cfg.class_ids if c >= len(index.classes)]
+    if beyond:
+        raise ConfigError(f"class ids {list(cfg.class_ids)} (one per --prompts entry, or run.toml's class_ids): {beyond} beyond "
+                          f"{index.dataset}'s {len(index.classes)} classes ({', '.join(f'{i} {n}' for i, n in enumerate(index.classes))}); "
+                          "give one prompt per class of the dataset")
 
 
 def open_cache(cfg: RunConfig) -> FeatureCacheReader:
@@ -89,6 +124,10 @@ def open_cache(cfg: RunConfig) -> FeatureCacheReader:
     if cache.prompts != tuple(cfg.prompts):
         raise DataError(f"--from-cache {cfg.from_cache}: cached prompts {list(cache.prompts)} differ from --prompts "
                         f"{list(cfg.prompts)}")
+    if cache.class_ids != tuple(cfg.class_ids):
+        raise DataError(f"--from-cache {cfg.from_cache}: cached class ids {list(cache.class_ids)} differ from this run's "
+                        f"{list(cfg.class_ids)} (run.toml's class_ids); use the cache's")
+    cache.check_taus(cfg.analysis.taus)
     return cache
 
 

@@ -1,8 +1,9 @@
 """run.json: what a sweep records about itself (config, versions, commit, device, source, timings).
 
-A run's record starts with `run_header` and is written when the run starts (status
-"running") and again when it ends (`finish_record`: "complete" or "interrupted", counts,
-seconds per stage). `is_simulated` is the one rule for telling a simulated run from a
+A run's record starts with `run_header` (with the run's identity and its fingerprint,
+engine.run.identity) and is written when the run starts (status "running") and again when
+it ends (`finish_record`: "complete"; "interrupted" by Ctrl-C or a signal; "failed" with
+the error's one line; counts, seconds per stage). `is_simulated` is the one rule for telling a simulated run from a
 real one, whichever version of run.json the folder holds.
 """
 
@@ -32,11 +33,15 @@ def git_commit() -> str | None:
         return None
 
 
-def run_header(cfg: RunConfig) -> dict:
-    """The first fields of every run.json: status, start time, resolved config, versions, commit."""
+def run_header(cfg: RunConfig, identity: dict) -> dict:
+    """The first fields of every run.json: status, start time, identity, resolved config, versions, commit."""
+    from engine.run.identity import fingerprint
+
     return {
         "status": "running",
         "started": now(),
+        "fingerprint": fingerprint(identity),
+        "identity": identity,
         "config": cfg.to_json(),
         "versions": versions(),
         "git_commit": git_commit(),
@@ -44,11 +49,13 @@ def run_header(cfg: RunConfig) -> dict:
     }
 
 
-def finish_record(run: dict, *, complete: bool, images_done: int, images_skipped_resume: int, errors: int, seconds: float,
-                  seconds_per_stage: dict[str, float]) -> dict:
-    """The closing fields of run.json, updated in place (and returned)."""
+def finish_record(run: dict, *, status: str, images_done: int, images_skipped_resume: int, errors: int, seconds: float,
+                  seconds_per_stage: dict[str, float], error: str | None = None) -> dict:
+    """The closing fields of run.json, updated in place (and returned); status: complete | interrupted | failed."""
+    if error is not None:
+        run["error"] = error
     run.update({
-        "status": "complete" if complete else "interrupted",
+        "status": status,
         "finished": now(),
         "images_done_this_run": images_done,
         "images_skipped_resume": images_skipped_resume,
@@ -68,6 +75,21 @@ def read_run_json(out: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err}); rerun the sweep or remove the file") from None
+
+
+def failure(err: BaseException) -> tuple[str, str]:
+    """run.json's (status, error) for an exception that ended a run."""
+    from engine.core.errors import DatrError
+
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted", "interrupted (Ctrl-C or a signal); rerun with --resume to continue"
+    if isinstance(err, DatrError):
+        return "failed", err.message
+    if isinstance(err, OSError):
+        from engine.core.errors import os_error_message
+
+        return "failed", os_error_message(err)
+    return "failed", f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
 
 
 def is_simulated(run: dict) -> bool:

@@ -1,17 +1,23 @@
 """Where a sweep's results land: Parquet row shards, the errors table and run.json.
 
-DIR/rows/part-NNNNNN.parquet   one shard per batch (NNNNNN = the batch's first item position)
+DIR/rows/part-NNNNNN-HHHHHHHHHHHH.parquet   one shard per batch (NNNNNN = the batch's first
+                               item position, HHHH... = a digest of the image ids it holds)
 DIR/errors/part-*.parquet      one shard per batch that had bad items
 DIR/errors.parquet             all skipped items (image_id, path, error), merged at the end
-DIR/run.json                   resolved config, versions, device, backend choices, timings
+DIR/run.json                   identity, resolved config, versions, device, backend choices, timings
+DIR/.datr.lock                 the writer's pid and host while a run writes (engine.run.lock)
 
 Every file is written to a temporary name and renamed (engine.core.files), so a killed
-run leaves whole shards only; `--resume` reads the image ids already present and skips
-them. The row schema is the analysis's (engine.analysis.rows.ROW_SCHEMA).
+run leaves whole shards only. Row shards are write-once and named by the ids they hold:
+no later batch can replace a finished one (a name that exists already is an error, never
+an overwrite). `--resume` reads the image ids already present and skips them; every
+Parquet file carries page checksums, verified whenever it is read. The row schema is the
+analysis's (engine.analysis.rows.ROW_SCHEMA).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import Counter
@@ -22,9 +28,24 @@ import pyarrow.parquet as pq
 
 from engine.analysis.rows import ROW_SCHEMA
 from engine.core.errors import ConfigError, DataError
-from engine.core.files import atomic_write_bytes, atomic_write_table
+from engine.core.files import atomic_write_bytes, atomic_write_table, write_once_table
 
 ERROR_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file of a sweep, its page checksums verified; a damaged file is a one-line DataError."""
+    try:
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{path}: unreadable or damaged ({' '.join(str(err).split())[:160]}); delete it and rerun "
+                        "with --resume to compute its items again") from None
+
+
+def shard_name(image_ids: list[str], first_position: int) -> str:
+    """part-<first position>-<digest of the ids>.parquet: two batches share a name only if they hold the same items."""
+    digest = hashlib.sha256("\n".join(image_ids).encode()).hexdigest()[:12]
+    return f"part-{first_position:06d}-{digest}.parquet"
 
 
 class ResultStore:
@@ -49,16 +70,19 @@ class ResultStore:
     def finished_ids(self) -> set[str]:
         done: set[str] = set()
         for shard in self.row_shards():
-            try:
-                done.update(pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist())
-            except (pa.ArrowInvalid, OSError) as err:
-                raise DataError(f"{shard}: unreadable result shard ({err}); delete it and rerun with --resume") from None
+            done.update(read_shard(shard, ["image_id"]).column("image_id").to_pylist())
         return done
 
     def write_rows(self, columns: dict[str, list], first_position: int) -> Path:
+        """Write one batch's rows to a new shard; a shard of that name already there is an error, never replaced."""
         table = pa.Table.from_pydict({name: columns[name] for name in ROW_SCHEMA.names}, schema=ROW_SCHEMA)
-        path = self.rows_dir / f"part-{first_position:06d}.parquet"
-        atomic_write_table(path, table)
+        ids = list(dict.fromkeys(columns["image_id"]))
+        path = self.rows_dir / shard_name(ids, first_position)
+        try:
+            write_once_table(path, table)
+        except FileExistsError:
+            raise DataError(f"{path}: a shard with these items exists already (is another run writing {self.out}?); "
+                            "nothing was overwritten; rerun with --resume") from None
         return path
 
     def write_errors(self, errors: list[tuple[str, str, str]], tag: str) -> None:
@@ -73,7 +97,7 @@ class ResultStore:
         finished = self.finished_ids()
         latest: dict[str, tuple[str, str]] = {}
         for shard in sorted(self.errors_dir.glob("part-*.parquet"), key=lambda p: int(p.stem.rsplit("-", 1)[1])):
-            for row in pq.read_table(shard).to_pylist():
+            for row in read_shard(shard).to_pylist():
                 latest[row["image_id"]] = (row["path"], row["error"])
         kept = [(i, p, e) for i, (p, e) in latest.items() if i not in finished]
         table = pa.Table.from_pydict(
@@ -91,7 +115,7 @@ def read_rows(out: Path) -> pa.Table:
     shards = sorted((Path(out) / "rows").glob("part-*.parquet"))
     if not shards:
         raise DataError(f"{out}: no result shards under rows/; run `datr sweep ... --out {out}` first")
-    return pa.concat_tables([pq.read_table(s) for s in shards])
+    return pa.concat_tables([read_shard(s) for s in shards])
 
 
 def check_rows(out: Path, item_ids: list[str], expected_rows: int, errored: set[str]) -> set[str]:
@@ -102,10 +126,16 @@ def check_rows(out: Path, item_ids: list[str], expected_rows: int, errored: set[
     counts: Counter[str] = Counter()
     files: dict[str, list[str]] = {}
     for shard in sorted((Path(out) / "rows").glob("part-*.parquet")):
-        for image_id in pq.read_table(shard, columns=["image_id"]).column("image_id").to_pylist():
+        for image_id in read_shard(shard).column("image_id").to_pylist():  # every page read: checksums verified
             counts[image_id] += 1
             if not files.get(image_id) or files[image_id][-1] != shard.name:
                 files.setdefault(image_id, []).append(shard.name)
+    known = set(item_ids)
+    strangers = sorted(set(counts) - known)
+    if strangers:
+        raise DataError(f"{out}/rows: {len(strangers)} image id(s) that are not items of this run, e.g. {strangers[0]} "
+                        f"in {files[strangers[0]]}; those rows come from another dataset or run: move those files out "
+                        "or choose a new --out")
     doubled = [i for i in item_ids if counts[i] > expected_rows]
     if doubled:
         first = doubled[0]
@@ -123,4 +153,4 @@ def check_rows(out: Path, item_ids: list[str], expected_rows: int, errored: set[
 
 def errored_ids(out: Path) -> set[str]:
     """The image ids of DIR/errors.parquet."""
-    return set(pq.read_table(Path(out) / "errors.parquet", columns=["image_id"]).column("image_id").to_pylist())
+    return set(read_shard(Path(out) / "errors.parquet", ["image_id"]).column("image_id").to_pylist())

@@ -24,10 +24,12 @@ from engine.core.errors import DataError, DatrError
 from engine.core.timing import StageTimer
 from engine.data.index import DatasetIndex
 from engine.data.loader import make_loader
+from engine.run.lock import OutLock
 from engine.run.plan import RunPlan, open_backend, plan_run
 from engine.run.progress import progress_bar
-from engine.run.record import finish_record, run_header
+from engine.run.record import failure, finish_record, run_header
 from engine.run.sample import RESERVOIR_FILE, cluster_reservoir, open_reservoir
+from engine.run.store import check_rows, errored_ids
 from engine.sources.base import SourceBatch
 from engine.sources.cache import FeatureCacheWriter
 from engine.sources.factory import build_source
@@ -102,11 +104,20 @@ def run_sweep(
 
     positions: only these item positions (a shard of a distributed run; default all).
     source: an already-built FeatureSource (a worker keeps its model between shards).
-    record_run: write run.json and merge errors.parquet (False for a shard: the
-    coordinator does that once).
+    record_run: this process owns --out: it takes the lock, writes run.json, merges
+    errors.parquet and checks that every item has its rows exactly once (False for a
+    Dask shard: the client does all that, under its lock).
     """
+    if not record_run:
+        return sweep(cfg, echo, show_progress, index, keep_figures, positions, source, record_run)
+    with OutLock(cfg.out, echo):
+        return sweep(cfg, echo, show_progress, index, keep_figures, positions, source, record_run)
+
+
+def sweep(cfg: RunConfig, echo: Callable[[str], None], show_progress: bool, index: DatasetIndex | None, keep_figures: int,
+          positions: list[int] | None, source, record_run: bool) -> SweepResult:
     started = time.perf_counter()
-    plan = plan_run(cfg, echo, index=index, positions=positions, clean_stale=record_run)
+    plan = plan_run(cfg, echo, index=index, positions=positions, owner=record_run)
     device = parse_device(cfg.device)
     backend, backend_reason = open_backend(cfg, device)
     echo(f"backend: {backend.name} ({backend_reason})")
@@ -133,36 +144,59 @@ def run_sweep(
         bar.advance(task, images)
         bar.update(task, rate=f"{result.images_done / max(time.perf_counter() - started, 1e-9):.2f} img/s")
 
-    batches = source_batches(plan, source, device, timer, result.figures, run, skipped, echo, shard=positions is not None)
+    status, error = "complete", None
     reservoir = open_reservoir(cfg, bool(plan.finished), echo) if cfg.analysis.dataset_sample else None
     try:
+        batches = source_batches(plan, source, device, timer, result.figures, run, skipped, echo, shard=positions is not None)
         with bar:
             analyse_batches(batches, plan, backend, device, timer, result.figures, reservoir, done)
+        if record_run:
+            result.errors = plan.store.merge_errors()
+            check_rows(cfg.out, plan.item_ids, plan.rows_per_item, errored_ids(cfg.out))
         if reservoir is not None and record_run:
             with timer.stage("dataset_clustering"):
                 run["dataset_clustering"] = cluster_reservoir(reservoir, cfg, backend, device, plan.num_classes,
                                                               plan.class_names, echo)
+    except BaseException as err:
+        status, error = failure(err)
+        raise
     finally:
+        close_sweep(plan, run, result, timer, reservoir, record_run, status, error, device, started)
+    return result
+
+
+def close_sweep(plan: RunPlan, run: dict, result: SweepResult, timer: StageTimer, reservoir, record_run: bool, status: str,
+                error: str | None, device: torch.device, started: float) -> None:
+    """Save what the run computed and record how it ended (also when it failed or was interrupted)."""
+    cfg = plan.cfg
+    try:
         with timer.host("write"):
             if reservoir is not None:
                 reservoir.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
             if record_run:
                 result.errors = plan.store.merge_errors()
-        result.seconds = time.perf_counter() - started
-        finish_record(run, complete=result.images_done + result.errors >= len(plan.todo), images_done=result.images_done,
-                      images_skipped_resume=result.images_skipped_resume, errors=result.errors, seconds=result.seconds,
-                      seconds_per_stage=timer.collect())
-        run["stage_timing"] = "CUDA events" if device.type == "cuda" else "wall clock"
-        if record_run:
+    except (OSError, DatrError) as err:
+        if status == "complete":
+            raise
+        echo_error = failure(err)[1]
+        error = f"{error}; also: {echo_error}"
+    result.seconds = time.perf_counter() - started
+    finish_record(run, status=status, images_done=result.images_done, images_skipped_resume=result.images_skipped_resume,
+                  errors=result.errors, seconds=result.seconds, seconds_per_stage=timer.collect(), error=error)
+    run["stage_timing"] = "CUDA events" if device.type == "cuda" else "wall clock"
+    if record_run:
+        try:
             plan.store.write_run_json(run)
-    return result
+        except OSError:
+            if status == "complete":
+                raise  # a failed run's first error is the one to report
 
 
 def sweep_record(plan: RunPlan, device: torch.device, backend, backend_reason: str, source) -> dict:
     """run.json of a local sweep as it starts: the header, then device, backend, source and data."""
     source_info = source.describe()
     return {
-        **run_header(plan.cfg),
+        **run_header(plan.cfg, plan.identity),
         "device_name": device_name(device),
         "backend": {"requested": plan.cfg.analysis.backend, "used": backend.name, "reason": backend_reason,
                     "detail": getattr(backend, "detail", "")},
@@ -178,14 +212,15 @@ def source_batches(plan: RunPlan, source, device: torch.device, timer: StageTime
     """The plan's unfinished items as PreparedBatches: read from the feature cache, or loaded and run through the model."""
     cfg = plan.cfg
     if plan.cache is not None:
-        return cached_batches(plan, device, timer)
+        return cached_batches(plan, device, timer, skipped)
     loader = make_loader(plan.index, cfg.data_config(), cfg.batch_size, device, indices=plan.todo)
     run["loader"] = loader.describe()
     if not shard:  # a shard leaves the index errors to the coordinator
         plan.store.write_errors([e for e in plan.index.bad if e[0] not in plan.finished], "index")
     cache_writer = None
     if cfg.save_features is not None:
-        cache_writer = FeatureCacheWriter(cfg.save_features, cfg.prompts, cfg.class_ids, cfg.analysis.taus, run["source"])
+        cache_writer = FeatureCacheWriter(cfg.save_features, cfg.prompts, cfg.class_ids, cfg.analysis.taus, run["source"],
+                                          cfg.cache_dtype)
     return model_batches(loader, source, cfg, device, timer, cache_writer, skipped, figures, echo)
 
 
@@ -215,11 +250,14 @@ def model_batches(loader, source, cfg: RunConfig, device: torch.device, timer: S
         yield PreparedBatch(src, batch.gt_mask, batch.gt_tokens, batch.indices, images)
 
 
-def cached_batches(plan: RunPlan, device: torch.device, timer: StageTimer) -> Iterator[PreparedBatch]:
-    """Batches read back from a feature cache (no model)."""
+def cached_batches(plan: RunPlan, device: torch.device, timer: StageTimer, skipped: Callable) -> Iterator[PreparedBatch]:
+    """Batches read back from a feature cache (no model); files that fail their checks go to `skipped`."""
     cfg = plan.cfg
     for batch in timed(plan.cache.batches(plan.todo, cfg.batch_size, cfg.analysis.taus, device), timer):
-        yield PreparedBatch(batch.source, batch.gt_mask, batch.gt_tokens, batch.positions, None)
+        if batch.errors:
+            skipped(batch.errors, f"cache-{batch.errors[0][0]}")
+        if batch.source is not None:
+            yield PreparedBatch(batch.source, batch.gt_mask, batch.gt_tokens, batch.positions, None)
 
 
 def timed(batches, timer: StageTimer) -> Iterator:

@@ -2,17 +2,24 @@
 be rerun (`--from-cache`) without the encoder. Readable by any tool with plain
 `safetensors` (no pickle, nothing executes when read).
 
-CACHE/index.json            {"format": "datr-feature-cache/1", "image_ids": [...], "prompts": [...],
-                             "class_ids": [...], "taus": [...], "source": {...}} -- ids in dataset order
+CACHE/index.json            {"format": "datr-feature-cache/2", "image_ids": [...], "prompts": [...],
+                             "class_ids": [...], "taus": [...], "dtype": "float16", "shapes": {...},
+                             "source": {...}} -- ids in dataset order, unique
 CACHE/<image_id>.safetensors  per image:
-    features     (256, 72, 72)        float16  encoder vision_features
-    queries      (P, 200, 256)        float16  decoder query states, prompts in index order
+    features     (256, 72, 72)        DTYPE    encoder vision_features
+    queries      (P, 200, 256)        DTYPE    decoder query states, prompts in index order
     scores       (P, 200)             float32  sigmoid(logit) * sigmoid(presence)
     query_masks  (P, 200, 72, 72)     float16  every query's mask probability pooled 4x4 to the token grid
     union_masks  (T, P, 288, 288)     uint8    1 where a kept (score >= taus[t]) mask has probability >= 0.5
     gt_mask      (288, 288)           uint8    GT majority grid, 255 = ignore (only with GT)
     gt_tokens    (72, 72)             uint8    GT majority grid on the token grid (only with GT)
-  metadata: image_id, prompts (JSON), taus (JSON)
+  metadata: image_id, prompts, class_ids, taus (JSON), dtype
+
+DTYPE is --cache-dtype: float16 (default, half the disk) or float32 (the sources' own
+precision, so a rerun from the cache reproduces the original rows bitwise; query_masks
+are float16 at the source already). Every file is checked against index.json when read
+(image id, prompts, class ids, taus, dtype, tensor shapes); a file that fails is that
+item's error (errors.parquet), and the run goes on.
 """
 
 from __future__ import annotations
@@ -24,14 +31,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
-from engine.core.errors import DataError
+from engine.core.errors import DataError, one_line
 from engine.core.files import atomic_write_bytes, temporary_name
 from engine.sources.base import SourceBatch
 
-FORMAT = "datr-feature-cache/1"
+FORMAT = "datr-feature-cache/2"
+OLD_FORMATS = ("datr-feature-cache/1",)  # float16, no class_ids/dtype/shapes in the files: read with the checks they allow
+DTYPES = {"float16": torch.float16, "float32": torch.float32}
+SHARED_KEYS = ("prompts", "class_ids", "taus", "dtype")  # what a cache and every file in it agree on
 
 
 def cache_file_name(image_id: str) -> str:
@@ -40,18 +50,33 @@ def cache_file_name(image_id: str) -> str:
 
 
 class FeatureCacheWriter:
-    def __init__(self, root: Path, prompts: tuple[str, ...], class_ids: tuple[int, ...], taus: tuple[float, ...], source: dict):
+    """Writes a batch's source outputs per image; extends an existing cache only if it was made the same way."""
+
+    def __init__(self, root: Path, prompts: tuple[str, ...], class_ids: tuple[int, ...], taus: tuple[float, ...], source: dict,
+                 dtype: str = "float16"):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.meta = {"format": FORMAT, "prompts": list(prompts), "class_ids": list(class_ids), "taus": list(taus), "source": source}
+        self.dtype = DTYPES[dtype]
+        self.meta = {"format": FORMAT, "prompts": list(prompts), "class_ids": list(class_ids), "taus": list(taus),
+                     "dtype": dtype, "source": source}
         index = self.root / "index.json"
-        self.image_ids: list[str] = json.loads(index.read_text()).get("image_ids", []) if index.is_file() else []
+        self.image_ids: list[str] = []
+        if index.is_file():
+            old = read_index(index, "--save-features")
+            differ = [k for k in (*SHARED_KEYS, "format") if old.get(k) != self.meta[k]]
+            if differ:
+                raise DataError(f"--save-features {self.root}: holds a cache made with other {', '.join(differ)} "
+                                f"({', '.join(f'{k}={old.get(k)}' for k in differ)}); choose a new --save-features folder")
+            self.image_ids = list(old["image_ids"])
+            self.meta["shapes"] = old.get("shapes")
 
     def write(self, batch: SourceBatch, gt_mask: torch.Tensor | None, gt_tokens: torch.Tensor | None) -> None:
+        file_meta = {"image_id": "", **{k: json.dumps(self.meta[k]) for k in ("prompts", "class_ids", "taus")},
+                     "dtype": self.meta["dtype"]}
         for i, image_id in enumerate(batch.image_ids):
             tensors = {
-                "features": batch.features[i].half(),
-                "queries": batch.queries[i].half(),
+                "features": batch.features[i].to(self.dtype),
+                "queries": batch.queries[i].to(self.dtype),
                 "scores": batch.scores[i].float(),
                 "query_masks": batch.query_masks[i].half(),
                 "union_masks": batch.union_masks[i].to(torch.uint8),
@@ -60,22 +85,57 @@ class FeatureCacheWriter:
                 tensors["gt_mask"] = gt_mask[i].to(torch.uint8)
                 tensors["gt_tokens"] = gt_tokens[i].to(torch.uint8)
             tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            self.meta.setdefault("shapes", None)
+            if self.meta["shapes"] is None:
+                self.meta["shapes"] = {k: list(v.shape) for k, v in tensors.items() if not k.startswith("gt_")}
             path = self.root / cache_file_name(image_id)
             tmp = temporary_name(path)
-            save_file(tensors, str(tmp), metadata={"image_id": image_id, "prompts": json.dumps(self.meta["prompts"]),
-                                                    "taus": json.dumps(self.meta["taus"])})
-            tmp.replace(path)
+            try:
+                save_file(tensors, str(tmp), metadata={**file_meta, "image_id": image_id})
+                tmp.replace(path)
+            finally:
+                tmp.unlink(missing_ok=True)
             if image_id not in self.image_ids:
                 self.image_ids.append(image_id)
         atomic_write_bytes(self.root / "index.json", json.dumps({**self.meta, "image_ids": self.image_ids}, indent=2).encode())
 
 
+def read_index(path: Path, option: str = "--from-cache") -> dict:
+    """A cache's index.json, checked: JSON, a known format, the keys and their types, unique image ids."""
+    fix = "rewrite the cache with --save-features"
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); {fix}") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err}); {fix}") from None
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *OLD_FORMATS):
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(f"{path}: format {found!r} is not {FORMAT!r}; {fix}")
+    kinds = {"image_ids": str, "prompts": str, "class_ids": int, "taus": (int, float)}
+    for key, kind in kinds.items():
+        value = meta.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            raise DataError(f"{path}: {key!r} is missing or not a list of {getattr(kind, '__name__', 'numbers')}; {fix}")
+    repeated = sorted({i for i in meta["image_ids"] if meta["image_ids"].count(i) > 1}) if \
+        len(set(meta["image_ids"])) != len(meta["image_ids"]) else []
+    if repeated:
+        raise DataError(f"{path}: image ids listed more than once ({', '.join(repeated[:3])}); {fix}")
+    if len(meta["prompts"]) != len(meta["class_ids"]):
+        raise DataError(f"{path}: {len(meta['prompts'])} prompts for {len(meta['class_ids'])} class ids; {fix}")
+    meta.setdefault("dtype", "float16")
+    if meta["dtype"] not in DTYPES:
+        raise DataError(f"{path}: dtype {meta['dtype']!r} is not one of {', '.join(DTYPES)}; {fix}")
+    return meta
+
+
 @dataclass
 class CachedBatch:
-    source: SourceBatch
+    source: SourceBatch | None  # None when every item of the chunk failed its checks
     gt_mask: torch.Tensor | None
     gt_tokens: torch.Tensor | None
     positions: list[int]
+    errors: list[tuple[str, str, str]]  # (image_id, path, error) of the chunk's bad files
 
 
 class FeatureCacheReader:
@@ -86,12 +146,7 @@ class FeatureCacheReader:
         index = self.root / "index.json"
         if not index.is_file():
             raise DataError(f"--from-cache {self.root}: no index.json here; point it at a folder written by --save-features")
-        try:
-            self.meta = json.loads(index.read_text())
-        except json.JSONDecodeError as err:
-            raise DataError(f"{index}: not valid JSON ({err}); rewrite the cache with --save-features") from None
-        if self.meta.get("format") != FORMAT:
-            raise DataError(f"{index}: format {self.meta.get('format')!r} is not {FORMAT!r}; rewrite the cache with --save-features")
+        self.meta = read_index(index)
         self.image_ids: list[str] = list(self.meta["image_ids"])
         self.prompts = tuple(self.meta["prompts"])
         self.class_ids = tuple(self.meta["class_ids"])
@@ -101,8 +156,8 @@ class FeatureCacheReader:
 
     def describe(self) -> dict:
         """What run.json records: the cache, and whether the source that wrote it was simulated."""
-        return {"model": "cache", "from_cache": str(self.root), "num_images": len(self.image_ids),
-                **{k: self.meta[k] for k in ("prompts", "taus", "source")},
+        return {"model": "cache", "from_cache": str(self.root), "num_images": len(self.image_ids), "dtype": self.meta["dtype"],
+                **{k: self.meta[k] for k in ("prompts", "taus", "source") if k in self.meta},
                 "simulated": bool((self.meta.get("source") or {}).get("simulated", False))}
 
     def check_taus(self, taus: tuple[float, ...]) -> list[int]:
@@ -113,19 +168,56 @@ class FeatureCacheReader:
         return [self.taus.index(t) for t in taus]
 
     def load(self, image_id: str) -> dict[str, torch.Tensor]:
+        """One image's tensors, checked against index.json; DataError naming the file otherwise."""
         path = self.root / cache_file_name(image_id)
+        fix = "re-run with --save-features (or delete it: the run records it as an error)"
         try:
-            return load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
         except FileNotFoundError:
-            raise DataError(f"{path}: listed in index.json but missing; re-run with --save-features") from None
-        except (SafetensorError, OSError) as err:
-            raise DataError(f"{path}: not a readable safetensors file ({err}); re-run with --save-features") from None
+            raise DataError(f"{path}: listed in index.json but missing; {fix}") from None
+        except (SafetensorError, OSError, ValueError) as err:
+            raise DataError(f"{path}: not a readable safetensors file ({one_line(err)}); {fix}") from None
+        self.check_file(path, image_id, meta, tensors, fix)
+        return tensors
+
+    def check_file(self, path: Path, image_id: str, meta: dict, tensors: dict[str, torch.Tensor], fix: str) -> None:
+        if meta.get("image_id") != image_id:
+            raise DataError(f"{path}: holds image {meta.get('image_id')!r}, not {image_id!r} (swapped or renamed file); {fix}")
+        for key in ("prompts", "class_ids", "taus"):
+            if key in meta and json.loads(meta[key]) != self.meta[key]:
+                raise DataError(f"{path}: {key} {meta[key]} differ from index.json's {self.meta[key]}; {fix}")
+        dtype = DTYPES[meta.get("dtype", "float16")]
+        if meta.get("dtype", "float16") != self.meta["dtype"]:
+            raise DataError(f"{path}: dtype {meta.get('dtype', 'float16')} differs from index.json's {self.meta['dtype']}; {fix}")
+        p, t = len(self.prompts), len(self.taus)
+        expected = {"features": (None, None, None, dtype), "queries": (p, None, None, dtype), "scores": (p, None, torch.float32),
+                    "query_masks": (p, None, None, None, torch.float16), "union_masks": (t, p, None, None, torch.uint8)}
+        shapes = self.meta.get("shapes") or {}
+        for key, (*dims, kind) in expected.items():
+            got = tensors.get(key)
+            want = tuple(shapes.get(key) or dims)
+            fits = got is not None and got.dtype == kind and got.ndim == len(want) and \
+                all(w is None or w == g for w, g in zip(want, got.shape, strict=True))
+            if not fits:
+                found = "missing" if got is None else f"{tuple(got.shape)} {got.dtype}"
+                raise DataError(f"{path}: tensor {key} is {found}, expected {want} {kind}; {fix}")
 
     def batches(self, positions: list[int], batch_size: int, taus: tuple[float, ...], device: torch.device) -> Iterator[CachedBatch]:
         tau_pos = self.check_taus(taus)
         for start in range(0, len(positions), batch_size):
-            chunk = positions[start : start + batch_size]
-            items = [self.load(self.image_ids[i]) for i in chunk]
+            chunk, items, errors = [], [], []
+            for i in positions[start : start + batch_size]:
+                image_id = self.image_ids[i]
+                try:
+                    items.append(self.load(image_id))
+                    chunk.append(i)
+                except DataError as err:
+                    errors.append((image_id, str(self.root / cache_file_name(image_id)), err.message))
+            if not items:
+                yield CachedBatch(None, None, None, [], errors)
+                continue
 
             def stack(key: str, dtype=None, items=items) -> torch.Tensor:
                 t = torch.stack([it[key] for it in items]).to(device)
@@ -141,4 +233,4 @@ class FeatureCacheReader:
                 union_masks=stack("union_masks", torch.bool)[:, tau_pos],
                 taus=tuple(taus),
             )
-            yield CachedBatch(src, stack("gt_mask") if has_gt else None, stack("gt_tokens") if has_gt else None, chunk)
+            yield CachedBatch(src, stack("gt_mask") if has_gt else None, stack("gt_tokens") if has_gt else None, chunk, errors)
