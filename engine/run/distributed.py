@@ -377,7 +377,7 @@ def distributed_sweep(cfg: RunConfig, cluster: ClusterConfig, echo: Callable[[st
         try:
             handle.client.register_plugin(WorkerState(threads, cfg.device), name=PLUGIN_NAME)
             reports = run_shards(handle.client, plan, shards, run_id, sample, shard_task, show_progress, started)
-            errors = plan.store.merge_errors()
+            errors = plan.store.merge_errors(plan.known_ids)
             with_rows = check_rows(cfg.out, plan.item_ids, plan.rows_per_item, errored_ids(cfg.out))
             if sample is not None:
                 sample.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
@@ -391,7 +391,7 @@ def distributed_sweep(cfg: RunConfig, cluster: ClusterConfig, echo: Callable[[st
             status, error = failure(err)
             run.update({"status": status, "error": error, "finished": now(), "seconds": time.perf_counter() - started})
             try:
-                run["errors"] = plan.store.merge_errors()
+                run["errors"] = plan.store.merge_errors(plan.known_ids)
             finally:
                 plan.store.write_run_json(run)
             raise

@@ -42,6 +42,11 @@ class RunPlan:
     identity: dict
 
     @property
+    def known_ids(self) -> set[str]:
+        """The ids errors.parquet may name: the items, and the files the index skipped."""
+        return set(self.item_ids) | ({e[0] for e in self.index.bad} if self.index is not None else set())
+
+    @property
     def rows_per_item(self) -> int:
         """Rows one item gets: one per analysis slot per (d, k) grid point."""
         return rows_per_item(self.cfg)

@@ -92,14 +92,18 @@ class ResultStore:
         table = pa.Table.from_pydict({"image_id": list(ids), "path": list(paths), "error": list(messages)}, schema=ERROR_SCHEMA)
         atomic_write_table(self.errors_dir / f"part-{tag}-{time.time_ns()}.parquet", table)
 
-    def merge_errors(self) -> int:
-        """errors.parquet = the latest error of every item not finished since; returns its row count."""
+    def merge_errors(self, known: set[str] | None = None) -> int:
+        """errors.parquet = the latest error of every item not finished since; returns its row count.
+
+        known: the ids this run lists (its items and what its index skipped); errors of
+        others (images removed from the dataset since) are left out.
+        """
         finished = self.finished_ids()
         latest: dict[str, tuple[str, str]] = {}
         for shard in sorted(self.errors_dir.glob("part-*.parquet"), key=lambda p: int(p.stem.rsplit("-", 1)[1])):
             for row in read_shard(shard).to_pylist():
                 latest[row["image_id"]] = (row["path"], row["error"])
-        kept = [(i, p, e) for i, (p, e) in latest.items() if i not in finished]
+        kept = [(i, p, e) for i, (p, e) in latest.items() if i not in finished and (known is None or i in known)]
         table = pa.Table.from_pydict(
             {"image_id": [k[0] for k in kept], "path": [k[1] for k in kept], "error": [k[2] for k in kept]}, schema=ERROR_SCHEMA
         )

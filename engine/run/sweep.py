@@ -151,7 +151,7 @@ def sweep(cfg: RunConfig, echo: Callable[[str], None], show_progress: bool, inde
         with bar:
             analyse_batches(batches, plan, backend, device, timer, result.figures, reservoir, done)
         if record_run:
-            result.errors = plan.store.merge_errors()
+            result.errors = plan.store.merge_errors(plan.known_ids)
             check_rows(cfg.out, plan.item_ids, plan.rows_per_item, errored_ids(cfg.out))
         if reservoir is not None and record_run:
             with timer.stage("dataset_clustering"):
@@ -173,8 +173,8 @@ def close_sweep(plan: RunPlan, run: dict, result: SweepResult, timer: StageTimer
         with timer.host("write"):
             if reservoir is not None:
                 reservoir.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
-            if record_run:
-                result.errors = plan.store.merge_errors()
+            if record_run and status != "complete":  # a complete run merged them before its row check
+                result.errors = plan.store.merge_errors(plan.known_ids)
     except (OSError, DatrError) as err:
         if status == "complete":
             raise

@@ -92,14 +92,16 @@ def read_checkpoint(path: str | Path) -> CheckpointContents:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         text = str(err)
-        refused = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+)", text)
+        # torch's weights-only unpickler names what it refused: a global (a function or class: code), an opcode
+        refused = re.search(r"[Uu]nsupported (global: GLOBAL \S+|GLOBAL \S+|operand \S+)", text)
         if refused:
             raise _fail(
                 path,
                 f"refused: holds pickled Python objects, not only tensors ({refused.group(0)}); nothing was "
                 "executed. Use a weights-only checkpoint such as SAM3's sam3.pt",
             ) from None
-        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        lines = [line for line in text.strip().splitlines() if line.strip() and not line.startswith("Weights only load failed")]
+        first = lines[0] if lines else type(err).__name__
         raise _fail(path, f"truncated or corrupt ({type(err).__name__}: {first[:120]}); download it again") from None
     return normalise_checkpoint(path, obj)
 
