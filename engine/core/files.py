@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,11 +29,30 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no half-written file behind
 
 
+def naming(err: OSError, path: Path) -> OSError:
+    """`err` with `path` as its file name where it has none (pyarrow's "[errno 28] No space left ..." has none)."""
+    if err.filename is not None:
+        return err
+    found = re.search(r"\[errno (\d+)\] ([^;\n]+)", str(err))
+    code = int(found.group(1)) if found else err.errno
+    return OSError(code, found.group(2).strip() if found else str(err), str(path))
+
+
+def write_parquet(table: pa.Table, tmp: Path, path: Path) -> None:
+    failure = None
+    try:
+        pq.write_table(table, tmp, write_page_checksum=True)
+    except OSError as err:
+        failure = naming(err, path)
+    if failure is not None:  # raised outside the handler: no traceback keeps pyarrow's writer (and its open file) alive
+        raise failure
+
+
 def atomic_write_table(path: Path, table: pa.Table) -> None:
     """Write `table` to `path` (Parquet with page checksums, verified on read: engine.run.store.read_shard)."""
     tmp = temporary_name(path)
     try:
-        pq.write_table(table, tmp, write_page_checksum=True)
+        write_parquet(table, tmp, path)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -42,7 +62,7 @@ def write_once_table(path: Path, table: pa.Table) -> None:
     """Like atomic_write_table, but never replaces an existing `path` (FileExistsError instead)."""
     tmp = temporary_name(path)
     try:
-        pq.write_table(table, tmp, write_page_checksum=True)
+        write_parquet(table, tmp, path)
         try:
             os.link(tmp, path)  # atomic, and fails where `path` exists
         except FileExistsError:

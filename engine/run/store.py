@@ -17,6 +17,7 @@ analysis's (engine.analysis.rows.ROW_SCHEMA).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import time
@@ -111,7 +112,13 @@ class ResultStore:
         return len(kept)
 
     def write_run_json(self, payload: dict) -> None:
-        atomic_write_bytes(self.out / "run.json", json.dumps(payload, indent=2, default=str).encode())
+        try:
+            atomic_write_bytes(self.out / "run.json", json.dumps(payload, indent=2, default=str).encode())
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # a full disk: the record without indentation (a third smaller) may still fit; if not, the old one stays whole
+            atomic_write_bytes(self.out / "run.json", json.dumps(payload, separators=(",", ":"), default=str).encode())
 
 
 def read_rows(out: Path) -> pa.Table:

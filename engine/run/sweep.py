@@ -167,29 +167,37 @@ def sweep(cfg: RunConfig, echo: Callable[[str], None], show_progress: bool, inde
 
 def close_sweep(plan: RunPlan, run: dict, result: SweepResult, timer: StageTimer, reservoir, record_run: bool, status: str,
                 error: str | None, device: torch.device, started: float) -> None:
-    """Save what the run computed and record how it ended (also when it failed or was interrupted)."""
+    """Save what the run computed and record how it ended (also when it failed or was interrupted).
+
+    A run that failed records its status first: on a full disk the few bytes of run.json
+    matter more than errors.parquet, which a resume rebuilds anyway.
+    """
     cfg = plan.cfg
-    try:
+
+    def record() -> None:
+        result.seconds = time.perf_counter() - started
+        finish_record(run, status=status, images_done=result.images_done, images_skipped_resume=result.images_skipped_resume,
+                      errors=result.errors, seconds=result.seconds, seconds_per_stage=timer.collect(), error=error)
+        run["stage_timing"] = "CUDA events" if device.type == "cuda" else "wall clock"
+        if record_run:
+            plan.store.write_run_json(run)
+
+    def save() -> None:
         with timer.host("write"):
             if reservoir is not None:
                 reservoir.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
             if record_run and status != "complete":  # a complete run merged them before its row check
                 result.errors = plan.store.merge_errors(plan.known_ids)
-    except (OSError, DatrError) as err:
-        if status == "complete":
-            raise
-        echo_error = failure(err)[1]
-        error = f"{error}; also: {echo_error}"
-    result.seconds = time.perf_counter() - started
-    finish_record(run, status=status, images_done=result.images_done, images_skipped_resume=result.images_skipped_resume,
-                  errors=result.errors, seconds=result.seconds, seconds_per_stage=timer.collect(), error=error)
-    run["stage_timing"] = "CUDA events" if device.type == "cuda" else "wall clock"
-    if record_run:
+
+    if status == "complete":
+        save()
+        record()
+        return
+    for step in (record, save, record):
         try:
-            plan.store.write_run_json(run)
-        except OSError:
-            if status == "complete":
-                raise  # a failed run's first error is the one to report
+            step()
+        except (OSError, DatrError):
+            pass  # the error that ended the run is the one to report; what could be saved is saved
 
 
 def sweep_record(plan: RunPlan, device: torch.device, backend, backend_reason: str, source) -> dict:

@@ -24,6 +24,7 @@ item's error (errors.parquet), and the run goes on.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from collections.abc import Iterator
@@ -93,11 +94,21 @@ class FeatureCacheWriter:
             try:
                 save_file(tensors, str(tmp), metadata={**file_meta, "image_id": image_id})
                 tmp.replace(path)
+            except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors: make them one
+                raise as_os_error(err, path) from None
             finally:
                 tmp.unlink(missing_ok=True)
             if image_id not in self.image_ids:
                 self.image_ids.append(image_id)
         atomic_write_bytes(self.root / "index.json", json.dumps({**self.meta, "image_ids": self.image_ids}, indent=2).encode())
+
+
+def as_os_error(err: SafetensorError, path: Path) -> OSError:
+    """safetensors' "I/O error: ... (os error 28)" as the OSError it reports."""
+    found = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(err))
+    if found is None:
+        return OSError(errno.EIO, f"could not write the cache file ({one_line(err)})", str(path))
+    return OSError(int(found.group(2)), found.group(1), str(path))
 
 
 def read_index(path: Path, option: str = "--from-cache") -> dict:
