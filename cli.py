@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from engine.core.choices import Backend, DatasetKind, Decode, Eigh, Mode, Model
+from engine.core.choices import Backend, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import DatrError
 
@@ -227,6 +227,8 @@ TauOpt = Annotated[str | None, typer.Option("--tau", help="Score threshold tau f
 ModeOpt = Annotated[str, typer.Option(help=f"{choices(Mode)}: squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
 DatasetKindOpt = Annotated[str, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)}.")]
 NInitOpt = Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")]
+ControlsOpt = Annotated[bool | None, typer.Option("--controls/--no-controls", help="Measure the null and reseed controls of every flip ratio (default on; about doubles the analysis time).")]
+KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default independent: k-means++; encoder: from the encoder partition).")]
 ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under \\[analysis].")]
 
 
@@ -253,6 +255,8 @@ def sweep(
     dims: DimsOpt = None,
     taus: TauOpt = None,
     n_init: NInitOpt = None,
+    controls: ControlsOpt = None,
+    kmeans_init: KMeansInitOpt = None,
     seed: Annotated[int | None, typer.Option(help="KMeans seed (default 0).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a sweep in --out, skipping finished images.")] = False,
@@ -310,6 +314,8 @@ def analyze(
     dims: DimsOpt = None,
     taus: TauOpt = None,
     n_init: NInitOpt = None,
+    controls: ControlsOpt = None,
+    kmeans_init: KMeansInitOpt = None,
     draw: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the paper's per-image figures.")] = True,
     config: ConfigOpt = None,
 ) -> None:
