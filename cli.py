@@ -195,16 +195,23 @@ def option_name(ctx: typer.Context, name: str) -> str:
     return next((p.opts[0] for p in ctx.command.params if p.name == name), name)
 
 
-def print_summary(out: Path, echo) -> None:
-    from engine.present.summary import render_summary, summarize
+def print_summary(out: Path, echo, paper: bool = False) -> None:
+    """The per-scope summary; paper=True adds the paper's single-image numbers beside each scope."""
+    from engine.present.paper import PAPER_NOTE
+    from engine.present.summary import render_summary, summarize, with_paper_column
     from engine.run.store import read_rows
 
     try:
-        table = summarize(read_rows(out))
+        rows = read_rows(out)
+        table = summarize(rows)
     except DatrError:
         echo("no rows were written")
         return
+    if paper:
+        table = with_paper_column(table, rows)
     echo(render_summary(table, f"datr summary: {out}"))
+    if paper:
+        echo(PAPER_NOTE)
 
 
 def draw_figures(result, cfg: RunConfig) -> None:
@@ -330,7 +337,7 @@ def analyze(
     result = run_sweep(cfg, echo=typer.echo, show_progress=False, index=index, keep_figures=cfg.figures)
     if cfg.figures:
         draw_figures(result, cfg)
-    print_summary(cfg.out, typer.echo)
+    print_summary(cfg.out, typer.echo, paper=True)
 
 
 @app.command()

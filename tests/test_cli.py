@@ -100,6 +100,8 @@ def test_analyze_one_image(scenes, tmp_path):
     rows = pq.read_table(out / "rows" / "part-000000.parquet").to_pylist()
     assert {r["image_id"] for r in rows} == {"scene_0000"} and len(rows) == 7
     assert all(r["accuracy"] is not None for r in rows)
+    assert "paper (one image)" in result.output and "flip 34.2%" in result.output  # the paper's vegetation
+    assert "it does not define these measures, the engine's definitions are DESIGN.md's" in result.output
 
 
 def test_kmeans_init_and_controls_options_are_recorded(scenes, tmp_path):
