@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, Mode, Model
+from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import DatrError
 
@@ -200,16 +200,23 @@ def option_name(ctx: typer.Context, name: str) -> str:
     return next((p.opts[0] for p in ctx.command.params if p.name == name), name)
 
 
-def print_summary(out: Path, echo) -> None:
-    from engine.present.summary import render_summary, summarize
+def print_summary(out: Path, echo, paper: bool = False) -> None:
+    """The per-scope summary; paper=True adds the paper's single-image numbers beside each scope."""
+    from engine.present.paper import PAPER_NOTE
+    from engine.present.summary import render_summary, summarize, with_paper_column
     from engine.run.store import read_rows
 
     try:
-        table = summarize(read_rows(out))
+        rows = read_rows(out)
+        table = summarize(rows)
     except DatrError:
         echo("no rows were written")
         return
+    if paper:
+        table = with_paper_column(table, rows)
     echo(render_summary(table, f"datr summary: {out}"))
+    if paper:
+        echo(PAPER_NOTE)
 
 
 def draw_figures(result, cfg: RunConfig) -> None:
@@ -232,6 +239,8 @@ TauOpt = Annotated[str | None, typer.Option("--tau", help="Score threshold tau f
 ModeOpt = Annotated[str, typer.Option(help=f"{choices(Mode)}: squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
 DatasetKindOpt = Annotated[str, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)}.")]
 NInitOpt = Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")]
+ControlsOpt = Annotated[bool | None, typer.Option("--controls/--no-controls", help="Measure the null and reseed controls of every flip ratio (default on; about doubles the analysis time).")]
+KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default independent: k-means++; encoder: from the encoder partition).")]
 ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under \\[analysis].")]
 
 
@@ -258,6 +267,8 @@ def sweep(
     dims: DimsOpt = None,
     taus: TauOpt = None,
     n_init: NInitOpt = None,
+    controls: ControlsOpt = None,
+    kmeans_init: KMeansInitOpt = None,
     seed: Annotated[int | None, typer.Option(help="KMeans seed (default 0).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a sweep in --out, skipping finished images.")] = False,
@@ -316,6 +327,8 @@ def analyze(
     dims: DimsOpt = None,
     taus: TauOpt = None,
     n_init: NInitOpt = None,
+    controls: ControlsOpt = None,
+    kmeans_init: KMeansInitOpt = None,
     draw: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the paper's per-image figures.")] = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -335,7 +348,7 @@ def analyze(
         raise DatrError(failed[0]["error"] if failed else f"{image}: no rows were written")
     if cfg.figures:
         draw_figures(result, cfg)
-    print_summary(cfg.out, typer.echo)
+    print_summary(cfg.out, typer.echo, paper=True)
 
 
 @app.command()

@@ -77,7 +77,7 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
     if cfg.reference_images > cfg.images:
         raise ConfigError(f"--reference-images ({cfg.reference_images}) cannot exceed --images ({cfg.images})")
     device = parse_device(cfg.device)
-    analysis = AnalysisConfig(n_init=cfg.n_init)
+    analysis = AnalysisConfig(n_init=cfg.n_init, controls=False)  # like for like: the paper's way has no controls
     with tempfile.TemporaryDirectory(prefix="datr-bench-") as tmp:
         root = write_scene_set(Path(tmp) / "scenes", cfg.images, size=cfg.image_size, seed=0)
         run_cfg = RunConfig(dataset=root, out=Path(tmp) / "sweep", model="simulated", device=str(device),

@@ -88,6 +88,18 @@ def datr_tokens(tokens: torch.Tensor, attended: torch.Tensor, alpha: float) -> t
     return tokens[:, None] + alpha * attended
 
 
+def permute_token_rows(attended: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """The attended vectors with their token rows permuted: out[b, s, j] = attended[b, s, perm[b, s, j]].
+
+    attended (B, S, N, C) = P_s K_s (P_s the (N, K) softmax weights, one row per token),
+    perm (B, S, N) int64 -> (B, S, N, C) = P_s[perm] K_s: the scope's displacement sizes
+    and subspace, with the token-to-query correspondence destroyed (the null control).
+    """
+    assert perm.shape == attended.shape[:3], f"perm must be (B, S, N) = {tuple(attended.shape[:3])}, got {tuple(perm.shape)}"
+    index = perm.to(attended.device)[..., None].expand(attended.shape)
+    return torch.gather(attended, 2, index)
+
+
 def decision_aware_tokens(tokens: torch.Tensor, mask_weights: torch.Tensor, alpha: float) -> torch.Tensor:
     """D = F + alpha * (F * W): tokens (B, N, C), mask_weights (B, S, N) -> (B, S, N, C).
 

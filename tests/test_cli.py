@@ -77,6 +77,7 @@ def test_config_file_values_and_command_line_precedence(scenes, tmp_path):
         (["bench", "kernels", "--device", "cuda"], ["cuda"]),
         (["sweep", "{scenes}", "--out", "{out}", "--eigh", "magic"], ["--eigh"]),
         (["sweep", "{scenes}", "--out", "{out}", "--dataset-sample", "3"], ["--dataset-sample"]),
+        (["sweep", "{scenes}", "--out", "{out}", "--kmeans-init", "random"], ["--kmeans-init"]),
     ],
 )
 def test_user_errors_exit_2_with_one_line(scenes, tmp_path, args, needles):
@@ -99,6 +100,21 @@ def test_analyze_one_image(scenes, tmp_path):
     rows = read_rows(out).to_pylist()
     assert {r["image_id"] for r in rows} == {"scene_0000"} and len(rows) == 7
     assert all(r["accuracy"] is not None for r in rows)
+    assert "paper (one image)" in result.output and "flip 34.2%" in result.output  # the paper's vegetation
+    assert "it does not define these measures, the engine's definitions are DESIGN.md's" in result.output
+
+
+def test_kmeans_init_and_controls_options_are_recorded(scenes, tmp_path):
+    image = scenes / "val" / "src" / "scene_0000.JPG"
+    out = tmp_path / "enc"
+    gt = scenes / "val" / "gt" / "scene_0000.png"
+    result = runner.invoke(app, ["analyze", str(image), "--gt", str(gt), "--out", str(out), "--n-init", "1", "--dims", "4",
+                                 "--no-figures", "--kmeans-init", "encoder", "--no-controls"])
+    assert result.exit_code == 0, result.output
+    rows = read_rows(out).to_pylist()
+    assert {r["kmeans_init"] for r in rows} == {"encoder"} and all(r["flip_ratio_null"] is None for r in rows)
+    analysis = json.loads((out / "run.json").read_text())["config"]["analysis"]
+    assert analysis["kmeans_init"] == "encoder" and analysis["controls"] is False
 
 
 def test_env_lists_torch_and_backends():

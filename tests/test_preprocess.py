@@ -37,6 +37,21 @@ def test_squash_equals_processor_resize_exactly(processor_transform, h, w):
     assert torch.equal(got, expected), f"max diff {(got.int() - expected.int()).abs().max().item()}"
 
 
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
+def test_squash_follows_torchvisions_uint8_rule_on_every_x86_cpu(processor_transform, monkeypatch, capability):
+    """torchvision resizes uint8 natively only with AVX2/AVX512; on other x86 CPUs through float, rounded."""
+    import platform
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    image = random_image(300, 200, seed=11)
+    expected = processor_transform.transforms[1](image)  # torchvision's Resize, under the same capability
+    got = squash_image(image)
+    assert torch.equal(got, expected), f"max diff {(got.int() - expected.int()).abs().max().item()}"
+    native = torch.nn.functional.interpolate(image[None], size=(MODEL_SIDE, MODEL_SIDE), mode="bilinear", antialias=True)[0]
+    assert torch.equal(got, native) == (capability != "DEFAULT")  # the two branches do differ
+
+
 @pytest.mark.parametrize("h, w", [(1500, 1100), (300, 200)], ids=["down", "up"])
 def test_normalized_equals_processor_transform(processor_transform, h, w):
     image = random_image(h, w, seed=7 * h + w)

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.analysis import controls
 from engine.analysis.rows import append_rows
 from engine.core.config import AnalysisConfig
 from engine.sources.base import SourceBatch
 from kernels.backends import ClusterBackend
-from kernels.datr import attend_queries, compact_kept, datr_tokens, mask_weights
+from kernels.datr import attend_queries, compact_kept, datr_tokens, mask_weights, permute_token_rows
 from kernels.grid import IGNORE
 from kernels.metrics import (
     align_to_reference,
@@ -132,11 +133,11 @@ def analyze_batch(
     slots = build_slots(cfg, prompts, class_ids)
     m = len(slots)
 
-    problems, scopes = build_problems(tokens, batch, cfg, len(slots), class_ids, gt_mask)
-    flat = problems.reshape(b * m, n, c)
-    fit = backend.pca_fit(flat, max(cfg.dims))
-    projected = pca_transform(flat, fit)  # (B*M, N, dmax)
-    del problems, flat
+    scope_names = [slot.scope for slot in slots[1 : 2 + len(prompts)]]  # global, then each prompt
+    problems, scopes = build_problems(tokens, batch, cfg, len(slots), class_ids, gt_mask, scope_names)
+    fit = backend.pca_fit(problems, max(cfg.dims))
+    projected = pca_transform(problems, fit)  # (P, N, dmax): B*M real problems, then the null controls
+    del problems
 
     gt_flat = None
     if gt_tokens is not None:  # every slot of an image is scored against the same GT
@@ -149,33 +150,40 @@ def analyze_batch(
                  "kept_queries": scopes.kept_count, "effective_tokens": scopes.effective.sum(-1)}  # (B, M) each
     for d in cfg.dims:
         z = projected[..., :d].contiguous()
-        explained = fit.explained_variance_ratio[:, :d].sum(-1).double()
+        explained = fit.explained_variance_ratio[: b * m, :d].sum(-1).double()
         for k in cfg.ks:
-            km = backend.kmeans(z, k, n_init=cfg.n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
-            labels = km.labels.reshape(b * m, n)
-            metric, aligned, aligned_processed = score_clustering(z, labels, k, (b, m, h, w), effective, gt_flat,
-                                                                  num_classes, cfg)
-            per_slot = {**metric, **per_scope, "inertia": km.inertia.double(), "n_iter": km.n_iter,
+            km = controls.cluster_grid_point(z, b, m, k, cfg, backend)
+            labels = km.labels[: b * m]
+            metric, aligned, aligned_processed = score_clustering(z[: b * m], labels, k, (b, m, h, w), effective,
+                                                                  gt_flat, num_classes, cfg)
+            if cfg.controls:
+                metric.update(controls.control_columns(km, (b, m, h, w), k, effective))
+            per_slot = {**metric, **per_scope, "inertia": km.inertia[: b * m].double(), "n_iter": km.n_iter[: b * m],
                         "explained_variance_ratio": explained}
-            append_rows(columns, batch.image_ids, slots, d, k, per_slot, n)
+            append_rows(columns, batch.image_ids, slots, d, k, per_slot, n, cfg.kmeans_init)
             if keep_maps and maps is None:
-                encoder_pca = projected.reshape(b, m, n, -1)[:, 0, :, :3].reshape(b, h, w, -1)
+                encoder_pca = projected[: b * m].reshape(b, m, n, -1)[:, 0, :, :3].reshape(b, h, w, -1)
                 maps = figure_maps(batch, tokens, slots, d, k, aligned.reshape(b, m, h, w),
                                    aligned_processed.reshape(b, m, h, w), scopes, encoder_pca, gt_tokens, cfg.taus[0])
     return BatchResult(columns=columns, maps=maps)
 
 
 def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig, m: int, class_ids: tuple[int, ...],
-                   gt_mask: torch.Tensor | None) -> tuple[torch.Tensor, ScopeMeasures]:
-    """The problem tensor (B, M, N, C) -- encoder tokens at slot 0, then DATR_s(F) per (tau, alpha, scope),
-    in build_slots' order -- and the per-slot measures. Attention runs once per tau, for every alpha."""
+                   gt_mask: torch.Tensor | None, scope_names: list[str]) -> tuple[torch.Tensor, ScopeMeasures]:
+    """The problems (P, N, C) and the per-slot measures. Per image: the encoder tokens at slot 0, then
+    DATR_s(F) per (tau, alpha, scope) in build_slots' order (B*M problems); with controls, then per image
+    the null control of every DATR slot, the same DATR tokens with the rows of P_s permuted (B*(M-1)).
+    Attention runs once per tau, for every alpha."""
     b, n, c = tokens.shape
     dev = tokens.device
     queries = batch.queries.to(dev).float()
     p, q = queries.shape[1:3]
     s_count = p + 1
     a_count = len(cfg.alphas)
-    problems = torch.empty(b, m, n, c, dtype=tokens.dtype, device=dev)
+    n_null = m - 1 if cfg.controls else 0
+    flat = torch.empty(b * (m + n_null), n, c, dtype=tokens.dtype, device=dev)
+    problems = flat[: b * m].view(b, m, n, c)
+    nulls = flat[b * m:].view(b, n_null, n, c)
     problems[:, 0] = tokens
     nan = torch.full((b, m), float("nan"), dtype=torch.float64, device=dev)
     measures = ScopeMeasures(effective=torch.zeros(b, m, n, dtype=torch.bool, device=dev),
@@ -193,6 +201,10 @@ def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig
         keys_c, mask_c = compact_kept(queries, kept)
         keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q))
         attended = torch.cat([attend_queries(tokens, keys_g, mask_g), attend_queries(tokens, keys_c, mask_c)], 1)
+        attended_null = None
+        if cfg.controls:  # one permutation per (image, scope, tau), shared by every alpha
+            perm = controls.null_permutations(cfg.seed, list(batch.image_ids), scope_names, tau, n)
+            attended_null = permute_token_rows(attended, perm)
         counts = torch.cat([kept.sum((1, 2))[:, None], kept.sum(2)], 1)  # (B, S)
         paper_dist, shift_dist = datr_cosine_distances(tokens, attended, cfg.alphas)
         paper_cos = masked_mean(paper_dist, eff)  # (B, S)
@@ -205,14 +217,16 @@ def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig
             lo = 1 + (ti * a_count + ai) * s_count
             sl = slice(lo, lo + s_count)
             problems[:, sl] = datr_tokens(tokens, attended, alpha)
+            if attended_null is not None:
+                nulls[:, lo - 1 : lo - 1 + s_count] = datr_tokens(tokens, attended_null, alpha)
             measures.effective[:, sl] = eff
             measures.kept_count[:, sl] = counts
             measures.cos_distance[:, sl] = paper_cos
             measures.shift[:, sl] = masked_mean(shift_dist[ai], eff)
             if scope_iou is not None:
                 measures.iou[:, sl] = scope_iou
-        del attended
-    return problems, measures
+        del attended, attended_null
+    return flat, measures
 
 
 def score_clustering(z: torch.Tensor, labels: torch.Tensor, k: int, shape: tuple[int, int, int, int],

@@ -12,10 +12,11 @@ import pyarrow as pa
 import torch
 
 # Bump when a change alters what the rows of the same options hold (a run's identity
-# carries it, so `--resume` does not mix rows of two versions).
-ROWS_VERSION = 1
+# carries it, so `--resume` does not mix rows of two versions). 2: the flip-ratio controls and kmeans_init.
+ROWS_VERSION = 2
 
-FLOAT_COLUMNS = ("flip_ratio", "flip_ratio_processed", "cos_distance", "datr_shift", "iou", "accuracy", "nmi", "ari",
+FLOAT_COLUMNS = ("flip_ratio", "flip_ratio_processed", "flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed",
+                 "cos_distance", "datr_shift", "iou", "accuracy", "nmi", "ari",
                  "silhouette", "calinski_harabasz", "davies_bouldin", "inertia", "explained_variance_ratio")
 COUNT_COLUMNS = ("kept_queries", "effective_tokens")  # per DATR slot; null for the encoder slot
 
@@ -28,6 +29,7 @@ ROW_SCHEMA = pa.schema([
     ("alpha", pa.float64()),
     ("d", pa.int32()),
     ("k", pa.int32()),
+    ("kmeans_init", pa.string()),
     *[(name, pa.int32()) for name in COUNT_COLUMNS],
     ("n_tokens", pa.int32()),
     ("n_iter", pa.int32()),
@@ -36,12 +38,13 @@ ROW_SCHEMA = pa.schema([
 
 
 def append_rows(columns: dict[str, list], image_ids: list[str], slots: list, d: int, k: int, per_slot: dict[str, torch.Tensor],
-                n_tokens: int) -> None:
+                n_tokens: int, kmeans_init: str) -> None:
     """Extend the column lists with one row per (image, slot) for the grid point (d, k).
 
     per_slot: column name -> (B, M) tensor for every FLOAT_COLUMNS / COUNT_COLUMNS entry
-    the batch has (absent float columns are null) and `n_iter`. Every value goes to the
-    host in one copy (one synchronisation on a GPU); counts are exact in float64.
+    the batch has (absent float columns are null, e.g. the controls when they are off) and `n_iter`;
+    kmeans_init: how the run's DATR scopes started KMeans (the same on every row of a run). Every
+    value goes to the host in one copy (one synchronisation on a GPU); counts are exact in float64.
     """
     b, m = per_slot["kept_queries"].shape
     missing = torch.full((b, m), float("nan"), dtype=torch.float64, device=per_slot["kept_queries"].device)
@@ -65,6 +68,7 @@ def append_rows(columns: dict[str, list], image_ids: list[str], slots: list, d: 
         "alpha": [slot.alpha for slot in slots] * b,
         "d": [d] * (b * m),
         "k": [k] * (b * m),
+        "kmeans_init": [kmeans_init] * (b * m),
         **{name: counts(at[name]) for name in COUNT_COLUMNS},
         "n_tokens": [n_tokens] * (b * m),
         "n_iter": at["n_iter"].astype(np.int64).tolist(),

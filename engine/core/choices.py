@@ -49,6 +49,11 @@ class Decode(Choice):
     cuda = "cuda"
 
 
+class KMeansInit(Choice):
+    independent = "independent"  # k-means++ with the encoder's seed, the paper's way
+    encoder = "encoder"  # every DATR scope starts from the encoder partition's means (one run)
+
+
 class Autocast(Choice):
     auto = "auto"  # bf16 on CUDA, off on the CPU
     bf16 = "bf16"

@@ -14,7 +14,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, Mode, Model
+from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
 from engine.core.errors import ConfigError
 from engine.core.geometry import MODEL_SIDE
 
@@ -38,6 +38,8 @@ class AnalysisConfig:
     backend: str = "auto"  # engine.core.choices.Backend
     eigh: str = "auto"  # PCA eigensolver of the torch backend (engine.core.choices.Eigh)
     dataset_sample: int = 0  # tokens in the dataset-level reservoir (0 = no dataset-level clustering)
+    controls: bool = True  # the null and reseed controls of every flip ratio (engine.analysis.controls)
+    kmeans_init: str = "independent"  # how DATR scopes start KMeans (engine.core.choices.KMeansInit)
 
     def validate(self) -> AnalysisConfig:
         def need(ok: bool, option: str, msg: str) -> None:
@@ -56,6 +58,8 @@ class AnalysisConfig:
         need(self.silhouette_sample >= 2, "silhouette_sample", f"need >= 2, got {self.silhouette_sample}")
         Backend.parse(self.backend, "--backend")
         Eigh.parse(self.eigh, "--eigh")
+        KMeansInit.parse(self.kmeans_init, "--kmeans-init")
+        need(isinstance(self.controls, bool), "--controls", f"need true or false, got {self.controls!r}")
         need(self.dataset_sample >= 0, "--dataset-sample", f"need >= 0, got {self.dataset_sample}")
         need(self.dataset_sample == 0 or self.dataset_sample >= max(self.ks), "--dataset-sample",
              f"need at least k = {max(self.ks)} tokens, got {self.dataset_sample}")

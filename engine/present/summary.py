@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SUMMARY_COLUMNS = ("effective_tokens", "flip_ratio", "flip_ratio_processed", "cos_distance", "datr_shift", "iou", "accuracy", "ari")
+from engine.data.classes import UDD5_CLASSES
+from engine.present.paper import TOTAL_TOKENS, paper_scope
+
+SUMMARY_COLUMNS = ("effective_tokens", "flip_ratio", "flip_ratio_processed", "flip_ratio_null", "flip_ratio_reseed",
+                   "cos_distance", "datr_shift", "iou", "accuracy", "ari")
+PAPER_COLUMN = "paper (one image)"
 
 
 def summarize(rows: pa.Table) -> pa.Table:
@@ -19,6 +24,32 @@ def summarize(rows: pa.Table) -> pa.Table:
     return table.sort_by([("_rank", "ascending"), ("tau", "ascending"), ("alpha", "ascending"), ("d", "ascending"), ("k", "ascending")]).drop_columns(["_rank"])
 
 
+def paper_name(scope: str, class_id: int | None) -> str | None:
+    """The paper's name for a scope: `global`, or a class scope's UDD5 class name (its prompt may differ)."""
+    if scope == "global":
+        return scope
+    if class_id is not None and 0 <= class_id < len(UDD5_CLASSES):
+        return UDD5_CLASSES[class_id]
+    return None
+
+
+def with_paper_column(table: pa.Table, rows: pa.Table) -> pa.Table:
+    """The summary with the paper's single-image numbers beside each scope ("-" where the paper has none).
+
+    Class scopes are matched by their GT class (rows' class_id), not by the prompt's text.
+    """
+    class_of = dict(zip(rows.column("scope").to_pylist(), rows.column("class_id").to_pylist(), strict=True))
+    cells = []
+    for scope in table.column("scope").to_pylist():
+        paper = paper_scope(paper_name(scope, class_of.get(scope)) or "")
+        if paper is None:
+            cells.append("-")
+            continue
+        masks = "" if paper.masks is None else f", {paper.masks} masks"
+        cells.append(f"flip {paper.flip_ratio:.1%}, cos dist {paper.cos_distance:.4f}, {paper.effective_tokens}/{TOTAL_TOKENS} eff{masks}")
+    return table.append_column(PAPER_COLUMN, pa.array(cells, type=pa.string()))
+
+
 def render_summary(table: pa.Table, title: str) -> str:
     from io import StringIO
 
@@ -27,7 +58,9 @@ def render_summary(table: pa.Table, title: str) -> str:
 
     out = Table(title=title)
     for name in table.column_names:
-        out.add_column(name.replace("_mean", "").replace("image_id_count", "images"), justify="right")
+        paper = name == PAPER_COLUMN
+        out.add_column(name.replace("_mean", "").replace("image_id_count", "images"), justify="left" if paper else "right",
+                       no_wrap=paper)
     for row in table.to_pylist():
         cells = []
         for value in row.values():
@@ -39,5 +72,5 @@ def render_summary(table: pa.Table, title: str) -> str:
                 cells.append(str(value))
         out.add_row(*cells)
     buf = StringIO()
-    Console(file=buf, width=200).print(out)
+    Console(file=buf, width=250 if PAPER_COLUMN in table.column_names else 200).print(out)
     return buf.getvalue()

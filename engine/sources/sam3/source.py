@@ -61,6 +61,10 @@ class Sam3Source:
     name = "sam3"
 
     def __init__(self, model: torch.nn.Module, config: Sam3Config):
+        if getattr(model, "supervise_joint_box_scores", False):
+            raise ConfigError("this SAM3 model has supervise_joint_box_scores = True: its pred_logits already include "
+                              "the presence score, which the query score would count twice; build the image model "
+                              "(sam3.build_sam3_image_model), not the video detector")
         self.model = model.eval()
         self.config = config
         self.prompts = tuple(config.prompts)
