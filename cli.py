@@ -21,20 +21,40 @@ import typer
 from engine.core.choices import Backend, DatasetKind, Decode, Eigh, Mode, Model
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import DatrError
+from engine.present.terminal import DatrGroup, interrupted_message, print_next, print_summary, project_version
 
 app = typer.Typer(
     name="datr",
+    cls=DatrGroup,
     help="Batched SAM3 feature clustering (DATR) over aerial datasets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: reads at 80 columns, and no option text is taken for markup
 )
-bench_app = typer.Typer(help="Throughput benchmarks (reference run beside the candidate).", no_args_is_help=True)
+bench_app = typer.Typer(help="Throughput benchmarks (reference run beside the candidate).", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
 
+def version_callback(value: bool) -> None:
+    if value:
+        from engine.core.versions import package_version
+
+        typer.echo(f"datr {package_version('sam3-datr') or project_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Batched SAM3 feature clustering (DATR) over aerial datasets."""
+
+
 def user_errors(fn):
-    """Print a DatrError as one line on stderr and exit with status 2 (no traceback)."""
+    """A DatrError as one line on stderr, exit 2 (no traceback); Ctrl-C as one line (with the --resume hint), exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,6 +63,9 @@ def user_errors(fn):
         except DatrError as err:
             typer.echo(f"datr: error: {err.message}", err=True)
             raise typer.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo(interrupted_message(fn.__name__), err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -195,24 +218,24 @@ def option_name(ctx: typer.Context, name: str) -> str:
     return next((p.opts[0] for p in ctx.command.params if p.name == name), name)
 
 
-def print_summary(out: Path, echo) -> None:
-    from engine.present.summary import render_summary, summarize
-    from engine.run.store import read_rows
+def figure_options(formats: str, figure_ids: str | None = None):
+    """FigureOptions from --formats (checked: a bad item is named) and the ids of --figure-ids."""
+    from engine.present.figures.view import FigureOptions
+    from engine.present.style import check_formats
 
+    return FigureOptions(formats=check_formats(split_list(formats))), split_list(figure_ids or "")
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def draw_figures(result, cfg: RunConfig, options=None) -> list[Path]:
     try:
-        table = summarize(read_rows(out))
-    except DatrError:
-        echo("no rows were written")
-        return
-    echo(render_summary(table, f"datr summary: {out}"))
-
-
-def draw_figures(result, cfg: RunConfig) -> None:
-    try:
-        from engine.present.figures.draw import draw_sweep_figures
+        from engine.present.figures.parallel import draw_sweep_figures
     except ImportError:
         raise DatrError("figures need matplotlib; install the project with its dependencies") from None
-    draw_sweep_figures(result, cfg)
+    return draw_sweep_figures(result, cfg, options, echo=typer.echo)
 
 
 ModelOpt = Annotated[str, typer.Option(help=f"{choices(Model)}: sam3 needs --checkpoint; simulated is a GT-derived stand-in, no weights.")]
@@ -227,7 +250,9 @@ TauOpt = Annotated[str | None, typer.Option("--tau", help="Score threshold tau f
 ModeOpt = Annotated[str, typer.Option(help=f"{choices(Mode)}: squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
 DatasetKindOpt = Annotated[str, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)}.")]
 NInitOpt = Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")]
-ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under \\[analysis].")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under [analysis].")]
+FormatsOpt = Annotated[str, typer.Option(help="Figure formats, a comma list of png, pdf, svg.")]
+FigureIdsOpt = Annotated[str | None, typer.Option(help="Draw the per-image figures of these image ids (a comma list).")]
 
 
 @app.command()
@@ -260,6 +285,8 @@ def sweep(
     save_features: Annotated[Path | None, typer.Option(help="Also write the feature cache (safetensors) here.")] = None,
     from_cache: Annotated[Path | None, typer.Option(help="Analyse a feature cache instead of running the model.")] = None,
     figures: Annotated[int, typer.Option(help="Draw the per-image figures for the first N images.")] = 0,
+    figure_ids: FigureIdsOpt = None,
+    formats: FormatsOpt = "png",
     config: ConfigOpt = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -271,7 +298,8 @@ def sweep(
 ) -> None:
     """Run the analysis over a dataset; results to --out (resumable). --scheduler/--cluster: over a Dask cluster."""
     set_threads(threads)
-    cfg = build_run_config(ctx)
+    options, ids = figure_options(formats, figure_ids)
+    cfg = build_run_config(ctx, **({"figures": len(ids)} if ids else {}))
     set_matmul_precision(cfg.device)
     if scheduler is not None or cluster is not None:
         from engine.run.distributed import ClusterConfig, run_distributed_sweep  # imports dask: only here
@@ -283,12 +311,15 @@ def sweep(
     else:
         from engine.run.sweep import run_sweep
 
-        result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=cfg.figures)
+        result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=ids or cfg.figures)
     typer.echo(f"{result.images_done} items analysed, {result.images_skipped_resume} already done, "
                f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
-    if cfg.figures:
-        draw_figures(result, cfg)
+    pages = draw_figures(result, cfg, options) if cfg.figures else []
+    missing = sorted(set(ids) - {str(maps.image_ids[row]) for maps, row in result.figures.maps}) if ids else []
+    if missing:
+        typer.echo(f"figures: no image with id {', '.join(missing)} was analysed in this run", err=True)
     print_summary(cfg.out, typer.echo)
+    print_next(cfg.out, pages)
 
 
 @app.command()
@@ -311,20 +342,26 @@ def analyze(
     taus: TauOpt = None,
     n_init: NInitOpt = None,
     draw: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the paper's per-image figures.")] = True,
+    formats: FormatsOpt = "png",
     config: ConfigOpt = None,
 ) -> None:
     """The paper's single-image analysis: rows, the summary table and every figure."""
     from engine.data.index import index_image
     from engine.run.sweep import run_sweep
 
+    options, _ = figure_options(formats)
     index = index_image(image, gt, mode=mode, dataset=dataset_kind)
     cfg = build_run_config(ctx, dataset=image.parent, split=None, batch_size=1, num_workers=0, decode="cpu",
                            figures=len(index.items) if draw else 0)
     set_matmul_precision(cfg.device)
-    result = run_sweep(cfg, echo=typer.echo, show_progress=False, index=index, keep_figures=cfg.figures)
-    if cfg.figures:
-        draw_figures(result, cfg)
+    typer.echo(f"analyze: {len(index.items)} item(s) of {image}: model, clustering and metrics ...")
+    result = run_sweep(cfg, echo=typer.echo, show_progress=len(index.items) > 1, index=index, keep_figures=cfg.figures)
+    pages = draw_figures(result, cfg, options) if cfg.figures else []
     print_summary(cfg.out, typer.echo)
+    print_next(cfg.out, pages)
+
+
+DEMO_SAMPLE = 20000  # tokens of the demo's dataset-level clustering (of 8 x 5184)
 
 
 @app.command()
@@ -349,18 +386,19 @@ def demo(
     typer.echo(f"demo: writing {images} SIMULATED scenes to {out / 'scenes'}")
     root = write_scene_set(out / "scenes", images, seed=0)
     cfg = RunConfig(dataset=root, out=out / "sweep", model="simulated", device=device, batch_size=batch_size,
-                    num_workers=0, figures=figures, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4)).validate()
+                    num_workers=0, figures=figures,
+                    analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4, dataset_sample=DEMO_SAMPLE)).validate()
     set_matmul_precision(cfg.device)
     result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)
-    if figures:
-        draw_figures(result, cfg)
+    pages = draw_figures(result, cfg) if figures else []
     print_summary(cfg.out, typer.echo)
     try:
         from engine.present.report.build import build_report
     except ImportError:
+        print_next(cfg.out, pages)
         return
     index = build_report(cfg.out, echo=typer.echo)
-    typer.echo(f"report: {index}")
+    print_next(cfg.out, pages, index)
 
 
 @bench_app.command("sweep")
@@ -390,14 +428,39 @@ def bench_sweep(
 @app.command()
 @user_errors
 def report(
-    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder.")],
-    formats: Annotated[str, typer.Option(help="Figure formats, comma list of png, pdf, svg.")] = "png",
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder (or a folder holding one, e.g. demo-out).")],
+    formats: FormatsOpt = "png",
 ) -> None:
     """Dataset-level figures and DIR/report/index.html from a sweep's results."""
     from engine.present.report.build import build_report
+    from engine.present.report.rows import find_sweep
+    from engine.present.style import check_formats
 
-    index = build_report(sweep_dir, echo=typer.echo, formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
+    formats_ok = check_formats(split_list(formats))
+    found = find_sweep(sweep_dir, echo=typer.echo)
+    index = build_report(found, echo=typer.echo, formats=formats_ok)
     typer.echo(f"report: {index}")
+    typer.echo(f"next:   open it in a browser, or `datr show {found}` for the summary here")
+
+
+@app.command()
+@user_errors
+def show(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder (or a folder holding one).")],
+    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the per-image table (one row per image) here.")] = None,
+    width: Annotated[int | None, typer.Option(min=40, help="Table width in characters (default: the terminal's).")] = None,
+) -> None:
+    """The per-class summary in the terminal, fitted to its width; --csv writes the per-image table."""
+    from engine.present.report.rows import find_sweep
+    from engine.present.summary import render_summary, summarize, write_image_csv
+    from engine.run.store import read_rows
+
+    found = find_sweep(sweep_dir, echo=typer.echo)
+    rows = read_rows(found)
+    typer.echo(render_summary(summarize(rows), f"datr summary: {found}", width=width), nl=False)
+    if csv is not None:
+        count = write_image_csv(found, rows, csv)
+        typer.echo(f"wrote {csv} ({count} images)")
 
 
 @app.command()

@@ -21,7 +21,7 @@ from PIL import Image
 from engine.analysis.batch import BatchMaps, build_slots
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import ConfigError
-from engine.data.classes import UDD5_COLOURS
+from engine.present.palette import CLASS_COLOURS
 from engine.present.figures.draw import draw_image_figures
 from engine.present.figures.panels import new_figure, percentile_rgb, show_labels
 from engine.present.figures.view import FigureOptions, image_id_of
@@ -140,7 +140,7 @@ def test_structural_clustering_file_shows_the_given_labels_in_gt_aligned_colours
     # cluster c covers the quadrant where GT has class QUADRANT_CLASS[c], so it takes that class colour
     areas, centres = [], []
     for cls in QUADRANT_CLASS:
-        ys, xs = np.nonzero(colour_pixels(rgb, UDD5_COLOURS[cls]))
+        ys, xs = np.nonzero(colour_pixels(rgb, CLASS_COLOURS[cls]))
         areas.append(xs.size)
         centres.append((xs.mean(), ys.mean()))
     assert min(areas) > 0.9 * max(areas), f"quadrant areas differ: {areas}"
@@ -176,7 +176,7 @@ def test_cluster_palette_names_the_matched_class_and_keeps_spare_colours_distinc
     assert palette.names[:3] == ["cluster 0 ≈ road", "cluster 1 ≈ vegetation", "cluster 2 ≈ building"]
     assert palette.matched_class == [2, 0, 1, None, None]
     assert len({tuple(c) for c in palette.colours}) == 5
-    assert not {tuple(c) for c in palette.colours[3:]} & set(UDD5_COLOURS)
+    assert not {tuple(c) for c in palette.colours[3:]} & set(CLASS_COLOURS)
 
 
 def test_without_gt_clusters_take_neutral_colours_and_plain_names(tmp_path):
@@ -188,7 +188,7 @@ def test_without_gt_clusters_take_neutral_colours_and_plain_names(tmp_path):
     rgb = read_rgb(tmp_path / "f" / "img_one" / "structural_clustering.png")
     neutral = cluster_palette(quadrants(), 4).colours
     assert all(colour_pixels(rgb, c).sum() > 0 for c in neutral)
-    assert all(colour_pixels(rgb, UDD5_COLOURS[c]).sum() == 0 for c in QUADRANT_CLASS)
+    assert all(colour_pixels(rgb, CLASS_COLOURS[c]).sum() == 0 for c in QUADRANT_CLASS)
     assert json.loads((tmp_path / "f" / "img_one" / "figures.json").read_text())["has_gt"] is False
 
 
@@ -197,16 +197,16 @@ def test_flip_map_draws_changed_tokens_only(tmp_path):
     only_flips = FigureOptions(dpi=60, only=("class-road_flips",))
     draw_image_figures(maps, 0, result, cfg, tmp_path / "a", only_flips)
     rgb = read_rgb(tmp_path / "a" / "img_one" / "class-road_flips.png")
-    moved_to = UDD5_COLOURS[QUADRANT_CLASS[3]]  # the block moved to cluster 3 (vehicle colour)
+    moved_to = CLASS_COLOURS[QUADRANT_CLASS[3]]  # the block moved to cluster 3 (vehicle colour)
     changed_pixels = colour_pixels(rgb, moved_to).sum()
     assert changed_pixels > 0
-    others = [UDD5_COLOURS[c] for c in QUADRANT_CLASS[:3]]
+    others = [CLASS_COLOURS[c] for c in QUADRANT_CLASS[:3]]
     assert sum(colour_pixels(rgb, c).sum() for c in others) == 0, "unchanged clusters drawn on the flip map"
 
     maps, result, cfg = hand_case(tmp_path, changed_block=False)
     draw_image_figures(maps, 0, result, cfg, tmp_path / "b", only_flips)
     rgb = read_rgb(tmp_path / "b" / "img_one" / "class-road_flips.png")
-    assert sum(colour_pixels(rgb, UDD5_COLOURS[c]).sum() for c in QUADRANT_CLASS) == 0
+    assert sum(colour_pixels(rgb, CLASS_COLOURS[c]).sum() for c in QUADRANT_CLASS) == 0
 
 
 def test_encoder_similarity_is_drawn_when_handed_over(tmp_path):

@@ -1,10 +1,31 @@
-"""The per-scope summary of a sweep (the paper's table, averaged over images)."""
+"""The per-scope summary of a sweep in the terminal (the paper's table, averaged over images), and the per-image CSV.
+
+The table fits the terminal: grid columns that do not vary go into the title, shares are
+shown in % (as in the report), and when the columns still do not fit, the least important
+ones are left out (and named under the table) rather than wrapped.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
-SUMMARY_COLUMNS = ("effective_tokens", "flip_ratio", "flip_ratio_processed", "cos_distance", "datr_shift", "iou", "accuracy", "ari")
+SUMMARY_COLUMNS = ("kept_queries", "effective_tokens", "flip_ratio", "flip_ratio_processed", "flip_ratio_null",
+                   "flip_ratio_null_processed", "flip_ratio_reseed", "cos_distance", "datr_shift", "iou", "accuracy",
+                   "nmi", "ari")
+GRID_KEYS = ("tau", "alpha", "d", "k")
+# (column, header, format); a share is printed in %, as the report does
+DISPLAY = {
+    "image_id_count": ("images", "{:.0f}"), "kept_queries": ("masks", "{:.1f}"), "effective_tokens": ("eff.tok", "{:.0f}"),
+    "flip_ratio": ("flip", "{:.1%}"), "flip_ratio_processed": ("flip proc", "{:.1%}"),
+    "flip_ratio_null": ("null", "{:.1%}"), "flip_ratio_null_processed": ("null proc", "{:.1%}"),
+    "flip_ratio_reseed": ("reseed", "{:.1%}"), "cos_distance": ("cos dist", "{:.4f}"), "datr_shift": ("shift", "{:.4f}"),
+    "iou": ("IoU", "{:.3f}"), "accuracy": ("acc", "{:.3f}"), "nmi": ("NMI", "{:.3f}"), "ari": ("ARI", "{:.3f}"),
+}
+# left out first when the table is too wide for the terminal
+DROP_ORDER = ("datr_shift", "flip_ratio_null_processed", "ari", "flip_ratio_processed", "kept_queries",
+              "flip_ratio_reseed", "cos_distance", "nmi")
 
 
 def summarize(rows: pa.Table) -> pa.Table:
@@ -19,25 +40,79 @@ def summarize(rows: pa.Table) -> pa.Table:
     return table.sort_by([("_rank", "ascending"), ("tau", "ascending"), ("alpha", "ascending"), ("d", "ascending"), ("k", "ascending")]).drop_columns(["_rank"])
 
 
-def render_summary(table: pa.Table, title: str) -> str:
+def render_summary(table: pa.Table, title: str, *, width: int | None = None) -> str:
+    """The summary as a text table no wider than `width` (default: the terminal's width)."""
+    import shutil
     from io import StringIO
 
     from rich.console import Console
+
+    width = width or shutil.get_terminal_size((100, 24)).columns
+    records = table.to_pylist()
+    fixed, varied = split_grid(records)
+    if fixed:
+        title += "\n" + ", ".join(f"{key}={value:g}" for key, value in fixed.items())
+    metrics = [name for name in table.column_names if name not in ("scope", *GRID_KEYS)
+               and any(r[name] is not None for r in records)]
+    dropped: list[str] = []
+    console = Console(file=StringIO(), width=width, color_system=None, highlight=False)
+    unbounded = Console(file=StringIO(), width=100_000)  # measures the table's natural width
+    out = text_table(records, title, varied, metrics)
+    for name in DROP_ORDER:
+        if unbounded.measure(out).maximum <= width:
+            break
+        if f"{name}_mean" in metrics:
+            metrics.remove(f"{name}_mean")
+            dropped.append(DISPLAY[name][0])
+            out = text_table(records, title, varied, metrics)
+    console.print(out)
+    if dropped:
+        console.print(f"left out to fit {width} columns: {', '.join(dropped)} (the report and `--csv` have them)")
+    console.print("flip, null, reseed: % of effective tokens; null and reseed are the flip ratio's controls")
+    return console.file.getvalue()
+
+
+def split_grid(records: list[dict]) -> tuple[dict, list[str]]:
+    """The grid keys with one value over all DATR rows (-> the title) and the ones that vary (-> columns)."""
+    fixed, varied = {}, []
+    for key in GRID_KEYS:
+        values = {r[key] for r in records if r[key] is not None}
+        if len(values) == 1:
+            fixed[key] = values.pop()
+        elif values:
+            varied.append(key)
+    return fixed, varied
+
+
+def text_table(records: list[dict], title: str, varied: list[str], metrics: list[str]):
+    from rich import box
     from rich.table import Table
 
-    out = Table(title=title)
-    for name in table.column_names:
-        out.add_column(name.replace("_mean", "").replace("image_id_count", "images"), justify="right")
-    for row in table.to_pylist():
-        cells = []
-        for value in row.values():
-            if value is None:
-                cells.append("-")
-            elif isinstance(value, float):
-                cells.append(f"{value:.4g}")
-            else:
-                cells.append(str(value))
+    out = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    out.add_column("scope", justify="left", no_wrap=True)
+    for key in varied:
+        out.add_column(key, justify="right", no_wrap=True)
+    for name in metrics:
+        out.add_column(DISPLAY.get(name.removesuffix("_mean"), (name, ""))[0], justify="right", no_wrap=True)
+    for r in records:
+        cells = [str(r["scope"])] + ["-" if r[key] is None else f"{r[key]:g}" for key in varied]
+        for name in metrics:
+            fmt = DISPLAY.get(name.removesuffix("_mean"), (name, "{:.4g}"))[1]
+            cells.append("-" if r[name] is None else fmt.format(r[name]))
         out.add_row(*cells)
-    buf = StringIO()
-    Console(file=buf, width=200).print(out)
-    return buf.getvalue()
+    return out
+
+
+def write_image_csv(sweep_dir: Path, rows: pa.Table, path: Path) -> int:
+    """The per-image table of the report (one row per image at the reference point) as CSV; returns the image count."""
+    from engine.present.report.rows import Rows, reference_point, scope_order
+    from engine.present.report.tables import image_table, write_csv
+    from engine.run.record import read_run_json
+
+    run = read_run_json(sweep_dir) or {}
+    table = Rows.from_table(rows)
+    ref = reference_point(table, run)
+    images = image_table(table, ref, scope_order(table, run))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(path, images)
+    return len(images)

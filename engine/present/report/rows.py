@@ -75,6 +75,27 @@ class Reference:
         return ", ".join(parts)
 
 
+def is_sweep(folder: Path) -> bool:
+    return (folder / "run.json").is_file() or (folder / "rows").is_dir() or (folder / "errors.parquet").is_file()
+
+
+def find_sweep(folder: Path, echo=print) -> Path:
+    """The sweep folder FOLDER is, or the one sweep folder one level below it (e.g. demo-out -> demo-out/sweep)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; give the --out folder of `datr sweep`")
+    if is_sweep(folder):
+        return folder
+    below = sorted(p for p in folder.iterdir() if p.is_dir() and is_sweep(p))
+    if len(below) == 1:
+        echo(f"using the sweep in {below[0]}")
+        return below[0]
+    if below:
+        raise DataError(f"{folder}: holds {len(below)} sweeps ({', '.join(p.name for p in below)}); name one")
+    raise DataError(f"{folder}: no sweep here (looked for run.json, rows/ or errors.parquet in it and in its "
+                    "subfolders); give the --out folder of `datr sweep`")
+
+
 def read_rows_if_any(sweep_dir: Path):
     if not sorted((sweep_dir / "rows").glob("part-*.parquet")):
         return None

@@ -93,3 +93,58 @@ def write_latex(path: Path, table: list[dict], ref: Reference) -> None:
     lines += ["\\bottomrule", "\\end{tabular}", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
+
+
+# (key, header, format, sort by it in the report)
+IMAGE_COLUMNS = (
+    ("effective_tokens", "effective tokens (global)", "{:.0f}", True),
+    ("flip_ratio", "flip ratio (global)", "{:.1%}", True),
+    ("flip_ratio_null", "null (global)", "{:.1%}", False),
+    ("class_flip_mean", "flip ratio (mean over classes)", "{:.1%}", True),
+    ("class_flip_max", "largest class flip", "{:.1%}", False),
+    ("class_flip_max_scope", "in class", "{}", False),
+    ("iou_mean", "mask IoU (mean over prompts)", "{:.3f}", True),
+    ("accuracy_encoder", "accuracy (encoder)", "{:.3f}", True),
+    ("accuracy_global", "accuracy (global DATR)", "{:.3f}", False),
+)
+
+
+def image_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
+    """One row per image at the reference point: the global scope's numbers, the classes' flips and IoU, accuracies."""
+    kinds = {scope: ("class" if cid is not None and scope not in ("encoder", "global") else scope) for scope, cid in scopes}
+    at_point = point_mask(rows, ref)
+    encoder = point_mask(rows, ref, tau=False, alpha=False) & rows.select(scope="encoder")
+    has = set(rows.columns)
+
+    def value(name: str, i: int):
+        if name not in has:
+            return None
+        v = rows[name][i]
+        return None if np.isnan(v) else float(v)
+
+    per_image: dict[str, dict] = {}
+    for i in np.flatnonzero(at_point | encoder):
+        entry = per_image.setdefault(rows["image_id"][i], {"flips": {}, "ious": []})
+        kind = kinds.get(rows["scope"][i], "class")
+        if kind == "encoder" and encoder[i]:
+            entry["accuracy_encoder"] = value("accuracy", i)
+        elif kind == "global" and at_point[i]:
+            for name in ("effective_tokens", "flip_ratio", "flip_ratio_null"):
+                entry[name] = value(name, i)
+            entry["accuracy_global"] = value("accuracy", i)
+        elif kind == "class" and at_point[i]:
+            if (flip := value("flip_ratio", i)) is not None:
+                entry["flips"][rows["scope"][i]] = flip
+            if (iou := value("iou", i)) is not None:
+                entry["ious"].append(iou)
+    table = []
+    for image_id in sorted(per_image):
+        entry = per_image[image_id]
+        flips, ious = entry.pop("flips"), entry.pop("ious")
+        worst = max(flips, key=flips.get) if flips else None
+        row = {"image_id": image_id, **{key: entry.get(key) for key, *_ in IMAGE_COLUMNS}}
+        row.update(class_flip_mean=float(np.mean(list(flips.values()))) if flips else None,
+                   class_flip_max=flips[worst] if worst else None, class_flip_max_scope=worst,
+                   iou_mean=float(np.mean(ious)) if ious else None)
+        table.append(row)
+    return table

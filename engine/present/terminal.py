@@ -1,0 +1,87 @@
+"""What the CLI prints around the commands: one-line usage errors, the Ctrl-C hint, where the outputs went.
+
+Kept torch-free and light: `cli` imports it at start-up.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+INVOCATION: list[str] = []  # the arguments of this invocation (for the --resume hint after Ctrl-C)
+
+
+class DatrGroup(typer.core.TyperGroup):
+    """The command group: usage errors (unknown command or option, bad value) as one line on stderr, exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # typer may ship its own copy of click: take the exception classes from the module typer's own come from
+        click = sys.modules[typer.BadParameter.__module__]
+
+        args = list(sys.argv[1:] if args is None else args)
+        INVOCATION[:] = args
+        try:
+            code = super().main(args=args, prog_name=prog_name or "datr", complete_var=complete_var,
+                                standalone_mode=False, **extra)
+        except click.NoArgsIsHelpError as err:  # `datr` or `datr bench` alone: the help
+            typer.echo(err.ctx.get_help())
+            code = 0
+        except click.ClickException as err:
+            where = f"{err.ctx.command_path} --help" if getattr(err, "ctx", None) is not None else "datr --help"
+            typer.echo(f"datr: error: {err.format_message()} (see `{where}`)", err=True)
+            code = err.exit_code
+        except typer.Abort:
+            typer.echo("datr: aborted", err=True)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def project_version() -> str:
+    """The version in pyproject.toml, for a checkout that is not installed."""
+    import tomllib
+
+    try:
+        return tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "unknown"
+
+
+def interrupted_message(command: str) -> str:
+    """What Ctrl-C leaves behind; for a sweep, the command that continues it."""
+    if command != "sweep":
+        return "datr: interrupted"
+    args = list(INVOCATION) or ["sweep", "..."]
+    if "--resume" not in args:
+        args.append("--resume")
+    return ("datr: interrupted; every finished batch is kept in --out. Continue with:\n"
+            f"  datr {shlex.join(args)}")
+
+
+def print_next(out: Path, pages: list[Path], report: Path | None = None, echo=typer.echo) -> None:
+    """Where the outputs went, and the next command to run."""
+    echo(f"results: {out / 'rows'}  (run.json, errors.parquet beside it)")
+    for page in pages[:5]:
+        echo(f"figures: {page}")
+    if len(pages) > 5:
+        echo(f"figures: {len(pages) - 5} more pages under {out / 'figures'}")
+    if report is not None:
+        echo(f"report:  {report}")
+    echo(f"next:    datr show {out}" + ("" if report is not None else f"   |   datr report {out}"))
+
+
+def print_summary(out: Path, echo) -> None:
+    from engine.core.errors import DatrError
+    from engine.present.summary import render_summary, summarize
+    from engine.run.store import read_rows
+
+    try:
+        table = summarize(read_rows(out))
+    except DatrError:
+        echo("no rows were written")
+        return
+    echo(render_summary(table, f"datr summary: {out}"))
