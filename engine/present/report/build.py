@@ -23,11 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.core.errors import DataError
-from engine.present.html import ReportFigure
+from engine.present.html import ReportFigure, write_image_page
 from engine.present.report.page import render_index
 from engine.present.report.plots import (
     DISTRIBUTIONS,
     GRID_PARAMS,
+    controls_figure,
     distribution_figure,
     grid_figure,
     quality_figure,
@@ -41,7 +42,8 @@ from engine.present.report.rows import (
     reference_point,
     scope_order,
 )
-from engine.present.report.tables import grid_table, summary_table, write_csv, write_latex
+from engine.present.report.story import write_image_pages
+from engine.present.report.tables import grid_table, image_table, summary_table, write_csv, write_latex
 from engine.present.style import STYLE, check_formats
 from engine.run.record import read_run_json
 
@@ -60,7 +62,7 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         raise DataError(f"{sweep_dir}: no rows/, run.json or errors.parquet; run `datr sweep ... --out {sweep_dir}` first")
     out = sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("*.png")) + list(out.glob("*.pdf")) + list(out.glob("*.svg")):
+    for stale in list(out.glob("*.png")) + list(out.glob("*.pdf")) + list(out.glob("*.svg")) + list(out.glob("images*.html")):
         stale.unlink()  # a rerun must not leave figures of a grid that is gone
 
     rows = Rows.from_table(table) if table is not None else None
@@ -68,20 +70,27 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
     notes: list[str] = []
     summary: list[dict] = []
     grid_summary: list[dict] = []
+    images: list[dict] = []
     ref = None
     if rows is not None:
         ref = reference_point(rows, run)
         scopes = scope_order(rows, run)
+        echo(f"report: drawing the dataset figures of {rows.n} rows ...")
         figures, notes = draw_dataset_figures(rows, ref, scopes, out, formats)
+        images = image_table(rows, ref, scopes)
+        write_csv(out / "images.csv", images)
+        write_image_pages(out, sweep_dir, images, sweep_dir.resolve().name)
         summary = summary_table(rows, ref, scopes)
         grid_summary = grid_table(rows, scopes)
         write_csv(out / "summary.csv", summary)
         write_csv(out / "summary_grid.csv", grid_summary)
         write_latex(out / "summary.tex", summary, ref)
     image_pages = find_image_pages(sweep_dir)
+    for p in image_pages:  # with the report there, each figure page links back to it
+        write_image_page(sweep_dir / "figures" / p["folder"])
     index = out / "index.html"
-    index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages),
-                     encoding="utf-8")
+    index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages,
+                                  images), encoding="utf-8")
     echo(f"drew {len(figures)} dataset figures, linked {len(image_pages)} per-image figure sets, listed {len(errors)} errors")
     return index
 
@@ -97,6 +106,8 @@ def draw_dataset_figures(rows: Rows, ref: Reference, scopes, out: Path, formats:
             fig = distribution_figure(rows, ref, scopes, metric, title, meaning, scale, unit, out, formats)
             if fig is not None:
                 figures.append(fig)
+        if (controls := controls_figure(rows, ref, scopes, out, formats)) is not None:
+            figures.append(controls)
         quality = quality_figure(rows, ref, scopes, out, formats)
         if quality is None:
             notes.append("Clustering quality against IoU needs ground truth (accuracy/NMI/ARI and IoU are empty).")

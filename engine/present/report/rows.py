@@ -11,6 +11,9 @@ import numpy as np
 from engine.core.errors import DataError
 from engine.run.store import read_rows
 
+# columns that rows of older sweeps lack: read as all-null
+OPTIONAL_COLUMNS = ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed")
+
 
 @dataclass
 class Rows:
@@ -33,6 +36,8 @@ class Rows:
         return cls(cols, table.num_rows)
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.columns and name in OPTIONAL_COLUMNS:  # rows written before these columns existed
+            return np.full(self.n, np.nan)
         return self.columns[name]
 
     def select(self, **where) -> np.ndarray:
