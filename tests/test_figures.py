@@ -256,3 +256,59 @@ def test_pca_display_scaling_is_per_channel_percentiles():
     assert rgb.min() >= 0 and rgb.max() <= 1
     assert np.isclose(np.median(rgb[..., 0]), 0.5, atol=0.02) and np.isclose(np.median(rgb[..., 1]), 0.5, atol=0.02)
     assert np.all(rgb[..., 2] == 0)  # a constant channel does not blow up
+
+
+def test_manifest_carries_the_papers_figure_numbers(tmp_path):
+    maps, result, cfg = hand_case(tmp_path)
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", FAST)
+    manifest = json.loads((tmp_path / "figures" / "img_one" / "figures.json").read_text())
+    numbers = {f["name"]: f["paper_figure"] for f in manifest["figures"]}
+    assert numbers["encoder_pca"] == 1 and numbers["global_comparison"] == 4
+    assert [numbers[f"class-road_{s}"] for s in ("clustering", "clustering_raw", "comparison", "flips")] == [13, 14, 15, 16]
+    assert [numbers[f"class-vehicle_{s}"] for s in ("clustering", "clustering_raw", "comparison", "flips")] == [17, 18, 19, 20]
+    assert numbers["decoder_masks"] == 21 and numbers["mask-road-0"] == 22
+    assert all(f["paper"] == f"Fig. {f['paper_figure']}" for f in manifest["figures"])
+
+
+def test_paper_numbers_cover_1_to_24_and_other_classes_have_none():
+    from engine.present.figures.view import paper_figure
+
+    names = ["encoder_pca", "structural_clustering", "global_clustering", "global_comparison"]
+    names += [f"class-{c}_{s}" for c in ("vegetation", "building", "road", "vehicle")
+              for s in ("clustering", "clustering_raw", "comparison", "flips")]
+    names += ["decoder_masks", "mask-road-0", "mask-road-1", "mask-road-2"]
+    assert [paper_figure(n) for n in names] == list(range(1, 25))
+    assert paper_figure("class-other_flips") is None and paper_figure("mask-road-3") is None
+
+
+def test_every_figure_fits_its_canvas(tmp_path, monkeypatch):
+    """Nothing drawn (legend, title, colourbar) reaches past the canvas, at the default size and in PDF."""
+    import engine.present.figures.draw as draw
+
+    cut = []
+
+    def checked_save(fig, folder, stem, formats, dpi):
+        renderer = fig.canvas.get_renderer()
+        fig.draw_without_rendering()
+        box = fig.get_tightbbox(renderer)  # inches
+        w, h = fig.get_size_inches()
+        if box.x0 < -0.01 or box.y0 < -0.01 or box.x1 > w + 0.01 or box.y1 > h + 0.01:
+            cut.append((stem, tuple(round(v, 2) for v in box.extents), (w, h)))
+        return real_save(fig, folder, stem, formats, dpi)
+
+    real_save = draw.save
+    monkeypatch.setattr(draw, "save", checked_save)
+    maps, result, cfg = hand_case(tmp_path, with_similarity=True)
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", FigureOptions(formats=("png", "pdf"), dpi=40))
+    assert cut == []
+
+
+def test_flip_map_counts_and_rings_a_single_changed_token(tmp_path):
+    maps, result, cfg = hand_case(tmp_path, changed_block=False)
+    maps.labels[0, 2, 45, 15] = 3  # one token of the road region moves to cluster 3
+    records = draw_image_figures(maps, 0, result, cfg, tmp_path / "f", replace(FAST, dpi=60, only=("class-road_flips",)))
+    rgb = read_rgb(tmp_path / "f" / "img_one" / "class-road_flips.png")
+    moved_to = CLASS_COLOURS[QUADRANT_CLASS[3]]
+    # one cell of a 2-inch, 60 dpi panel is ~1.7 px wide; the ring makes it > 20 pixels in each panel
+    assert colour_pixels(rgb, moved_to).sum() > 20
+    assert "ringed" in records[0].caption

@@ -201,3 +201,34 @@ def test_dataset_level_clustering_is_shown_with_its_contingency(tmp_path):
     section = text.split("Dataset-level structural clustering")[1].split("<h2>")[0]
     assert "10 tokens sampled from 3 images" in section and "purity 0.900" in section
     assert "<td>5</td><td>1</td>" in section and "<th>vehicle</th>" in section
+
+
+def test_controls_and_the_paper_column_show_when_the_rows_carry_them(tmp_path):
+    """Synthetic control values: null = flip / 2 for images 0-2 and 2 x flip for image 3 -> flip > null in 3 of 4."""
+    sweep = write_sweep(tmp_path / "s")
+    path = sweep / "rows" / "part-000000.parquet"
+    table = pq.read_table(path)
+    flip = np.array([np.nan if v is None else v for v in table.column("flip_ratio").to_pylist()])
+    image = np.array([int(i.split("_")[1]) for i in table.column("image_id").to_pylist()])
+    null = np.where(image == 3, flip * 2, flip / 2)
+    as_col = pa.array([None if np.isnan(v) else float(v) for v in null], pa.float64())
+    for name in ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed"):
+        table = table.append_column(name, as_col)
+    pq.write_table(table, path)
+    build_report(sweep, echo=lambda _: None)
+    with (sweep / "report" / "summary.csv").open() as fh:
+        summary = {r["scope"]: r for r in csv.DictReader(fh)}
+    assert float(summary["vegetation"]["flip_above_null"]) == pytest.approx(0.75)
+    assert summary["vehicle"]["flip_above_null"] == ""  # no effective token, no flip ratio, no comparison
+    html = (sweep / "report" / "index.html").read_text(encoding="utf-8")
+    assert "<th>flip &gt; null</th>" in html and "75% of 4" in html
+    assert "17 masks, 729 tokens, flip 34.2%, cos 0.7040" in html and "does not define these measures" in html
+    assert (sweep / "report" / "dist_flip_controls.png").is_file()
+
+
+def test_older_rows_without_controls_still_report(tmp_path):
+    sweep = write_sweep(tmp_path / "s")
+    build_report(sweep, echo=lambda _: None)
+    html = (sweep / "report" / "index.html").read_text(encoding="utf-8")
+    assert "<th>flip &gt; null</th>" not in html and not (sweep / "report" / "dist_flip_controls.png").exists()
+    assert "Key findings" in html and broken_links(sweep / "report" / "images.html") == []
