@@ -21,7 +21,16 @@ import typer
 from engine.core.choices import Backend, DatasetKind, Decode, Eigh, Mode, Model
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import DatrError
-from engine.present.terminal import DatrGroup, interrupted_message, print_next, print_summary, project_version
+from engine.present.terminal import (
+    DatrGroup,
+    draw_figures,
+    figure_options,
+    interrupted_message,
+    print_next,
+    print_summary,
+    project_version,
+    split_list,
+)
 
 app = typer.Typer(
     name="datr",
@@ -104,7 +113,9 @@ def env(
     device: Annotated[str, typer.Option(help="Device to load the checkpoint on: cpu, cuda, cuda:N.")] = "cpu",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
-    """Devices, backends and packages found; with --checkpoint, verify a SAM3 checkpoint."""
+    """Devices, backends and packages found.
+
+    With --checkpoint, also load and verify a SAM3 checkpoint."""
     from engine.run.envinfo import collect_env
 
     report = collect_env()
@@ -128,7 +139,9 @@ def bench_kernels(
     eigh: Annotated[str, typer.Option(help=f"PCA eigensolver of the torch path: {choices(Eigh)}.")] = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Batched torch PCA+KMeans vs scikit-learn one problem at a time, same process."""
+    """Batched torch PCA+KMeans vs scikit-learn per problem.
+
+    Both in the same process, on the same synthetic problems."""
     from bench.kernels import KernelBenchConfig, run_kernel_bench
 
     set_threads(threads)
@@ -152,7 +165,9 @@ def bench_encoder(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Images/s of the SAM3 backbone and of grounding over the 5 prompts."""
+    """Images/s of the SAM3 backbone and of grounding.
+
+    Grounding over the 5 prompts, one image x prompt grid per batch."""
     from bench.encoder import EncoderBenchConfig, run_encoder_bench
 
     set_threads(threads)
@@ -216,26 +231,6 @@ def explicit_options(ctx: typer.Context) -> set[str]:
 def option_name(ctx: typer.Context, name: str) -> str:
     """How the user spells the parameter `name` (its first option string, e.g. --alpha for alphas)."""
     return next((p.opts[0] for p in ctx.command.params if p.name == name), name)
-
-
-def figure_options(formats: str, figure_ids: str | None = None):
-    """FigureOptions from --formats (checked: a bad item is named) and the ids of --figure-ids."""
-    from engine.present.figures.view import FigureOptions
-    from engine.present.style import check_formats
-
-    return FigureOptions(formats=check_formats(split_list(formats))), split_list(figure_ids or "")
-
-
-def split_list(text: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in text.split(",") if x.strip())
-
-
-def draw_figures(result, cfg: RunConfig, options=None) -> list[Path]:
-    try:
-        from engine.present.figures.parallel import draw_sweep_figures
-    except ImportError:
-        raise DatrError("figures need matplotlib; install the project with its dependencies") from None
-    return draw_sweep_figures(result, cfg, options, echo=typer.echo)
 
 
 ModelOpt = Annotated[str, typer.Option(help=f"{choices(Model)}: sam3 needs --checkpoint; simulated is a GT-derived stand-in, no weights.")]
@@ -345,7 +340,9 @@ def analyze(
     formats: FormatsOpt = "png",
     config: ConfigOpt = None,
 ) -> None:
-    """The paper's single-image analysis: rows, the summary table and every figure."""
+    """The paper's single-image analysis and every figure.
+
+    Writes the rows, prints the summary table and draws the per-image figures."""
     from engine.data.index import index_image
     from engine.run.sweep import run_sweep
 
@@ -373,7 +370,9 @@ def demo(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
     figures: Annotated[int, typer.Option(min=0, help="Per-image figure sets to draw.")] = 1,
 ) -> None:
-    """Simulated UDD5-like scenes end to end: sweep over an alpha grid, figures, report. No weights needed."""
+    """Simulated scenes end to end: sweep, figures, report.
+
+    UDD5-like scenes, an alpha grid, the dataset-level clustering; no weights needed."""
     from engine.data.scenes import write_scene_set
     from engine.run.sweep import run_sweep
 
@@ -412,7 +411,9 @@ def bench_sweep(
     threads: Annotated[int, typer.Option(min=1, help="CPU threads (1 keeps the comparison fair).")] = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """End-to-end sweep on the simulated source, per stage, beside the paper's way."""
+    """End-to-end sweep on the simulated source, per stage.
+
+    Beside the paper's way (scikit-learn, one problem at a time)."""
     from threadpoolctl import threadpool_limits
 
     from bench.sweep import SweepBenchConfig, run_sweep_bench
@@ -431,7 +432,9 @@ def report(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder (or a folder holding one, e.g. demo-out).")],
     formats: FormatsOpt = "png",
 ) -> None:
-    """Dataset-level figures and DIR/report/index.html from a sweep's results."""
+    """The report of a sweep: DIR/report/index.html.
+
+    Dataset-level figures, tables and the per-image table from a sweep's results."""
     from engine.present.report.build import build_report
     from engine.present.report.rows import find_sweep
     from engine.present.style import check_formats
@@ -450,7 +453,9 @@ def show(
     csv: Annotated[Path | None, typer.Option("--csv", help="Also write the per-image table (one row per image) here.")] = None,
     width: Annotated[int | None, typer.Option(min=40, help="Table width in characters (default: the terminal's).")] = None,
 ) -> None:
-    """The per-class summary in the terminal, fitted to its width; --csv writes the per-image table."""
+    """The per-class summary, fitted to the terminal.
+
+    Shares in %, with NMI; --csv writes the per-image table."""
     from engine.present.report.rows import find_sweep
     from engine.present.summary import render_summary, summarize, write_image_csv
     from engine.run.store import read_rows
@@ -469,7 +474,9 @@ def parity(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the parity table as JSON here.")] = None,
     device: Annotated[str | None, typer.Option(help="Only this device (default: every device present).")] = None,
 ) -> None:
-    """Every available backend and device against the scikit-learn reference; exit 1 on a breach."""
+    """Every backend and device against scikit-learn.
+
+    Exit status 1 on a parity breach."""
     from bench.parity import run_parity
 
     result = run_parity(device=device, echo=typer.echo)

@@ -21,11 +21,10 @@ from PIL import Image
 from engine.analysis.batch import BatchMaps, build_slots
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import ConfigError
-from engine.present.palette import CLASS_COLOURS
 from engine.present.figures.draw import draw_image_figures
 from engine.present.figures.panels import new_figure, percentile_rgb, show_labels
 from engine.present.figures.view import FigureOptions, image_id_of
-from engine.present.palette import cluster_palette
+from engine.present.palette import CLASS_COLOURS, cluster_palette
 
 G = 72  # token grid
 PROMPTS = ("road", "vehicle")
@@ -312,3 +311,20 @@ def test_flip_map_counts_and_rings_a_single_changed_token(tmp_path):
     # one cell of a 2-inch, 60 dpi panel is ~1.7 px wide; the ring makes it > 20 pixels in each panel
     assert colour_pixels(rgb, moved_to).sum() > 20
     assert "ringed" in records[0].caption
+
+
+def test_worker_processes_draw_the_same_figures_and_manifest_as_one_process(tmp_path):
+    from engine.present.figures.parallel import draw_sweep_figures
+
+    maps, handed, cfg = hand_case(tmp_path)
+    folders = {}
+    for workers in (1, 2):
+        out_cfg = replace(cfg, out=tmp_path / f"w{workers}")
+        pages = draw_sweep_figures(SimpleNamespace(figures=handed), out_cfg, FAST, echo=lambda _: None, workers=workers)
+        assert pages == [out_cfg.out / "figures" / "img_one" / "index.html"]
+        folders[workers] = pages[0].parent
+    one, two = (json.loads((folders[w] / "figures.json").read_text()) for w in (1, 2))
+    assert [f["name"] for f in two["figures"]] == [f["name"] for f in one["figures"]]
+    assert {f["name"] for f in one["figures"]} == EXPECTED
+    for f in one["figures"]:
+        assert np.array_equal(read_rgb(folders[1] / f["files"][0]), read_rgb(folders[2] / f["files"][0])), f["name"]

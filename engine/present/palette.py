@@ -27,11 +27,9 @@ from kernels.grid import IGNORE
 
 # Tol bright, one per UDD5 class (vegetation, building, road, vehicle, other)
 CLASS_COLOURS = ((34, 136, 51), (68, 119, 170), (170, 51, 119), (204, 187, 68), (187, 187, 187))
-# Tol muted, for clusters matched to no class (and extra classes); none equals a class or scope colour
-EXTRA_COLOURS = (
-    (51, 34, 136), (153, 153, 51), (136, 34, 85), (68, 170, 153), (221, 204, 119), (204, 102, 119),
-    (17, 119, 51), (170, 68, 153), (136, 204, 238), (221, 221, 221), (102, 17, 0), (0, 68, 136),
-)
+# Tol muted, for clusters matched to no class (and extra classes); the muted colours close to a class, scope or
+# the changed-token red (rose, purple, green, cyan, pale grey) are left out, so every colour keeps one meaning
+EXTRA_COLOURS = ((51, 34, 136), (153, 153, 51), (136, 34, 85), (68, 170, 153), (221, 204, 119), (102, 17, 0))
 SCOPE_COLOURS = {"encoder": (0, 0, 0), "global": (102, 204, 238)}
 IGNORE_COLOUR = (255, 255, 255)  # GT cells with no valid pixel (255)
 FLIP_COLOUR = (238, 102, 119)  # changed tokens (Tol bright red)

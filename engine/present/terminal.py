@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from engine.core.errors import DatrError
+
 INVOCATION: list[str] = []  # the arguments of this invocation (for the --resume hint after Ctrl-C)
 
 
@@ -85,3 +87,23 @@ def print_summary(out: Path, echo) -> None:
         echo("no rows were written")
         return
     echo(render_summary(table, f"datr summary: {out}"))
+
+
+def figure_options(formats: str, figure_ids: str | None = None):
+    """FigureOptions from --formats (checked: a bad item is named) and the ids of --figure-ids."""
+    from engine.present.figures.view import FigureOptions
+    from engine.present.style import check_formats
+
+    return FigureOptions(formats=check_formats(split_list(formats))), split_list(figure_ids or "")
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def draw_figures(result, cfg, options=None) -> list[Path]:
+    try:
+        from engine.present.figures.parallel import draw_sweep_figures
+    except ImportError:
+        raise DatrError("figures need matplotlib; install the project with its dependencies") from None
+    return draw_sweep_figures(result, cfg, options, echo=typer.echo)

@@ -24,10 +24,11 @@ def new_figure(n_panels: int, options: FigureOptions, legend_rows: int = 0, ncol
 
 
 def panel_title(ax, index: int, text: str) -> None:
-    """"(a) text", wrapped to the panel's width (a 9 pt title holds ~13 characters per inch)."""
+    """"(a) text", wrapped to the panel's share of the figure width (a 9 pt title holds ~13 characters per inch)."""
     import textwrap
 
-    width = max(16, int(ax.get_figure().get_figwidth() * ax.get_position().width * 13))
+    columns = ax.get_subplotspec().get_gridspec().ncols
+    width = max(16, int(ax.get_figure().get_figwidth() / columns * 13))
     lines = [textwrap.fill(line, width) for line in f"({PANEL_LETTERS[index]}) {text}".split("\n")]
     ax.set_title("\n".join(lines), loc="left")
 
