@@ -259,8 +259,6 @@ def fig_flips(view: ImageView, palette: ClusterPalette, j: int, folder: Path, op
 
 
 def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau) -> FigureRecord:
-    import matplotlib
-
     p_count = len(view.prompts)
     fig, axes = new_figure(p_count + 1, options, legend_rows=1, ncols=min(p_count + 1, 3))
     masks = view.decoder_masks()
@@ -280,18 +278,22 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
     if overlay is not None:
         axes[0].imshow(overlay, extent=EXTENT, interpolation="nearest")
     panel_title(axes[0], 0, "all prompts (mask prob. ≥ 0.5)" if have_probs else "all prompts (pooled weight ≥ 0.5)")
-    cmap = matplotlib.colormaps["tab20"]
     for p, prompt in enumerate(view.prompts):
         ax = axes[p + 1]
         show_image(ax, view.image, grey=True)
         if have_probs:
+            # every mask in the prompt's class colour (colour = class, in every figure); each mask outlined and
+            # numbered by score rank, so overlapping masks stack darker and stay apart
             order = top_masks(view, p, tau, view.scores.shape[1])
             overlay = np.zeros(masks.shape[-2:] + (4,), dtype=np.float32)
-            for rank, q in enumerate(order):  # lower-scoring masks drawn over higher ones where they overlap
+            colour = to_unit(class_colour(view.class_ids[p]))
+            for rank, q in enumerate(order):
                 region = masks[p, q] >= 0.5
                 if not region.any():
                     continue
-                overlay[region] = (*cmap(rank % 20)[:3], 0.55)
+                overlay[region, :3] = colour
+                overlay[region, 3] = np.minimum(overlay[region, 3] + 0.35, 0.85)
+                outline(ax, region, colour="black", width=0.5)
                 ys, xs = np.nonzero(region)
                 ax.text((xs.mean() + 0.5) / region.shape[1], (ys.mean() + 0.5) / region.shape[0], str(rank),
                         fontsize=6, ha="center", va="center", color="black",
@@ -305,8 +307,8 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
     class_legend(fig, list(view.class_ids))
     fig.suptitle(f"Decoder masks overview — {view.image_id}" + (f" (τ={tau:g})" if tau is not None else ""))
     files = save(fig, folder, "decoder_masks", options.formats, options.dpi)
-    caption = ("Every kept decoder mask (score ≥ τ, probability ≥ 0.5) per prompt, numbered by score rank; "
-               "panel (a) overlays all prompts in their class colours.")
+    caption = ("Every kept decoder mask (score ≥ τ, probability ≥ 0.5) per prompt in the prompt's class colour, outlined "
+               "and numbered by score rank (overlaps stack darker); panel (a) overlays all prompts.")
     if have_probs and view.mask_probs is None:
         caption += " Full-resolution masks were not kept for this image: the masks pooled to the 72×72 token grid are shown."
     if not have_probs:
