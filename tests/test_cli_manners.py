@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from cli import app
 from engine.present.summary import render_summary, summarize
 from engine.run.store import read_rows
-from tests.test_report import write_sweep
+from tests.test_report import add_synthetic_controls, write_sweep
 
 runner = CliRunner()
 
@@ -65,6 +65,19 @@ def test_show_fits_the_width_in_percent_with_nmi(tmp_path):
     table = render_summary(summarize(read_rows(sweep)), "t", width=200)
     veg = next(line for line in table.splitlines() if line.strip().startswith("vegetation") and " 0.3 " in line)
     assert "7.5%" in veg
+
+
+def test_show_puts_the_null_control_beside_the_flip_ratio(tmp_path):
+    sweep = add_synthetic_controls(write_sweep(tmp_path / "s"))
+    summary = summarize(read_rows(sweep))
+    table = render_summary(summary, "t", width=200)
+    header = next(line for line in table.splitlines() if line.strip().startswith("scope"))
+    assert header.index("flip") < header.index("null") < header.index("reseed")
+    # vegetation at alpha 0.3: null = flip / 2 for images 0-2 and 2 x flip for image 3 -> (0.015+0.03+0.045+0.24)/4
+    (null,) = [r["flip_ratio_null_mean"] for r in summary.to_pylist() if r["scope"] == "vegetation" and r["alpha"] == 0.3]
+    assert null == pytest.approx(0.0825)
+    veg = next(line for line in table.splitlines() if line.strip().startswith("vegetation") and " 0.3 " in line)
+    assert f"{null:.1%}" in veg and "controls" in table
 
 
 def test_show_csv_writes_one_row_per_image(tmp_path):

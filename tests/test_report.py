@@ -203,9 +203,8 @@ def test_dataset_level_clustering_is_shown_with_its_contingency(tmp_path):
     assert "<td>5</td><td>1</td>" in section and "<th>vehicle</th>" in section
 
 
-def test_controls_and_the_paper_column_show_when_the_rows_carry_them(tmp_path):
-    """Synthetic control values: null = flip / 2 for images 0-2 and 2 x flip for image 3 -> flip > null in 3 of 4."""
-    sweep = write_sweep(tmp_path / "s")
+def add_synthetic_controls(sweep: Path) -> Path:
+    """The three control columns with made-up values: null = flip / 2 (image 3: 2 x flip); processed, reseed the same."""
     path = sweep / "rows" / "part-000000.parquet"
     table = pq.read_table(path)
     flip = np.array([np.nan if v is None else v for v in table.column("flip_ratio").to_pylist()])
@@ -215,6 +214,12 @@ def test_controls_and_the_paper_column_show_when_the_rows_carry_them(tmp_path):
     for name in ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed"):
         table = table.append_column(name, as_col)
     pq.write_table(table, path)
+    return sweep
+
+
+def test_controls_and_the_paper_column_show_when_the_rows_carry_them(tmp_path):
+    """Synthetic control values: null = flip / 2 for images 0-2 and 2 x flip for image 3 -> flip > null in 3 of 4."""
+    sweep = add_synthetic_controls(write_sweep(tmp_path / "s"))
     build_report(sweep, echo=lambda _: None)
     with (sweep / "report" / "summary.csv").open() as fh:
         summary = {r["scope"]: r for r in csv.DictReader(fh)}

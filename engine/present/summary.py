@@ -68,7 +68,10 @@ def render_summary(table: pa.Table, title: str, *, width: int | None = None) -> 
     console.print(out)
     if dropped:
         console.print(f"left out to fit {width} columns: {', '.join(dropped)} (the report and `--csv` have them)")
-    console.print("flip, null, reseed: % of effective tokens; null and reseed are the flip ratio's controls")
+    if any(m.startswith(("flip_ratio_null", "flip_ratio_reseed")) for m in metrics):
+        console.print("flip, null, reseed: % of effective tokens; null and reseed are the flip ratio's controls")
+    else:
+        console.print("flip: % of effective tokens (these rows carry no null / reseed controls)")
     return console.file.getvalue()
 
 
