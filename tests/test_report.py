@@ -185,6 +185,15 @@ def test_real_sweep_figures_and_report_end_to_end(tmp_path):
     assert "../figures/scene_0000/structural_clustering.png" in text
     assert broken_links(index) == [] and broken_links(cfg.out / "figures" / "scene_0000" / "index.html") == []
     assert 'id="simulated"' in text and (cfg.out / "report" / "grid_alpha.png").exists()
+    # the figure page: a contents entry per figure with its paper number, and the way back to the report
+    page = (cfg.out / "figures" / "scene_0000" / "index.html").read_text(encoding="utf-8")
+    assert '<a href="../../report/index.html">' in page
+    assert all(f'<li><a href="#{name}">' in page for name in only)
+    assert '<a href="#class-road_flips">Fig. 16</a>' in page and '<a href="#mask-road-0">Fig. 22</a>' in page
+    # the per-image table links the image with figures to its page, from every sort order
+    for name in ("images.html", "images_by_iou_mean.html", "images_by_accuracy_encoder.html"):
+        assert '"../figures/scene_0000/index.html"' in (cfg.out / "report" / name).read_text(encoding="utf-8")
+        assert broken_links(cfg.out / "report" / name) == []
 
 
 def test_dataset_level_clustering_is_shown_with_its_contingency(tmp_path):

@@ -199,7 +199,7 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
         panel_title(axes[0], 0, "ground truth, effective region outlined")
     else:
         heatmap(fig, axes[0], weights, "magma", "mask weight W", 0.0, 1.0, image=view.image)
-        outline(axes[0], eff, colour="cyan")
+        outline(axes[0], eff, colour="white")
         panel_title(axes[0], 0, "mask weight W, E outlined")
     for ax, index, lab, name in ((axes[1], 1, view.labels[0], "encoder"), (axes[2], 2, view.labels[j], "DATR")):
         show_image(ax, view.image, grey=True)

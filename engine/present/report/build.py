@@ -9,13 +9,21 @@ lists DIR/figures/*/figures.json, the per-image figures, when present) and write
                                       encoder clustering) against the prompt's mask IoU, with
                                       Pearson and Spearman correlations (needs GT)
     DIR/report/grid_<param>.png       metric means against each parameter that the sweep varied
-    DIR/report/summary.csv, .tex      the per-class table in the paper's form (mean ± std)
+    DIR/report/dist_flip_controls.png the flip ratio beside its null and reseed controls (rows that carry them)
+    DIR/report/summary.csv, .tex      the per-class table in the paper's form (median [IQR]; the CSV also
+                                      has means and standard deviations)
+    DIR/report/images.html, images_by_<column>.html, images.csv
+                                      the per-image table, one page per sort order
     DIR/report/summary_grid.csv       the means at every grid point
-    DIR/report/index.html             one page, every link relative, inline CSS, no scripts
+    DIR/report/index.html             one page, every link relative, inline CSS, no scripts: key
+                                      findings first (engine.present.report.story)
+
+Each per-image figure page (DIR/figures/<id>/index.html) is rewritten to link back here.
 
 Nothing here reruns the analysis: the figures draw the stored per-image values; the
 only numbers computed are summaries of them (means, spreads, correlations). The pieces:
-rows (reading), plots (figures), tables (summary tables), page (the HTML).
+rows (reading), plots (figures), tables (summary tables), story (key findings, per-image pages),
+page (the HTML).
 """
 
 from __future__ import annotations
@@ -86,11 +94,11 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         write_csv(out / "summary_grid.csv", grid_summary)
         write_latex(out / "summary.tex", summary, ref)
     image_pages = find_image_pages(sweep_dir)
-    for p in image_pages:  # with the report there, each figure page links back to it
-        write_image_page(sweep_dir / "figures" / p["folder"])
     index = out / "index.html"
     index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages,
                                   images), encoding="utf-8")
+    for p in image_pages:  # now that the report is there, each figure page links back to it
+        write_image_page(sweep_dir / "figures" / p["folder"])
     echo(f"drew {len(figures)} dataset figures, linked {len(image_pages)} per-image figure sets, listed {len(errors)} errors")
     return index
 
