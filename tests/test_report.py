@@ -234,6 +234,8 @@ def test_controls_and_the_paper_column_show_when_the_rows_carry_them(tmp_path):
         summary = {r["scope"]: r for r in csv.DictReader(fh)}
     assert float(summary["vegetation"]["flip_above_null"]) == pytest.approx(0.75)
     assert summary["vehicle"]["flip_above_null"] == ""  # no effective token, no flip ratio, no comparison
+    assert float(summary["vegetation"]["paper_flip_ratio"]) == 0.342 and summary["vegetation"]["paper_masks"] == "17"
+    assert summary["global"]["paper_masks"] == "" and summary["encoder"]["paper_effective_tokens"] == ""
     html = (sweep / "report" / "index.html").read_text(encoding="utf-8")
     assert "<th>flip &gt; null</th>" in html and "75% of 4" in html
     assert "17 masks, 729 tokens, flip 34.2%, cos 0.7040" in html and "does not define these measures" in html

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.present.paper import PaperScope, paper_scope
 from engine.present.report.rows import Reference, Rows, point_mask
 
 TABLE_COLUMNS = (
@@ -21,7 +22,8 @@ TABLE_COLUMNS = (
 def summary_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
     """One row per scope at the reference point: median, quartiles, mean, std and count of each metric over images.
 
-    Also `flip_above_null`: the share of images whose flip ratio exceeds its null control (None without controls).
+    Also `flip_above_null`: the share of images whose flip ratio exceeds its null control (None without controls),
+    and `paper_*`: the paper's single-image numbers for the scope (None where it reports none).
     """
     table = []
     for scope, cid in scopes:
@@ -35,6 +37,8 @@ def summary_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
             entry[f"{metric}_mean"] = float(data.mean()) if data.size else None
             entry[f"{metric}_std"] = float(data.std(ddof=1)) if data.size > 1 else None
             entry[f"{metric}_n"] = int(data.size)
+        paper = paper_scope(scope)
+        entry.update({f"paper_{name}": None if paper is None else getattr(paper, name) for name in PaperScope._fields})
         flip, null = rows["flip_ratio"][keep], rows["flip_ratio_null"][keep]
         both = ~(np.isnan(flip) | np.isnan(null))
         entry["flip_above_null"] = float((flip[both] > null[both]).mean()) if both.any() else None
@@ -163,6 +167,8 @@ def image_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
         flips, ious = entry.pop("flips"), entry.pop("ious")
         worst = max(flips, key=flips.get) if flips else None
         row = {"image_id": image_id, **{key: entry.get(key) for key, *_ in IMAGE_COLUMNS}}
+        if row["effective_tokens"] is not None:
+            row["effective_tokens"] = int(row["effective_tokens"])
         row.update(class_flip_mean=float(np.mean(list(flips.values()))) if flips else None,
                    class_flip_max=flips[worst] if worst else None, class_flip_max_scope=worst,
                    iou_mean=float(np.mean(ious)) if ious else None)
