@@ -242,7 +242,7 @@ def fig_flips(view: ImageView, palette: ClusterPalette, j: int, folder: Path, op
         changed_markers(ax, changed, palette.rgb(maps[j]))
         outline(ax, eff, colour="black", width=0.8)
         zoomed = zoom_to(ax, eff) or zoomed
-        panel_title(ax, index, f"{kind} labels: changed tokens in E")
+        panel_title(ax, index, f"{kind}: changed tokens in E")
         count_box(ax, flip_count(view, slot, int(changed.sum()), int(eff.sum()), processed=kind == "processed"))
         shown.append(maps[j][changed])
     cluster_legend(fig, palette, [s for s in shown if s.size] or [np.zeros(0, dtype=np.int64)],
