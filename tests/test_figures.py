@@ -328,3 +328,17 @@ def test_worker_processes_draw_the_same_figures_and_manifest_as_one_process(tmp_
     assert {f["name"] for f in one["figures"]} == EXPECTED
     for f in one["figures"]:
         assert np.array_equal(read_rgb(folders[1] / f["files"][0]), read_rgb(folders[2] / f["files"][0])), f["name"]
+
+
+def test_a_figure_that_fails_in_a_worker_fails_the_drawing(tmp_path, monkeypatch):
+    import engine.present.figures.draw as draw
+    from engine.present.figures.parallel import draw_sweep_figures
+
+    def broken(*args, **kwargs):
+        raise ValueError("figure broke")
+
+    monkeypatch.setattr(draw, "fig_flips", broken)  # the forked workers inherit the patch
+    maps, handed, cfg = hand_case(tmp_path)
+    with pytest.raises(ValueError, match="figure broke"):
+        draw_sweep_figures(SimpleNamespace(figures=handed), cfg, FAST, echo=lambda _: None, workers=2)
+    assert not (cfg.out / "figures" / "img_one" / "figures.json").exists()  # no manifest for a half-drawn image

@@ -37,7 +37,7 @@ def draw_sweep_figures(result, cfg, options: FigureOptions | None = None, echo: 
     tasks = [(i, group) for i, (view, folder, opts) in enumerate(jobs) for group in name_groups(view, folder, opts)]
     if not tasks:
         return []
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    workers = max(1, min(workers or usable_cores(), len(tasks)))
     if "fork" not in multiprocessing.get_all_start_methods():
         workers = 1
     total = sum(len(g) for _, g in tasks)
@@ -62,13 +62,26 @@ def draw_sweep_figures(result, cfg, options: FigureOptions | None = None, echo: 
             for i, group in tasks:
                 finished(i, draw_group(i, group))
         else:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            try:
                 futures = {pool.submit(draw_group, i, group): i for i, group in tasks}
                 for future in as_completed(futures):
                     finished(futures[future], future.result())
+            except BaseException:  # Ctrl-C or a failed figure: drop the queued groups instead of drawing them all
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
     finally:
         _JOBS.clear()
     return pages
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (a container or taskset may allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def name_groups(view: ImageView, folder: Path, options: FigureOptions) -> list[tuple[str, ...]]:
