@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -21,20 +20,50 @@ import typer
 from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import DatrError
+from engine.core.options import build_run_config
+from engine.present.terminal import (
+    DatrGroup,
+    draw_figures,
+    figure_options,
+    interrupted_message,
+    print_next,
+    print_summary,
+    project_version,
+    split_list,
+)
 
 app = typer.Typer(
     name="datr",
+    cls=DatrGroup,
     help="Batched SAM3 feature clustering (DATR) over aerial datasets.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain click help: reads at 80 columns, and no option text is taken for markup
 )
-bench_app = typer.Typer(help="Throughput benchmarks (reference run beside the candidate).", no_args_is_help=True)
+bench_app = typer.Typer(help="Throughput benchmarks (reference run beside the candidate).", no_args_is_help=True,
+                        rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
 
+def version_callback(value: bool) -> None:
+    if value:
+        from engine.core.versions import package_version
+
+        typer.echo(f"datr {package_version('sam3-datr') or project_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Batched SAM3 feature clustering (DATR) over aerial datasets."""
+
+
 def user_errors(fn):
-    """Print a DatrError as one line on stderr and exit with status 2 (no traceback)."""
+    """A DatrError as one line on stderr, exit 2 (no traceback); Ctrl-C as one line (with the --resume hint), exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -48,6 +77,9 @@ def user_errors(fn):
 
             typer.echo(f"datr: error: {os_error_message(err)}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo(interrupted_message(fn.__name__), err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -86,7 +118,9 @@ def env(
     device: Annotated[str, typer.Option(help="Device to load the checkpoint on: cpu, cuda, cuda:N.")] = "cpu",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON here.")] = None,
 ) -> None:
-    """Devices, backends and packages found; with --checkpoint, verify a SAM3 checkpoint."""
+    """Devices, backends and packages found.
+
+    With --checkpoint, also load and verify a SAM3 checkpoint."""
     from engine.run.envinfo import collect_env
 
     report = collect_env()
@@ -110,7 +144,9 @@ def bench_kernels(
     eigh: Annotated[str, typer.Option(help=f"PCA eigensolver of the torch path: {choices(Eigh)}.")] = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Batched torch PCA+KMeans vs scikit-learn one problem at a time, same process."""
+    """Batched torch PCA+KMeans vs scikit-learn per problem.
+
+    Both in the same process, on the same synthetic problems."""
     from bench.kernels import KernelBenchConfig, run_kernel_bench
 
     set_threads(threads)
@@ -134,7 +170,9 @@ def bench_encoder(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads.")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Images/s of the SAM3 backbone and of grounding over the 5 prompts."""
+    """Images/s of the SAM3 backbone and of grounding.
+
+    Grounding over the 5 prompts, one image x prompt grid per batch."""
     from bench.encoder import EncoderBenchConfig, run_encoder_bench
 
     set_threads(threads)
@@ -145,86 +183,6 @@ def bench_encoder(
     )
     result = run_encoder_bench(cfg, echo=typer.echo)
     write_json(json_path, result)
-
-
-LIST_FIELDS = {"alphas": float, "ks": int, "dims": int, "taus": float}  # a comma list on the command line
-RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"analysis"}
-ANALYSIS_FIELDS = {f.name for f in fields(AnalysisConfig)}
-
-
-def build_run_config(ctx: typer.Context, **fixed) -> RunConfig:
-    """Defaults < run.toml < options typed on the command line < what the command itself fixes.
-
-    Every parameter of the command named like a RunConfig / AnalysisConfig field sets it;
-    with --config only the options actually typed do (so the file's values survive the
-    command's defaults). `fixed`: fields the command decides (e.g. `analyze` reads one image).
-    """
-    from engine.core.config import load_toml, merge, parse_list
-
-    params = ctx.params
-    config = params.get("config")
-    base = RunConfig(dataset=params.get("dataset"), out=params["out"])
-    if config is not None:
-        base = merge(base, load_toml(config))
-    typed = explicit_options(ctx)
-    run: dict = {}
-    analysis: dict = {}
-    for name, value in params.items():
-        if name in fixed or value is None or (config is not None and name not in typed):
-            continue
-        if name in LIST_FIELDS:
-            analysis[name] = parse_list(value, LIST_FIELDS[name], option_name(ctx, name))
-        elif name in ANALYSIS_FIELDS:
-            analysis[name] = value
-        elif name == "prompts":
-            run["prompts"] = tuple(p.strip() for p in value.split(",") if p.strip())
-            if len(run["prompts"]) != len(base.class_ids):
-                run["class_ids"] = tuple(range(len(run["prompts"])))
-        elif name in RUN_FIELDS:
-            run[name] = value
-    return merge(base, {**run, **fixed, "analysis": analysis}).validate()
-
-
-def explicit_options(ctx: typer.Context) -> set[str]:
-    """Names of the options the user actually typed (so run.toml values survive the defaults)."""
-    # compared by name: typer may ship its own copy of click's ParameterSource enum
-    def typed(name: str) -> bool:
-        source = ctx.get_parameter_source(name)
-        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-    return {name for name in ctx.params if typed(name)}
-
-
-def option_name(ctx: typer.Context, name: str) -> str:
-    """How the user spells the parameter `name` (its first option string, e.g. --alpha for alphas)."""
-    return next((p.opts[0] for p in ctx.command.params if p.name == name), name)
-
-
-def print_summary(out: Path, echo, paper: bool = False) -> None:
-    """The per-scope summary; paper=True adds the paper's single-image numbers beside each scope."""
-    from engine.present.paper import PAPER_NOTE
-    from engine.present.summary import render_summary, summarize, with_paper_column
-    from engine.run.store import read_rows
-
-    try:
-        rows = read_rows(out)
-        table = summarize(rows)
-    except DatrError:
-        echo("no rows were written")
-        return
-    if paper:
-        table = with_paper_column(table, rows)
-    echo(render_summary(table, f"datr summary: {out}"))
-    if paper:
-        echo(PAPER_NOTE)
-
-
-def draw_figures(result, cfg: RunConfig) -> None:
-    try:
-        from engine.present.figures.draw import draw_sweep_figures
-    except ImportError:
-        raise DatrError("figures need matplotlib; install the project with its dependencies") from None
-    draw_sweep_figures(result, cfg)
 
 
 ModelOpt = Annotated[str, typer.Option(help=f"{choices(Model)}: sam3 needs --checkpoint; simulated is a GT-derived stand-in, no weights.")]
@@ -241,7 +199,9 @@ DatasetKindOpt = Annotated[str, typer.Option("--dataset", help=f"Dataset kind: {
 NInitOpt = Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")]
 ControlsOpt = Annotated[bool | None, typer.Option("--controls/--no-controls", help="Measure the null and reseed controls of every flip ratio (default on; about doubles the analysis time).")]
 KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default independent: k-means++; encoder: from the encoder partition).")]
-ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under \\[analysis].")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under [analysis].")]
+FormatsOpt = Annotated[str, typer.Option(help="Figure formats, a comma list of png, pdf, svg.")]
+FigureIdsOpt = Annotated[str | None, typer.Option(help="Draw the per-image figures of these image ids (a comma list).")]
 
 
 @app.command()
@@ -277,6 +237,8 @@ def sweep(
     cache_dtype: Annotated[str, typer.Option(help=f"Feature cache precision: {choices(CacheDtype)} (float32 reruns bitwise, twice the disk).")] = "float16",
     from_cache: Annotated[Path | None, typer.Option(help="Analyse a feature cache instead of running the model.")] = None,
     figures: Annotated[int, typer.Option(help="Draw the per-image figures for the first N images.")] = 0,
+    figure_ids: FigureIdsOpt = None,
+    formats: FormatsOpt = "png",
     config: ConfigOpt = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -288,7 +250,8 @@ def sweep(
 ) -> None:
     """Run the analysis over a dataset; results to --out (resumable). --scheduler/--cluster: over a Dask cluster."""
     set_threads(threads)
-    cfg = build_run_config(ctx)
+    options, ids = figure_options(formats, figure_ids)
+    cfg = build_run_config(ctx, **({"figures": len(ids)} if ids else {}))
     set_matmul_precision(cfg.device)
     if scheduler is not None or cluster is not None:
         from engine.run.distributed import ClusterConfig, run_distributed_sweep  # imports dask: only here
@@ -300,12 +263,15 @@ def sweep(
     else:
         from engine.run.sweep import run_sweep
 
-        result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=cfg.figures)
+        result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=ids or cfg.figures)
     typer.echo(f"{result.images_done} items analysed, {result.images_skipped_resume} already done, "
                f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
-    if cfg.figures:
-        draw_figures(result, cfg)
+    pages = draw_figures(result, cfg, options) if cfg.figures else []
+    missing = sorted(set(ids) - {str(maps.image_ids[row]) for maps, row in result.figures.maps}) if ids else []
+    if missing:
+        typer.echo(f"figures: no image with id {', '.join(missing)} was analysed in this run", err=True)
     print_summary(cfg.out, typer.echo)
+    print_next(cfg.out, pages)
 
 
 @app.command()
@@ -330,25 +296,33 @@ def analyze(
     controls: ControlsOpt = None,
     kmeans_init: KMeansInitOpt = None,
     draw: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the paper's per-image figures.")] = True,
+    formats: FormatsOpt = "png",
     config: ConfigOpt = None,
 ) -> None:
-    """The paper's single-image analysis: rows, the summary table and every figure."""
+    """The paper's single-image analysis and every figure.
+
+    Writes the rows, prints the summary table and draws the per-image figures."""
     from engine.data.index import index_image
     from engine.run.sweep import run_sweep
 
+    options, _ = figure_options(formats)
     index = index_image(image, gt, mode=mode, dataset=dataset_kind)
     cfg = build_run_config(ctx, dataset=image.parent, split=None, batch_size=1, num_workers=0, decode="cpu",
                            figures=len(index.items) if draw else 0)
     set_matmul_precision(cfg.device)
-    result = run_sweep(cfg, echo=typer.echo, show_progress=False, index=index, keep_figures=cfg.figures)
+    typer.echo(f"analyze: {len(index.items)} item(s) of {image}: model, clustering and metrics ...")
+    result = run_sweep(cfg, echo=typer.echo, show_progress=len(index.items) > 1, index=index, keep_figures=cfg.figures)
     if result.images_done == 0 and not result.images_skipped_resume:
         from engine.run.store import read_shard
 
         failed = read_shard(cfg.out / "errors.parquet").to_pylist()
         raise DatrError(failed[0]["error"] if failed else f"{image}: no rows were written")
-    if cfg.figures:
-        draw_figures(result, cfg)
+    pages = draw_figures(result, cfg, options) if cfg.figures else []
     print_summary(cfg.out, typer.echo, paper=True)
+    print_next(cfg.out, pages)
+
+
+DEMO_SAMPLE = 20000  # tokens of the demo's dataset-level clustering (of 8 x 5184)
 
 
 @app.command()
@@ -360,7 +334,9 @@ def demo(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
     figures: Annotated[int, typer.Option(min=0, help="Per-image figure sets to draw.")] = 1,
 ) -> None:
-    """Simulated UDD5-like scenes end to end: sweep over an alpha grid, figures, report. No weights needed."""
+    """Simulated scenes end to end: sweep, figures, report.
+
+    UDD5-like scenes, an alpha grid, the dataset-level clustering; no weights needed."""
     from engine.data.scenes import write_scene_set
     from engine.run.sweep import run_sweep
 
@@ -373,18 +349,19 @@ def demo(
     typer.echo(f"demo: writing {images} SIMULATED scenes to {out / 'scenes'}")
     root = write_scene_set(out / "scenes", images, seed=0)
     cfg = RunConfig(dataset=root, out=out / "sweep", model="simulated", device=device, batch_size=batch_size,
-                    num_workers=0, figures=figures, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4)).validate()
+                    num_workers=0, figures=figures,
+                    analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4, dataset_sample=DEMO_SAMPLE)).validate()
     set_matmul_precision(cfg.device)
     result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)
-    if figures:
-        draw_figures(result, cfg)
+    pages = draw_figures(result, cfg) if figures else []
     print_summary(cfg.out, typer.echo)
     try:
         from engine.present.report.build import build_report
     except ImportError:
+        print_next(cfg.out, pages)
         return
     index = build_report(cfg.out, echo=typer.echo)
-    typer.echo(f"report: {index}")
+    print_next(cfg.out, pages, index)
 
 
 @bench_app.command("sweep")
@@ -398,7 +375,9 @@ def bench_sweep(
     threads: Annotated[int, typer.Option(min=1, help="CPU threads (1 keeps the comparison fair).")] = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """End-to-end sweep on the simulated source, per stage, beside the paper's way."""
+    """End-to-end sweep on the simulated source, per stage.
+
+    Beside the paper's way (scikit-learn, one problem at a time)."""
     from threadpoolctl import threadpool_limits
 
     from bench.sweep import SweepBenchConfig, run_sweep_bench
@@ -414,14 +393,43 @@ def bench_sweep(
 @app.command()
 @user_errors
 def report(
-    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder.")],
-    formats: Annotated[str, typer.Option(help="Figure formats, comma list of png, pdf, svg.")] = "png",
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder (or a folder holding one, e.g. demo-out).")],
+    formats: FormatsOpt = "png",
 ) -> None:
-    """Dataset-level figures and DIR/report/index.html from a sweep's results."""
-    from engine.present.report.build import build_report
+    """The report of a sweep: DIR/report/index.html.
 
-    index = build_report(sweep_dir, echo=typer.echo, formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
+    Dataset-level figures, tables and the per-image table from a sweep's results."""
+    from engine.present.report.build import build_report
+    from engine.present.report.rows import find_sweep
+    from engine.present.style import check_formats
+
+    formats_ok = check_formats(split_list(formats))
+    found = find_sweep(sweep_dir, echo=typer.echo)
+    index = build_report(found, echo=typer.echo, formats=formats_ok)
     typer.echo(f"report: {index}")
+    typer.echo(f"next:   open it in a browser, or `datr show {found}` for the summary here")
+
+
+@app.command()
+@user_errors
+def show(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder (or a folder holding one).")],
+    csv: Annotated[Path | None, typer.Option("--csv", help="Also write the per-image table (one row per image) here.")] = None,
+    width: Annotated[int | None, typer.Option(min=40, help="Table width in characters (default: the terminal's).")] = None,
+) -> None:
+    """The per-class summary, fitted to the terminal.
+
+    Shares in %, with NMI; --csv writes the per-image table."""
+    from engine.present.report.rows import find_sweep
+    from engine.present.summary import render_summary, summarize, write_image_csv
+    from engine.run.store import read_rows
+
+    found = find_sweep(sweep_dir, echo=typer.echo)
+    rows = read_rows(found)
+    typer.echo(render_summary(summarize(rows), f"datr summary: {found}", width=width), nl=False)
+    if csv is not None:
+        count = write_image_csv(found, rows, csv)
+        typer.echo(f"wrote {csv} ({count} images)")
 
 
 @app.command()
@@ -430,7 +438,9 @@ def parity(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the parity table as JSON here.")] = None,
     device: Annotated[str | None, typer.Option(help="Only this device (default: every device present).")] = None,
 ) -> None:
-    """Every available backend and device against the scikit-learn reference; exit 1 on a breach."""
+    """Every backend and device against scikit-learn.
+
+    Exit status 1 on a parity breach."""
     from bench.parity import run_parity
 
     result = run_parity(device=device, echo=typer.echo)

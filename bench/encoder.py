@@ -87,6 +87,7 @@ def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = p
     source.ground(backbone_out, taus)
 
     backbone_s = grounding_s = 0.0
+    echo(f"timing {n_batches} batch(es) of {batch}: backbone, then grounding ...")
     for _ in range(n_batches):
         seconds, backbone_out = _timed(device, source.encode_images, images)
         backbone_s += seconds

@@ -241,6 +241,7 @@ def run_kernel_bench(cfg: KernelBenchConfig, echo: Callable[[str], None] = print
     work = prepare(cfg, echo)
     results, per_n_init, stages_out = [], {}, {}
     for n_init in cfg.n_inits:
+        echo(f"  n_init={n_init}: timing the batched path, then the per-problem references (this takes a while) ...")
         rows, figures, out, ref = time_n_init(work, cfg, n_init, echo)
         results += rows
         per_n_init[f"n_init{n_init}"] = figures

@@ -83,6 +83,7 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
         run_cfg = RunConfig(dataset=root, out=Path(tmp) / "sweep", model="simulated", device=str(device),
                             batch_size=cfg.batch_size, num_workers=cfg.workers, analysis=analysis)
         # warm-up on one batch so allocators and kernels are ready
+        echo(f"sweep bench: warm-up, then {cfg.images} simulated images end to end ...")
         run_sweep(replace(run_cfg, out=Path(tmp) / "warm", limit=1), echo=lambda s: None, show_progress=False)
         start = time.perf_counter()
         result = run_sweep(run_cfg, echo=lambda s: None, show_progress=False)
@@ -90,6 +91,7 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
         stages = result.run["seconds_per_stage"]
 
         # the paper's way, on the same decoder outputs for the first reference images
+        echo(f"sweep bench: the paper's way (sklearn, one problem at a time) on {cfg.reference_images} image(s) ...")
         index = index_dataset(DataConfig(root=root, num_workers=0))
         source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
         ref_seconds = 0.0

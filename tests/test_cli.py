@@ -100,7 +100,7 @@ def test_analyze_one_image(scenes, tmp_path):
     rows = read_rows(out).to_pylist()
     assert {r["image_id"] for r in rows} == {"scene_0000"} and len(rows) == 7
     assert all(r["accuracy"] is not None for r in rows)
-    assert "paper (one image)" in result.output and "flip 34.2%" in result.output  # the paper's vegetation
+    assert "paper (one image)" in result.output and "34.2% 0.7040 729/5184 17" in result.output  # the paper's vegetation
     assert "it does not define these measures, the engine's definitions are DESIGN.md's" in result.output
 
 

@@ -21,11 +21,10 @@ from PIL import Image
 from engine.analysis.batch import BatchMaps, build_slots
 from engine.core.config import AnalysisConfig, RunConfig
 from engine.core.errors import ConfigError
-from engine.data.classes import UDD5_COLOURS
 from engine.present.figures.draw import draw_image_figures
 from engine.present.figures.panels import new_figure, percentile_rgb, show_labels
 from engine.present.figures.view import FigureOptions, image_id_of
-from engine.present.palette import cluster_palette
+from engine.present.palette import CLASS_COLOURS, cluster_palette
 
 G = 72  # token grid
 PROMPTS = ("road", "vehicle")
@@ -140,7 +139,7 @@ def test_structural_clustering_file_shows_the_given_labels_in_gt_aligned_colours
     # cluster c covers the quadrant where GT has class QUADRANT_CLASS[c], so it takes that class colour
     areas, centres = [], []
     for cls in QUADRANT_CLASS:
-        ys, xs = np.nonzero(colour_pixels(rgb, UDD5_COLOURS[cls]))
+        ys, xs = np.nonzero(colour_pixels(rgb, CLASS_COLOURS[cls]))
         areas.append(xs.size)
         centres.append((xs.mean(), ys.mean()))
     assert min(areas) > 0.9 * max(areas), f"quadrant areas differ: {areas}"
@@ -176,7 +175,7 @@ def test_cluster_palette_names_the_matched_class_and_keeps_spare_colours_distinc
     assert palette.names[:3] == ["cluster 0 ≈ road", "cluster 1 ≈ vegetation", "cluster 2 ≈ building"]
     assert palette.matched_class == [2, 0, 1, None, None]
     assert len({tuple(c) for c in palette.colours}) == 5
-    assert not {tuple(c) for c in palette.colours[3:]} & set(UDD5_COLOURS)
+    assert not {tuple(c) for c in palette.colours[3:]} & set(CLASS_COLOURS)
 
 
 def test_without_gt_clusters_take_neutral_colours_and_plain_names(tmp_path):
@@ -188,7 +187,7 @@ def test_without_gt_clusters_take_neutral_colours_and_plain_names(tmp_path):
     rgb = read_rgb(tmp_path / "f" / "img_one" / "structural_clustering.png")
     neutral = cluster_palette(quadrants(), 4).colours
     assert all(colour_pixels(rgb, c).sum() > 0 for c in neutral)
-    assert all(colour_pixels(rgb, UDD5_COLOURS[c]).sum() == 0 for c in QUADRANT_CLASS)
+    assert all(colour_pixels(rgb, CLASS_COLOURS[c]).sum() == 0 for c in QUADRANT_CLASS)
     assert json.loads((tmp_path / "f" / "img_one" / "figures.json").read_text())["has_gt"] is False
 
 
@@ -197,16 +196,16 @@ def test_flip_map_draws_changed_tokens_only(tmp_path):
     only_flips = FigureOptions(dpi=60, only=("class-road_flips",))
     draw_image_figures(maps, 0, result, cfg, tmp_path / "a", only_flips)
     rgb = read_rgb(tmp_path / "a" / "img_one" / "class-road_flips.png")
-    moved_to = UDD5_COLOURS[QUADRANT_CLASS[3]]  # the block moved to cluster 3 (vehicle colour)
+    moved_to = CLASS_COLOURS[QUADRANT_CLASS[3]]  # the block moved to cluster 3 (vehicle colour)
     changed_pixels = colour_pixels(rgb, moved_to).sum()
     assert changed_pixels > 0
-    others = [UDD5_COLOURS[c] for c in QUADRANT_CLASS[:3]]
+    others = [CLASS_COLOURS[c] for c in QUADRANT_CLASS[:3]]
     assert sum(colour_pixels(rgb, c).sum() for c in others) == 0, "unchanged clusters drawn on the flip map"
 
     maps, result, cfg = hand_case(tmp_path, changed_block=False)
     draw_image_figures(maps, 0, result, cfg, tmp_path / "b", only_flips)
     rgb = read_rgb(tmp_path / "b" / "img_one" / "class-road_flips.png")
-    assert sum(colour_pixels(rgb, UDD5_COLOURS[c]).sum() for c in QUADRANT_CLASS) == 0
+    assert sum(colour_pixels(rgb, CLASS_COLOURS[c]).sum() for c in QUADRANT_CLASS) == 0
 
 
 def test_encoder_similarity_is_drawn_when_handed_over(tmp_path):
@@ -256,3 +255,90 @@ def test_pca_display_scaling_is_per_channel_percentiles():
     assert rgb.min() >= 0 and rgb.max() <= 1
     assert np.isclose(np.median(rgb[..., 0]), 0.5, atol=0.02) and np.isclose(np.median(rgb[..., 1]), 0.5, atol=0.02)
     assert np.all(rgb[..., 2] == 0)  # a constant channel does not blow up
+
+
+def test_manifest_carries_the_papers_figure_numbers(tmp_path):
+    maps, result, cfg = hand_case(tmp_path)
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", FAST)
+    manifest = json.loads((tmp_path / "figures" / "img_one" / "figures.json").read_text())
+    numbers = {f["name"]: f["paper_figure"] for f in manifest["figures"]}
+    assert numbers["encoder_pca"] == 1 and numbers["global_comparison"] == 4
+    assert [numbers[f"class-road_{s}"] for s in ("clustering", "clustering_raw", "comparison", "flips")] == [13, 14, 15, 16]
+    assert [numbers[f"class-vehicle_{s}"] for s in ("clustering", "clustering_raw", "comparison", "flips")] == [17, 18, 19, 20]
+    assert numbers["decoder_masks"] == 21 and numbers["mask-road-0"] == 22
+    assert all(f["paper"] == f"Fig. {f['paper_figure']}" for f in manifest["figures"])
+
+
+def test_paper_numbers_cover_1_to_24_and_other_classes_have_none():
+    from engine.present.figures.view import paper_figure
+
+    names = ["encoder_pca", "structural_clustering", "global_clustering", "global_comparison"]
+    names += [f"class-{c}_{s}" for c in ("vegetation", "building", "road", "vehicle")
+              for s in ("clustering", "clustering_raw", "comparison", "flips")]
+    names += ["decoder_masks", "mask-road-0", "mask-road-1", "mask-road-2"]
+    assert [paper_figure(n) for n in names] == list(range(1, 25))
+    assert paper_figure("class-other_flips") is None and paper_figure("mask-road-3") is None
+
+
+def test_every_figure_fits_its_canvas(tmp_path, monkeypatch):
+    """Nothing drawn (legend, title, colourbar) reaches past the canvas, at the default size and in PDF."""
+    import engine.present.figures.draw as draw
+
+    cut = []
+
+    def checked_save(fig, folder, stem, formats, dpi):
+        renderer = fig.canvas.get_renderer()
+        fig.draw_without_rendering()
+        box = fig.get_tightbbox(renderer)  # inches
+        w, h = fig.get_size_inches()
+        if box.x0 < -0.01 or box.y0 < -0.01 or box.x1 > w + 0.01 or box.y1 > h + 0.01:
+            cut.append((stem, tuple(round(v, 2) for v in box.extents), (w, h)))
+        return real_save(fig, folder, stem, formats, dpi)
+
+    real_save = draw.save
+    monkeypatch.setattr(draw, "save", checked_save)
+    maps, result, cfg = hand_case(tmp_path, with_similarity=True)
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", FigureOptions(formats=("png", "pdf"), dpi=40))
+    assert cut == []
+
+
+def test_flip_map_counts_and_rings_a_single_changed_token(tmp_path):
+    maps, result, cfg = hand_case(tmp_path, changed_block=False)
+    maps.labels[0, 2, 45, 15] = 3  # one token of the road region moves to cluster 3
+    records = draw_image_figures(maps, 0, result, cfg, tmp_path / "f", replace(FAST, dpi=60, only=("class-road_flips",)))
+    rgb = read_rgb(tmp_path / "f" / "img_one" / "class-road_flips.png")
+    moved_to = CLASS_COLOURS[QUADRANT_CLASS[3]]
+    # one cell of a 2-inch, 60 dpi panel is ~1.7 px wide; the ring makes it > 20 pixels in each panel
+    assert colour_pixels(rgb, moved_to).sum() > 20
+    assert "ringed" in records[0].caption
+
+
+def test_worker_processes_draw_the_same_figures_and_manifest_as_one_process(tmp_path):
+    from engine.present.figures.parallel import draw_sweep_figures
+
+    maps, handed, cfg = hand_case(tmp_path)
+    folders = {}
+    for workers in (1, 2):
+        out_cfg = replace(cfg, out=tmp_path / f"w{workers}")
+        pages = draw_sweep_figures(SimpleNamespace(figures=handed), out_cfg, FAST, echo=lambda _: None, workers=workers)
+        assert pages == [out_cfg.out / "figures" / "img_one" / "index.html"]
+        folders[workers] = pages[0].parent
+    one, two = (json.loads((folders[w] / "figures.json").read_text()) for w in (1, 2))
+    assert [f["name"] for f in two["figures"]] == [f["name"] for f in one["figures"]]
+    assert {f["name"] for f in one["figures"]} == EXPECTED
+    for f in one["figures"]:
+        assert np.array_equal(read_rgb(folders[1] / f["files"][0]), read_rgb(folders[2] / f["files"][0])), f["name"]
+
+
+def test_a_figure_that_fails_in_a_worker_fails_the_drawing(tmp_path, monkeypatch):
+    import engine.present.figures.draw as draw
+    from engine.present.figures.parallel import draw_sweep_figures
+
+    def broken(*args, **kwargs):
+        raise ValueError("figure broke")
+
+    monkeypatch.setattr(draw, "fig_flips", broken)  # the forked workers inherit the patch
+    maps, handed, cfg = hand_case(tmp_path)
+    with pytest.raises(ValueError, match="figure broke"):
+        draw_sweep_figures(SimpleNamespace(figures=handed), cfg, FAST, echo=lambda _: None, workers=2)
+    assert not (cfg.out / "figures" / "img_one" / "figures.json").exists()  # no manifest for a half-drawn image

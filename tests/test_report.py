@@ -185,6 +185,15 @@ def test_real_sweep_figures_and_report_end_to_end(tmp_path):
     assert "../figures/scene_0000/structural_clustering.png" in text
     assert broken_links(index) == [] and broken_links(cfg.out / "figures" / "scene_0000" / "index.html") == []
     assert 'id="simulated"' in text and (cfg.out / "report" / "grid_alpha.png").exists()
+    # the figure page: a contents entry per figure with its paper number, and the way back to the report
+    page = (cfg.out / "figures" / "scene_0000" / "index.html").read_text(encoding="utf-8")
+    assert '<a href="../../report/index.html">' in page
+    assert all(f'<li><a href="#{name}">' in page for name in only)
+    assert '<a href="#class-road_flips">Fig. 16</a>' in page and '<a href="#mask-road-0">Fig. 22</a>' in page
+    # the per-image table links the image with figures to its page, from every sort order
+    for name in ("images.html", "images_by_iou_mean.html", "images_by_accuracy_encoder.html"):
+        assert '"../figures/scene_0000/index.html"' in (cfg.out / "report" / name).read_text(encoding="utf-8")
+        assert broken_links(cfg.out / "report" / name) == []
 
 
 def test_dataset_level_clustering_is_shown_with_its_contingency(tmp_path):
@@ -201,3 +210,44 @@ def test_dataset_level_clustering_is_shown_with_its_contingency(tmp_path):
     section = text.split("Dataset-level structural clustering")[1].split("<h2>")[0]
     assert "10 tokens sampled from 3 images" in section and "purity 0.900" in section
     assert "<td>5</td><td>1</td>" in section and "<th>vehicle</th>" in section
+
+
+def add_synthetic_controls(sweep: Path) -> Path:
+    """The three control columns with made-up values: null = flip / 2 (image 3: 2 x flip); processed, reseed the same."""
+    path = sweep / "rows" / "part-000000.parquet"
+    table = pq.read_table(path)
+    flip = np.array([np.nan if v is None else v for v in table.column("flip_ratio").to_pylist()])
+    image = np.array([int(i.split("_")[1]) for i in table.column("image_id").to_pylist()])
+    null = np.where(image == 3, flip * 2, flip / 2)
+    as_col = pa.array([None if np.isnan(v) else float(v) for v in null], pa.float64())
+    for name in ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed"):
+        if name in table.column_names:  # the rows' schema has them (null here): replace
+            table = table.set_column(table.column_names.index(name), name, as_col)
+        else:
+            table = table.append_column(name, as_col)
+    pq.write_table(table, path)
+    return sweep
+
+
+def test_controls_and_the_paper_column_show_when_the_rows_carry_them(tmp_path):
+    """Synthetic control values: null = flip / 2 for images 0-2 and 2 x flip for image 3 -> flip > null in 3 of 4."""
+    sweep = add_synthetic_controls(write_sweep(tmp_path / "s"))
+    build_report(sweep, echo=lambda _: None)
+    with (sweep / "report" / "summary.csv").open() as fh:
+        summary = {r["scope"]: r for r in csv.DictReader(fh)}
+    assert float(summary["vegetation"]["flip_above_null"]) == pytest.approx(0.75)
+    assert summary["vehicle"]["flip_above_null"] == ""  # no effective token, no flip ratio, no comparison
+    assert float(summary["vegetation"]["paper_flip_ratio"]) == 0.342 and summary["vegetation"]["paper_masks"] == "17"
+    assert summary["global"]["paper_masks"] == "" and summary["encoder"]["paper_effective_tokens"] == ""
+    html = (sweep / "report" / "index.html").read_text(encoding="utf-8")
+    assert "<th>flip &gt; null</th>" in html and "75% of 4" in html
+    assert "17 masks, 729 tokens, flip 34.2%, cos 0.7040" in html and "does not define these measures" in html
+    assert (sweep / "report" / "dist_flip_controls.png").is_file()
+
+
+def test_older_rows_without_controls_still_report(tmp_path):
+    sweep = write_sweep(tmp_path / "s")
+    build_report(sweep, echo=lambda _: None)
+    html = (sweep / "report" / "index.html").read_text(encoding="utf-8")
+    assert "<th>flip &gt; null</th>" not in html and not (sweep / "report" / "dist_flip_controls.png").exists()
+    assert "Key findings" in html and broken_links(sweep / "report" / "images.html") == []

@@ -27,6 +27,8 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{f
 .gallery{display:flex;flex-wrap:wrap;gap:.6em}.gallery figure{width:270px;margin:0}.gallery img{width:270px}
 .swatch{display:inline-block;width:.9em;height:.9em;border:1px solid #666;vertical-align:middle;margin-right:.3em}
 code{background:#f4f4f4;padding:0 .2em}
+nav.toc{font-size:.9em;margin:.6em 0;line-height:1.7}.note{font-size:.85em;color:#555}
+ul.findings>li{margin:.35em 0}table.images td:first-child{white-space:nowrap}
 """
 
 
@@ -69,18 +71,24 @@ class Raw(str):
 
 
 def write_image_page(folder: Path) -> Path:
-    """folder/index.html: one image's figures with captions, from its figures.json."""
-    data = json.loads((Path(folder) / "figures.json").read_text())
+    """folder/index.html: one image's figures with captions, from its figures.json, a contents list and the way back."""
+    folder = Path(folder)
+    data = json.loads((folder / "figures.json").read_text())
     title = f"sam3-datr figures — {data['image_id']}"
-    body = [f"<h1>{esc(title)}</h1>"]
+    report = folder.parent.parent / "report" / "index.html"
+    body = ["<p><a href=\"../../report/index.html\">← back to the report</a></p>" if report.is_file() else
+            "<p>No report for this sweep yet (<code>datr report DIR</code> writes one; this page then links to it).</p>",
+            f"<h1>{esc(title)}</h1>"]
     if data.get("simulated"):
         body.append(simulated_banner())
     body.append(f"<p>Clustering at PCA d={data['d']}, k={data['k']}. Cluster colours follow the ground-truth class each "
                 "encoder cluster overlaps most (display only)" + ("" if data.get("has_gt") else "; this image has no GT, so "
-                "clusters use neutral colours") + ".</p>")
+                "clusters use neutral colours") + ". Figure numbers are the paper's.</p>")
+    toc = "".join(f"<li><a href=\"#{esc(f['name'])}\">{esc(f.get('paper') or '')}</a> {esc(f['title'])}</li>"
+                  for f in data["figures"])
+    body.append(f"<nav><b>Contents</b><ol class=\"toc\">{toc}</ol></nav>")
     for f in data["figures"]:
         body.append(figure_html(ReportFigure(f["name"], f["files"], f"{f['paper']} — {f['title']}", f["caption"])))
-    path = Path(folder) / "index.html"
+    path = folder / "index.html"
     path.write_text(page(title, body), encoding="utf-8")
     return path
-

@@ -1,10 +1,18 @@
-"""Display colours shared by every figure and the report (no analysis here).
+"""Display colours shared by every figure and the report (no analysis here): one meaning per colour.
 
-Classes use the UDD5 display colours. Clusters take the colour of the GT class they are
-matched to (display only: a Hungarian on the cluster x class overlap of the encoder
-labels), so a cluster that covers the road is drawn road-purple in every figure of an
-image; unmatched clusters, and every cluster when there is no GT, use the Okabe-Ito
-qualitative colours, which none of the class colours resemble.
+Every colour comes from Paul Tol's colour-blind-safe schemes (bright and muted), and each
+is used for one thing only:
+
+    classes         vegetation green, building blue, road purple, vehicle yellow, other grey
+                    (Tol bright; the UDD5 release's own display colours are not colour-blind
+                    safe: olive / slate / purple and navy / black collapse for deuteranopes)
+    clusters        the colour of the GT class they are matched to (display only: a Hungarian
+                    on the cluster x class overlap of the encoder labels), so a cluster that
+                    covers the road is drawn road-purple in every figure of an image;
+                    unmatched clusters (and all of them without GT) take the Tol muted colours
+    scopes          encoder black, global cyan (report plots); a prompt's scope takes its class colour
+    changed token   Tol red; an unchanged effective token is white
+    decoder/encoder magenta (decoder) and green (encoder) in the composite, white where both
 """
 
 from __future__ import annotations
@@ -14,18 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.data.classes import UDD5_CLASSES, UDD5_COLOURS
+from engine.data.classes import UDD5_CLASSES
 from kernels.grid import IGNORE
 
-# Okabe-Ito (colour-blind safe), then a few extras for large k.
-EXTRA_COLOURS = (
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (213, 94, 0), (204, 121, 167),
-    (0, 114, 178), (153, 153, 153), (255, 127, 127), (127, 255, 212), (188, 143, 143), (218, 165, 32),
-)
-SCOPE_COLOURS = {"encoder": (110, 110, 110), "global": (230, 159, 0)}
+# Tol bright, one per UDD5 class (vegetation, building, road, vehicle, other)
+CLASS_COLOURS = ((34, 136, 51), (68, 119, 170), (170, 51, 119), (204, 187, 68), (187, 187, 187))
+# Tol muted, for clusters matched to no class (and extra classes); the muted colours close to a class, scope or
+# the changed-token red (rose, purple, green, cyan, pale grey) are left out, so every colour keeps one meaning
+EXTRA_COLOURS = ((51, 34, 136), (153, 153, 51), (136, 34, 85), (68, 170, 153), (221, 204, 119), (102, 17, 0))
+SCOPE_COLOURS = {"encoder": (0, 0, 0), "global": (102, 204, 238)}
 IGNORE_COLOUR = (255, 255, 255)  # GT cells with no valid pixel (255)
-FLIP_COLOUR = (220, 20, 60)  # changed tokens in agreement maps
-SAME_COLOUR = (46, 139, 87)  # unchanged effective tokens in agreement maps
+FLIP_COLOUR = (238, 102, 119)  # changed tokens (Tol bright red)
+SAME_COLOUR = (255, 255, 255)  # unchanged effective tokens
+DECODER_COLOUR = (255, 0, 255)  # composite: decoder activation (magenta = red + blue channels)
+ENCODER_COLOUR = (0, 255, 0)  # composite: encoder similarity (green channel); both at once read white
 
 
 def class_name(class_id: int | None) -> str:
@@ -35,8 +45,8 @@ def class_name(class_id: int | None) -> str:
 
 
 def class_colour(class_id: int) -> tuple[int, int, int]:
-    if 0 <= class_id < len(UDD5_COLOURS):
-        return UDD5_COLOURS[class_id]
+    if 0 <= class_id < len(CLASS_COLOURS):
+        return CLASS_COLOURS[class_id]
     return EXTRA_COLOURS[class_id % len(EXTRA_COLOURS)]
 
 
@@ -97,8 +107,8 @@ def cluster_palette(encoder_labels: np.ndarray, k: int, gt: np.ndarray | None = 
 
 
 def class_rgb(gt: np.ndarray, ignore: int = IGNORE) -> np.ndarray:
-    """(H, W) class ids (ignore -> white) -> (H, W, 3) uint8 in the UDD5 display colours."""
+    """(H, W) class ids (ignore -> white) -> (H, W, 3) uint8 in the class display colours."""
     gt = np.asarray(gt, dtype=np.int64)
-    top = max(int(gt[gt != ignore].max()) + 1 if (gt != ignore).any() else 0, len(UDD5_COLOURS))
+    top = max(int(gt[gt != ignore].max()) + 1 if (gt != ignore).any() else 0, len(CLASS_COLOURS))
     table = np.array([class_colour(c) for c in range(top)] + [IGNORE_COLOUR], dtype=np.uint8)
     return table[np.where(gt == ignore, top, gt)]

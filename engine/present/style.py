@@ -23,8 +23,10 @@ def check_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
     """The requested figure formats, lower-case and once each; ConfigError naming --formats otherwise."""
     formats = tuple(dict.fromkeys(f.lower() for f in formats))
     bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ConfigError(f"--formats: choose from {', '.join(FORMATS)}, got {', '.join(formats) or 'nothing'}")
+    if not formats:
+        raise ConfigError(f"--formats: give one or more of {', '.join(FORMATS)}, got nothing")
+    if bad:
+        raise ConfigError(f"--formats: {', '.join(repr(b) for b in bad)} is not a figure format; choose from {', '.join(FORMATS)}")
     return formats
 
 

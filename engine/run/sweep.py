@@ -43,6 +43,7 @@ class FigureData:
 
     wanted: int = 0
     maps: list[tuple[BatchMaps, int]] = field(default_factory=list)  # (maps, row in batch)
+    ids: tuple[str, ...] = ()  # these image ids instead of the first `wanted` (--figure-ids)
     images: dict[str, torch.Tensor] = field(default_factory=dict)  # image_id -> (3, S, S) uint8
     mask_probs: dict[str, torch.Tensor] = field(default_factory=dict)  # image_id -> (P, Q, 288, 288) float16
 
@@ -54,7 +55,10 @@ class FigureData:
         if maps is None:
             return
         src = batch.source
-        for row in range(min(self.still_wanted(), len(src.image_ids))):
+        rows = range(min(self.still_wanted(), len(src.image_ids)))
+        if self.ids:
+            rows = [r for r, image_id in enumerate(src.image_ids) if image_id in self.ids]
+        for row in rows:
             image_id = src.image_ids[row]
             self.maps.append((maps, row))
             if batch.images is not None:
@@ -95,7 +99,7 @@ def run_sweep(
     echo: Callable[[str], None] = print,
     show_progress: bool = True,
     index: DatasetIndex | None = None,
-    keep_figures: int = 0,
+    keep_figures: int | tuple[str, ...] = 0,
     positions: list[int] | None = None,
     source=None,
     record_run: bool = True,
@@ -129,7 +133,8 @@ def sweep(cfg: RunConfig, echo: Callable[[str], None], show_progress: bool, inde
     if record_run:
         plan.store.write_run_json(run)
     result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=plan.skipped_resume, errors=0, seconds=0.0,
-                         run=run, figures=FigureData(keep_figures))
+                         run=run, figures=FigureData(len(keep_figures), ids=keep_figures) if isinstance(keep_figures, tuple)
+                         else FigureData(keep_figures))
     bar = progress_bar(len(plan.todo), show_progress)
     task = bar.add_task("sweep", total=len(plan.todo), rate="")
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from engine.present.figures.panels import (
     EXTENT,
+    changed_markers,
     class_legend,
     cluster_legend,
-    flip_text,
+    count_box,
+    flip_count,
     heatmap,
     new_figure,
     outline,
@@ -20,6 +23,7 @@ from engine.present.figures.panels import (
     show_image,
     show_labels,
     suptitle,
+    zoom_to,
 )
 from engine.present.figures.view import (
     FigureOptions,
@@ -33,6 +37,8 @@ from engine.present.figures.view import (
 )
 from engine.present.html import write_image_page
 from engine.present.palette import (
+    DECODER_COLOUR,
+    ENCODER_COLOUR,
     FLIP_COLOUR,
     SAME_COLOUR,
     ClusterPalette,
@@ -47,30 +53,46 @@ from engine.run.record import is_simulated, read_run_json
 from kernels.grid import IGNORE
 
 
-def draw_sweep_figures(result, cfg, options: FigureOptions | None = None) -> None:
-    """The figures of every image a sweep handed over (result.figures), into DIR/figures/<image_id>/."""
-    for maps, row in result.figures.maps:
-        draw_image_figures(maps, row, result.figures, cfg, Path(cfg.out) / "figures", options)
-
-
 def draw_image_figures(maps, row: int, handed, cfg, out_dir: Path, options: FigureOptions | None = None) -> list[FigureRecord]:
-    """Every per-image figure for entry `row` of `maps` (a BatchMaps) into out_dir/<image_id>/.
+    """Every per-image figure for entry `row` of `maps` (a BatchMaps) into out_dir/<image_id>/, in this process.
 
     handed: the sweep's FigureData (the model inputs and full-resolution masks kept for figures).
     """
     options = (options or FigureOptions()).validate()
     view = image_view(maps, row, handed, cfg)
-    folder = Path(out_dir) / safe_name(view.image_id)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = image_folder(out_dir, view)
     records = draw_view(view, folder, options)
-    write_manifest(folder, view, records, cfg)
-    write_image_page(folder)
+    finish_image(folder, view, records, cfg)
     return records
 
 
+def image_folder(out_dir: Path, view: ImageView) -> Path:
+    folder = Path(out_dir) / safe_name(view.image_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def finish_image(folder: Path, view: ImageView, records: list[FigureRecord], cfg) -> None:
+    """The image's manifest (figures.json) and page (index.html)."""
+    write_manifest(folder, view, records, cfg)
+    write_image_page(folder)
+
+
 def draw_view(view: ImageView, folder: Path, options: FigureOptions) -> list[FigureRecord]:
+    """Draw the figures of `figure_plan` that options.only selects (all when None), in plan order."""
     import matplotlib
 
+    records = []
+    with matplotlib.rc_context(STYLE):
+        for name, draw in figure_plan(view, folder, options):
+            if options.only is None or name in options.only:
+                records.append(draw())
+                assert records[-1].name == name, f"figure {name} saved as {records[-1].name}"
+    return records
+
+
+def figure_plan(view: ImageView, folder: Path, options: FigureOptions) -> list[tuple[str, Callable[[], FigureRecord]]]:
+    """(name, draw) of every figure of one image, in the paper's order."""
     tau, alpha = pick_point(view.slots, options)
     glob = find_slot(view.slots, "global", tau, alpha)
     palette = cluster_palette(view.labels[0], view.k, view.gt)
@@ -92,14 +114,7 @@ def draw_view(view: ImageView, folder: Path, options: FigureOptions) -> list[Fig
     for p, prompt in enumerate(view.prompts):
         for rank, q in enumerate(top_masks(view, p, tau, options.masks_per_prompt)):
             plan.append((f"mask-{safe_name(prompt)}-{rank}", lambda p=p, q=q, rank=rank: fig_mask(view, p, q, rank, folder, options)))
-    records = []
-    with matplotlib.rc_context(STYLE):
-        for name, draw in plan:
-            if options.only is None or name in options.only:
-                records.append(draw())
-                assert records[-1].name == name, f"figure {name} saved as {records[-1].name}"
-    return records
-
+    return plan
 
 
 def fig_encoder_pca(view: ImageView, folder: Path, options: FigureOptions) -> FigureRecord:
@@ -112,7 +127,7 @@ def fig_encoder_pca(view: ImageView, folder: Path, options: FigureOptions) -> Fi
     files = save(fig, folder, "encoder_pca", options.formats, options.dpi)
     return FigureRecord("encoder_pca", files, "Encoder features",
                         "Encoder vision features (256×72×72); the first three principal components shown as RGB, "
-                        "each stretched between its 1st and 99th percentile.", "Fig. 1")
+                        "each stretched between its 1st and 99th percentile.")
 
 
 def fig_structural(view: ImageView, palette: ClusterPalette, folder: Path, options: FigureOptions) -> FigureRecord:
@@ -132,7 +147,7 @@ def fig_structural(view: ImageView, palette: ClusterPalette, folder: Path, optio
     files = save(fig, folder, "structural_clustering", options.formats, options.dpi)
     return FigureRecord("structural_clustering", files, "Encoder structural clustering",
                         "KMeans on the PCA-reduced encoder tokens, processed and raw. Cluster colours follow the GT class "
-                        "each cluster overlaps most (one-to-one matching, display only).", "Fig. 2")
+                        "each cluster overlaps most (one-to-one matching, display only).")
 
 
 def fig_scope_clustering(view: ImageView, palette: ClusterPalette, j: int, folder: Path, options: FigureOptions,
@@ -147,7 +162,7 @@ def fig_scope_clustering(view: ImageView, palette: ClusterPalette, j: int, folde
         show_labels(b, view.labels[j], palette)
         panel_title(b, 1, "global DATR clustering, raw")
         shown = [view.labels_processed[j], view.labels[j]]
-        stem, title, paper = "global_clustering", "Global DATR clustering", "Fig. 3"
+        stem, title = "global_clustering", "Global DATR clustering"
         caption = ("KMeans on DATR(F) with one softmax over the kept queries of all prompts; labels aligned to the "
                    "encoder clustering (Hungarian), processed and raw.")
     else:
@@ -162,13 +177,12 @@ def fig_scope_clustering(view: ImageView, palette: ClusterPalette, j: int, folde
         shown = [maps[0], maps[j]]
         stem = f"class-{safe_name(slot.scope)}_clustering" + ("_raw" if raw else "")
         title = f"{slot.scope}: encoder vs DATR clustering ({kind})"
-        paper = "Fig. 6" if raw else "Fig. 5"
         caption = (f"Encoder clustering and the clustering of DATR_{slot.scope}(F) ({kind}); the white outline is the "
                    f"effective region E (mask weight ≥ 0.5) of the '{slot.scope}' prompt.")
     cluster_legend(fig, palette, shown)
     suptitle(fig, view, title, slot)
     files = save(fig, folder, stem, options.formats, options.dpi)
-    return FigureRecord(stem, files, title, caption, paper)
+    return FigureRecord(stem, files, title, caption)
 
 
 def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Path, options: FigureOptions) -> FigureRecord:
@@ -185,7 +199,7 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
         panel_title(axes[0], 0, "ground truth, effective region outlined")
     else:
         heatmap(fig, axes[0], weights, "magma", "mask weight W", 0.0, 1.0, image=view.image)
-        outline(axes[0], eff, colour="cyan")
+        outline(axes[0], eff, colour="white")
         panel_title(axes[0], 0, "mask weight W, E outlined")
     for ax, index, lab, name in ((axes[1], 1, view.labels[0], "encoder"), (axes[2], 2, view.labels[j], "DATR")):
         show_image(ax, view.image, grey=True)
@@ -198,18 +212,20 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
     agree[eff & ~changed] = (*to_unit(SAME_COLOUR), 0.55)
     agree[changed] = (*to_unit(FLIP_COLOUR), 0.95)
     axes[3].imshow(agree, extent=EXTENT, interpolation="nearest")
+    changed_markers(axes[3], changed, np.broadcast_to(np.array(FLIP_COLOUR, dtype=np.uint8), changed.shape + (3,)))
     panel_title(axes[3], 3, "agreement in E (raw)")
+    count_box(axes[3], f"{int(changed.sum())} of {int(eff.sum())} changed")
     shown = [view.labels[0], view.labels[j]] if is_global else [view.labels[0][eff], view.labels[j][eff]]
-    cluster_legend(fig, palette, shown, [("same cluster", SAME_COLOUR), ("changed cluster", FLIP_COLOUR)])
+    cluster_legend(fig, palette, shown, [("E: same cluster", SAME_COLOUR), ("E: changed cluster", FLIP_COLOUR)])
     if is_global:
-        stem, title, paper = "global_comparison", "Global comparison: encoder vs global DATR", "Fig. 4"
+        stem, title = "global_comparison", "Global comparison: encoder vs global DATR"
     else:
-        stem, title, paper = f"class-{safe_name(slot.scope)}_comparison", f"{slot.scope}: encoder vs DATR", "Fig. 7"
+        stem, title = f"class-{safe_name(slot.scope)}_comparison", f"{slot.scope}: encoder vs DATR"
     suptitle(fig, view, title, slot)
     files = save(fig, folder, stem, options.formats, options.dpi)
     return FigureRecord(stem, files, title,
                         "Where the decoder acts (mask weight / GT), the encoder and DATR clusters (raw, aligned) and the "
-                        "tokens of the effective region E whose cluster changed.", paper)
+                        "tokens of the effective region E whose cluster changed.")
 
 
 def fig_flips(view: ImageView, palette: ClusterPalette, j: int, folder: Path, options: FigureOptions) -> FigureRecord:
@@ -217,28 +233,32 @@ def fig_flips(view: ImageView, palette: ClusterPalette, j: int, folder: Path, op
     eff = view.effective[j]
     fig, axes = new_figure(2, options, legend_rows=2)
     shown = []
+    zoomed = False
     for index, (maps, kind) in enumerate(((view.labels, "raw"), (view.labels_processed, "processed"))):
         ax = axes[index]
         changed = eff & (maps[j] != maps[0])
         show_image(ax, view.image, grey=True)
         show_labels(ax, maps[j], palette, inside=changed, opacity=1.0)
-        outline(ax, eff, colour="black", width=0.6)
-        text = flip_text(view, slot, processed=kind == "processed")
-        panel_title(ax, index, f"{kind}: changed tokens, new cluster" + (f"\n{text}" if text else ""))
+        changed_markers(ax, changed, palette.rgb(maps[j]))
+        outline(ax, eff, colour="black", width=0.8)
+        zoomed = zoom_to(ax, eff) or zoomed
+        panel_title(ax, index, f"{kind}: changed tokens in E")
+        count_box(ax, flip_count(view, slot, int(changed.sum()), int(eff.sum()), processed=kind == "processed"))
         shown.append(maps[j][changed])
-    cluster_legend(fig, palette, [s for s in shown if s.size] or [np.zeros(0, dtype=np.int64)])
+    cluster_legend(fig, palette, [s for s in shown if s.size] or [np.zeros(0, dtype=np.int64)],
+                   title="cluster a changed token moved to")
     stem = f"class-{safe_name(slot.scope)}_flips"
     title = f"{slot.scope}: DATR-induced cluster changes"
     suptitle(fig, view, title, slot)
     files = save(fig, folder, stem, options.formats, options.dpi)
     return FigureRecord(stem, files, title,
                         "Tokens of the effective region E (black outline) whose aligned DATR cluster differs from the "
-                        "encoder cluster, coloured by the cluster they moved to; raw and processed labels.", "Fig. 8")
+                        "encoder cluster, coloured by the cluster they moved to and ringed so that a single token shows; "
+                        "raw and processed labels; the count is written in each panel."
+                        + (" The panels are cropped to E's bounding box." if zoomed else ""))
 
 
 def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau) -> FigureRecord:
-    import matplotlib
-
     p_count = len(view.prompts)
     fig, axes = new_figure(p_count + 1, options, legend_rows=1, ncols=min(p_count + 1, 3))
     masks = view.decoder_masks()
@@ -258,18 +278,22 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
     if overlay is not None:
         axes[0].imshow(overlay, extent=EXTENT, interpolation="nearest")
     panel_title(axes[0], 0, "all prompts (mask prob. ≥ 0.5)" if have_probs else "all prompts (pooled weight ≥ 0.5)")
-    cmap = matplotlib.colormaps["tab20"]
     for p, prompt in enumerate(view.prompts):
         ax = axes[p + 1]
         show_image(ax, view.image, grey=True)
         if have_probs:
+            # every mask in the prompt's class colour (colour = class, in every figure); each mask outlined and
+            # numbered by score rank, so overlapping masks stack darker and stay apart
             order = top_masks(view, p, tau, view.scores.shape[1])
             overlay = np.zeros(masks.shape[-2:] + (4,), dtype=np.float32)
-            for rank, q in enumerate(order):  # lower-scoring masks drawn over higher ones where they overlap
+            colour = to_unit(class_colour(view.class_ids[p]))
+            for rank, q in enumerate(order):
                 region = masks[p, q] >= 0.5
                 if not region.any():
                     continue
-                overlay[region] = (*cmap(rank % 20)[:3], 0.55)
+                overlay[region, :3] = colour
+                overlay[region, 3] = np.minimum(overlay[region, 3] + 0.35, 0.85)
+                outline(ax, region, colour="black", width=0.5)
                 ys, xs = np.nonzero(region)
                 ax.text((xs.mean() + 0.5) / region.shape[1], (ys.mean() + 0.5) / region.shape[0], str(rank),
                         fontsize=6, ha="center", va="center", color="black",
@@ -283,13 +307,13 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
     class_legend(fig, list(view.class_ids))
     fig.suptitle(f"Decoder masks overview — {view.image_id}" + (f" (τ={tau:g})" if tau is not None else ""))
     files = save(fig, folder, "decoder_masks", options.formats, options.dpi)
-    caption = ("Every kept decoder mask (score ≥ τ, probability ≥ 0.5) per prompt, numbered by score rank; "
-               "panel (a) overlays all prompts in their class colours.")
+    caption = ("Every kept decoder mask (score ≥ τ, probability ≥ 0.5) per prompt in the prompt's class colour, outlined "
+               "and numbered by score rank (overlaps stack darker); panel (a) overlays all prompts.")
     if have_probs and view.mask_probs is None:
         caption += " Full-resolution masks were not kept for this image: the masks pooled to the 72×72 token grid are shown."
     if not have_probs:
         caption = "No per-query masks were handed over for this image; the pooled mask weights W_p are shown instead."
-    return FigureRecord("decoder_masks", files, "Decoder masks overview", caption, "Fig. 21")
+    return FigureRecord("decoder_masks", files, "Decoder masks overview", caption)
 
 
 def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: FigureOptions) -> FigureRecord:
@@ -298,21 +322,24 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
     similarity = view.encoder_similarity[p, q] if view.has_similarity(p, q) else None
     region = probs >= 0.5
     if similarity is not None:
-        fig, (a, b, c) = new_figure(3, options)
+        fig, (a, b, c) = new_figure(3, options, legend_rows=1)
         heatmap(fig, a, similarity, "viridis", "cosine similarity", -1.0, 1.0)
         panel_title(a, 0, "encoder similarity")
         heatmap(fig, b, probs, "magma", "mask probability", 0.0, 1.0, image=view.image)
         panel_title(b, 1, "decoder activation")
-        # red = decoder activation, green = encoder similarity (min-max scaled); yellow where both are high
+        # magenta (red + blue) = decoder activation, green = encoder similarity (min-max scaled): white where both
+        # are high -- the colour-blind-safe pair in place of red / green
         sim_up = np.repeat(np.repeat(similarity, probs.shape[0] // similarity.shape[0], 0), probs.shape[1] // similarity.shape[1], 1)
         lo, hi = float(sim_up.min()), float(sim_up.max())
-        composite = np.dstack([probs, (sim_up - lo) / max(hi - lo, 1e-12), np.zeros_like(probs)])
+        composite = np.dstack([probs, (sim_up - lo) / max(hi - lo, 1e-12), probs])
         c.imshow(np.clip(composite, 0, 1), extent=EXTENT, interpolation="nearest")
-        outline(c, region, colour="white", width=0.8)
-        panel_title(c, 2, "comparison (R decoder, G encoder)")
+        outline(c, region, colour="orange", width=0.8)
+        panel_title(c, 2, "comparison: decoder magenta, encoder green")
+        class_legend(fig, [], [("decoder only", DECODER_COLOUR), ("encoder only", ENCODER_COLOUR),
+                               ("both", (255, 255, 255)), ("neither", (0, 0, 0))])
         caption = ("(a) cosine similarity of every encoder token to the mask-weighted mean encoder feature; (b) the "
-                   "decoder's mask probability over the image; (c) both at once: red = decoder only, green = encoder "
-                   "only, yellow = both; white outline = mask probability ≥ 0.5.")
+                   "decoder's mask probability over the image; (c) both at once: magenta = decoder only, green = encoder "
+                   "only, white = both, black = neither; orange outline = mask probability ≥ 0.5.")
     else:
         fig, (b, c) = new_figure(2, options)
         heatmap(fig, b, probs, "magma", "mask probability", 0.0, 1.0, image=view.image)
@@ -330,7 +357,7 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
     title = f"{prompt} mask {rank}: decoder attention"
     fig.suptitle(f"{title} (query {q}, score {score:.3f}) — {view.image_id}")
     files = save(fig, folder, stem, options.formats, options.dpi)
-    return FigureRecord(stem, files, title, caption, "Fig. 22–24")
+    return FigureRecord(stem, files, title, caption)
 
 
 # ----------------------------------------------------------------------------------------------

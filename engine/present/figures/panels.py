@@ -24,7 +24,13 @@ def new_figure(n_panels: int, options: FigureOptions, legend_rows: int = 0, ncol
 
 
 def panel_title(ax, index: int, text: str) -> None:
-    ax.set_title(f"({PANEL_LETTERS[index]}) {text}", loc="left")
+    """"(a) text", wrapped to the panel's share of the figure width (a 9 pt title holds ~13 characters per inch)."""
+    import textwrap
+
+    columns = ax.get_subplotspec().get_gridspec().ncols
+    width = max(16, int(ax.get_figure().get_figwidth() / columns * 13))
+    lines = [textwrap.fill(line, width) for line in f"({PANEL_LETTERS[index]}) {text}".split("\n")]
+    ax.set_title("\n".join(lines), loc="left")
 
 
 def show_image(ax, image: np.ndarray | None, grey: bool = False) -> None:
@@ -71,15 +77,15 @@ def heatmap(fig, ax, values: np.ndarray, cmap: str, label: str, vmin: float | No
     return handle
 
 
-def cluster_legend(fig, palette: ClusterPalette, shown: list[np.ndarray], extra: list[tuple[str, tuple]] | None = None) -> None:
+def cluster_legend(fig, palette: ClusterPalette, shown: list[np.ndarray], extra: list[tuple[str, tuple]] | None = None,
+                   title: str | None = None) -> None:
     from matplotlib.patches import Patch
 
     present = sorted(set(np.unique(np.concatenate([s.ravel() for s in shown])).tolist())) if shown else []
     handles = [Patch(facecolor=to_unit(tuple(palette.colours[c])), edgecolor="0.3", label=palette.names[c]) for c in present]
     for label, colour in extra or []:
         handles.append(Patch(facecolor=to_unit(colour), edgecolor="0.3", label=label))
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
+    fitted_legend(fig, handles, title)
 
 
 def class_legend(fig, class_ids: list[int], extra: list[tuple[str, tuple]] | None = None) -> None:
@@ -88,8 +94,63 @@ def class_legend(fig, class_ids: list[int], extra: list[tuple[str, tuple]] | Non
     handles = [Patch(facecolor=to_unit(class_colour(c)), edgecolor="0.3", label=class_name(c)) for c in class_ids]
     for label, colour in extra or []:
         handles.append(Patch(facecolor=to_unit(colour), edgecolor="0.3", label=label))
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
+    fitted_legend(fig, handles)
+
+
+def fitted_legend(fig, handles: list, title: str | None = None) -> None:
+    """A legend below the panels with as many columns as fit the figure's width; the figure grows by its extra rows."""
+    if not handles:
+        return
+    renderer = fig.canvas.get_renderer()
+    limit = 0.97 * fig.bbox.width
+    for ncols in range(min(len(handles), 6), 0, -1):
+        legend = fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False, title=title,
+                            title_fontsize=8)
+        if legend.get_window_extent(renderer).width <= limit or ncols == 1:
+            break
+        legend.remove()
+    rows = -(-len(handles) // ncols)
+    if rows > 1:  # the canvas was sized for one legend row
+        fig.set_figheight(fig.get_figheight() + 0.22 * (rows - 1))
+
+
+def changed_markers(ax, changed: np.ndarray, colours: np.ndarray, limit: int = 400) -> None:
+    """A ringed dot on each changed token (when there are few), so that a single one shows at print size.
+
+    changed: (H, W) bool; colours: (H, W, 3) uint8, each token's new-cluster colour.
+    """
+    count = int(changed.sum())
+    if count == 0 or count > limit:
+        return
+    h, w = changed.shape
+    ys, xs = np.nonzero(changed)
+    ax.scatter((xs + 0.5) / w, (ys + 0.5) / h, s=22, c=colours[ys, xs] / 255.0, edgecolors="black", linewidths=0.8,
+               zorder=4)
+
+
+def count_box(ax, text: str) -> None:
+    """The panel's key number written inside it (bottom left, on a white box)."""
+    ax.text(0.02, 0.02, text, transform=ax.transAxes, ha="left", va="bottom", fontsize=8, zorder=5,
+            bbox={"facecolor": "white", "edgecolor": "0.4", "boxstyle": "round,pad=0.25", "alpha": 0.9})
+
+
+def zoom_to(ax, region: np.ndarray, margin: int = 4, largest: float = 0.5) -> bool:
+    """Crop the panel to the region's bounding box (plus a margin) when that box is under `largest` of the grid."""
+    if not region.any():
+        return False
+    h, w = region.shape
+    ys, xs = np.nonzero(region)
+    y0, y1 = max(0, ys.min() - margin), min(h, ys.max() + 1 + margin)
+    x0, x1 = max(0, xs.min() - margin), min(w, xs.max() + 1 + margin)
+    side = max(y1 - y0, x1 - x0)  # square, so the panel keeps its aspect
+    if side * side >= largest * h * w:
+        return False
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    y0 = min(max(0.0, cy - side / 2), h - side)
+    x0 = min(max(0.0, cx - side / 2), w - side)
+    ax.set_xlim(x0 / w, (x0 + side) / w)
+    ax.set_ylim((y0 + side) / h, y0 / h)
+    return True
 
 
 
@@ -128,14 +189,14 @@ def metric_line(view: ImageView, slot) -> str:
     return ", ".join(parts)
 
 
-def flip_text(view: ImageView, slot, processed: bool) -> str:
-    row = view.metrics.get((slot.scope, slot.tau, slot.alpha))
-    key = "flip_ratio_processed" if processed else "flip_ratio"
-    if row is None or row.get("effective_tokens") is None:
-        return ""
-    if row.get(key) is None:
+def flip_count(view: ImageView, slot, changed: int, effective: int, processed: bool) -> str:
+    """"7 of 1220 effective tokens changed (0.6%)", the share as stored in the rows (the count from the maps)."""
+    if effective == 0:
         return "no effective tokens"
-    return f"{100 * row[key]:.1f}% of {row['effective_tokens']} effective tokens changed"
+    row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
+    share = row.get("flip_ratio_processed" if processed else "flip_ratio")
+    share = changed / effective if share is None else share
+    return f"{changed} of {effective} effective tokens changed ({100 * share:.1f}%)"
 
 
 def suptitle(fig, view: ImageView, text: str, slot=None) -> None:

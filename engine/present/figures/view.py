@@ -67,13 +67,38 @@ class ImageView:
         return self.similarity_kept is None or bool(self.similarity_kept[p, q])
 
 
+# The paper numbers its per-class figures in class blocks of four (clustering, raw, comparison, flips).
+PAPER_CLASS_BLOCK = {"vegetation": 5, "building": 9, "road": 13, "vehicle": 17}
+PAPER_FIXED = {"encoder_pca": 1, "structural_clustering": 2, "global_clustering": 3, "global_comparison": 4,
+               "decoder_masks": 21}
+PAPER_CLASS_OFFSET = {"clustering": 0, "clustering_raw": 1, "comparison": 2, "flips": 3}
+PAPER_FIRST_MASK, PAPER_MASKS = 22, 3  # masks 0, 1, 2 of a prompt: Figs. 22, 23, 24
+
+
+def paper_figure(name: str) -> int | None:
+    """The number of the paper figure a per-image figure reproduces, None where the paper has none (e.g. `other`)."""
+    if name in PAPER_FIXED:
+        return PAPER_FIXED[name]
+    if m := re.fullmatch(r"class-(.+)_(clustering|clustering_raw|comparison|flips)", name):
+        block = PAPER_CLASS_BLOCK.get(m.group(1))
+        return None if block is None else block + PAPER_CLASS_OFFSET[m.group(2)]
+    if (m := re.fullmatch(r"mask-.+-(\d+)", name)) and int(m.group(1)) < PAPER_MASKS:
+        return PAPER_FIRST_MASK + int(m.group(1))
+    return None
+
+
 @dataclass
 class FigureRecord:
     name: str
     files: list[str]  # relative to the image folder, one per format
     title: str
     caption: str
-    paper: str  # the paper figure it reproduces, e.g. "Fig. 5"
+    paper: str = ""  # "Fig. 5", or "not in the paper" (derived from the name)
+    paper_figure: int | None = None  # the paper's figure number (derived from the name)
+
+    def __post_init__(self) -> None:
+        self.paper_figure = paper_figure(self.name)
+        self.paper = f"Fig. {self.paper_figure}" if self.paper_figure is not None else "not in the paper"
 
 
 

@@ -9,13 +9,21 @@ lists DIR/figures/*/figures.json, the per-image figures, when present) and write
                                       encoder clustering) against the prompt's mask IoU, with
                                       Pearson and Spearman correlations (needs GT)
     DIR/report/grid_<param>.png       metric means against each parameter that the sweep varied
-    DIR/report/summary.csv, .tex      the per-class table in the paper's form (mean ± std)
+    DIR/report/dist_flip_controls.png the flip ratio beside its null and reseed controls (rows that carry them)
+    DIR/report/summary.csv, .tex      the per-class table in the paper's form (median [IQR]; the CSV also
+                                      has means and standard deviations)
+    DIR/report/images.html, images_by_<column>.html, images.csv
+                                      the per-image table, one page per sort order
     DIR/report/summary_grid.csv       the means at every grid point
-    DIR/report/index.html             one page, every link relative, inline CSS, no scripts
+    DIR/report/index.html             one page, every link relative, inline CSS, no scripts: key
+                                      findings first (engine.present.report.story)
+
+Each per-image figure page (DIR/figures/<id>/index.html) is rewritten to link back here.
 
 Nothing here reruns the analysis: the figures draw the stored per-image values; the
 only numbers computed are summaries of them (means, spreads, correlations). The pieces:
-rows (reading), plots (figures), tables (summary tables), page (the HTML).
+rows (reading), plots (figures), tables (summary tables), story (key findings, per-image pages),
+page (the HTML).
 """
 
 from __future__ import annotations
@@ -23,11 +31,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.core.errors import DataError
-from engine.present.html import ReportFigure
+from engine.present.html import ReportFigure, write_image_page
 from engine.present.report.page import render_index
 from engine.present.report.plots import (
     DISTRIBUTIONS,
     GRID_PARAMS,
+    controls_figure,
     distribution_figure,
     grid_figure,
     quality_figure,
@@ -41,7 +50,8 @@ from engine.present.report.rows import (
     reference_point,
     scope_order,
 )
-from engine.present.report.tables import grid_table, summary_table, write_csv, write_latex
+from engine.present.report.story import write_image_pages
+from engine.present.report.tables import grid_table, image_table, summary_table, write_csv, write_latex
 from engine.present.style import STYLE, check_formats
 from engine.run.record import read_run_json
 
@@ -60,7 +70,7 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         raise DataError(f"{sweep_dir}: no rows/, run.json or errors.parquet; run `datr sweep ... --out {sweep_dir}` first")
     out = sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("*.png")) + list(out.glob("*.pdf")) + list(out.glob("*.svg")):
+    for stale in list(out.glob("*.png")) + list(out.glob("*.pdf")) + list(out.glob("*.svg")) + list(out.glob("images*.html")):
         stale.unlink()  # a rerun must not leave figures of a grid that is gone
 
     rows = Rows.from_table(table) if table is not None else None
@@ -68,11 +78,16 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
     notes: list[str] = []
     summary: list[dict] = []
     grid_summary: list[dict] = []
+    images: list[dict] = []
     ref = None
     if rows is not None:
         ref = reference_point(rows, run)
         scopes = scope_order(rows, run)
+        echo(f"report: drawing the dataset figures of {rows.n} rows ...")
         figures, notes = draw_dataset_figures(rows, ref, scopes, out, formats)
+        images = image_table(rows, ref, scopes)
+        write_csv(out / "images.csv", images)
+        write_image_pages(out, sweep_dir, images, sweep_dir.resolve().name)
         summary = summary_table(rows, ref, scopes)
         grid_summary = grid_table(rows, scopes)
         write_csv(out / "summary.csv", summary)
@@ -80,8 +95,10 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         write_latex(out / "summary.tex", summary, ref)
     image_pages = find_image_pages(sweep_dir)
     index = out / "index.html"
-    index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages),
-                     encoding="utf-8")
+    index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages,
+                                  images), encoding="utf-8")
+    for p in image_pages:  # now that the report is there, each figure page links back to it
+        write_image_page(sweep_dir / "figures" / p["folder"])
     echo(f"drew {len(figures)} dataset figures, linked {len(image_pages)} per-image figure sets, listed {len(errors)} errors")
     return index
 
@@ -97,6 +114,8 @@ def draw_dataset_figures(rows: Rows, ref: Reference, scopes, out: Path, formats:
             fig = distribution_figure(rows, ref, scopes, metric, title, meaning, scale, unit, out, formats)
             if fig is not None:
                 figures.append(fig)
+        if (controls := controls_figure(rows, ref, scopes, out, formats)) is not None:
+            figures.append(controls)
         quality = quality_figure(rows, ref, scopes, out, formats)
         if quality is None:
             notes.append("Clustering quality against IoU needs ground truth (accuracy/NMI/ARI and IoU are empty).")

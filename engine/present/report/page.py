@@ -8,9 +8,10 @@ from pathlib import Path
 
 from engine.present.html import Raw, ReportFigure, esc, figure_html, kv_table, page, simulated_banner
 from engine.present.palette import class_colour
-from engine.present.report.plots import DISTRIBUTIONS
+from engine.present.report.plots import DISTRIBUTION_ORDER
 from engine.present.report.rows import Reference, Rows
-from engine.present.report.tables import TABLE_COLUMNS, fmt_cell
+from engine.present.report.story import PAPER_FOOTNOTE, image_table_html, key_findings_html, paper_cell
+from engine.present.report.tables import TABLE_COLUMNS, fmt_cell, fmt_quartiles
 from engine.run.record import is_simulated
 
 DEFINITIONS = """<dl>
@@ -22,6 +23,10 @@ is ≥ 0.5.</dd>
 <dt>Flip ratio</dt><dd>Share of E whose DATR cluster, aligned to the encoder clusters by Hungarian matching over all
 tokens, differs from the encoder cluster. <i>Processed</i>: both maps pass a 3×3 plurality filter first and are
 re-aligned. No value when E is empty.</dd>
+<dt>Controls (null, reseed)</dt><dd><i>null</i>: the same clustering of F + α·A_perm, the scope's attended vectors
+permuted across the image's tokens (same displacement sizes, no token–query correspondence); <i>reseed</i>: the encoder
+tokens clustered again with seed + 1. Both aligned to the encoder clusters and measured on E like the flip ratio: a
+flip ratio means something only where it exceeds them.</dd>
 <dt>Cosine distance / DATR shift</dt><dd>Cosine distance (the paper's number) = mean over E of 1 − cos(F_j, A_j) with
 A_j the attended query vector; DATR shift = mean over E of 1 − cos(F_j, DATR(F)_j).</dd>
 <dt>Accuracy, NMI, ARI</dt><dd>Clustering against the GT downsampled to the token grid by majority vote;
@@ -70,7 +75,9 @@ def run_facts(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | No
 
 def summary_html(summary: list[dict], ref: Reference) -> str:
     cols = [c for c in TABLE_COLUMNS if any(e[f"{c[0]}_mean"] is not None for e in summary)]
-    head = "<tr><th class=\"l\">scope</th><th>images</th>" + "".join(f"<th>{esc(label)}</th>" for _, label, _ in cols) + "</tr>"
+    above = any(e.get("flip_above_null") is not None for e in summary)
+    head = ("<tr><th class=\"l\">scope</th><th>images</th>" + "".join(f"<th>{esc(label)}</th>" for _, label, _ in cols)
+            + ("<th>flip &gt; null</th>" if above else "") + "<th class=\"paper\">paper (one image)</th></tr>")
     body = []
     for e in summary:
         swatch = ""
@@ -79,15 +86,23 @@ def summary_html(summary: list[dict], ref: Reference) -> str:
             swatch = f"<span class=\"swatch\" style=\"background:rgb({r},{g},{b})\"></span>"
         cells = [f"<td class=\"l\">{swatch}{esc(e['scope'])}</td>", f"<td>{e['images']}</td>"]
         for metric, _, fmt in cols:
-            text = fmt_cell(fmt, e[f"{metric}_mean"], e[f"{metric}_std"])
-            if metric == "effective_tokens" and e["n_tokens"] and e[f"{metric}_mean"] is not None:
-                text += f" / {e['n_tokens']}"
-            cells.append(f"<td>{esc(text)}</td>")
+            text = fmt_quartiles(fmt, e[f"{metric}_median"], e[f"{metric}_q1"], e[f"{metric}_q3"])
+            if metric == "effective_tokens" and e["n_tokens"] and e[f"{metric}_median"] is not None:
+                text = text.replace(" [", f" / {e['n_tokens']} [", 1) if " [" in text else f"{text} / {e['n_tokens']}"
+            median, _, iqr = text.partition(" [")
+            cells.append(f"<td>{esc(median)}" + (f"<br><small>[{esc(iqr)}</small>" if iqr else "") + "</td>")
+        if above:
+            share, n = e.get("flip_above_null"), e.get("flip_above_null_n")
+            cells.append(f"<td>{'—' if share is None else f'{share:.0%} of {n}'}</td>")
+        cells.append(f"<td class=\"paper\">{esc(paper_cell(e['scope']))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<p>Mean ± standard deviation over images at {esc(ref.label())} (the paper reports one image: masks, "
-            "effective tokens out of 5184, flip ratio, average cosine distance). A dash means no image had a value "
-            "(e.g. a class with no kept mask has no effective token and so no flip ratio).</p>"
-            f"<table>{head}{''.join(body)}</table><p>Also as <a href=\"summary.csv\">CSV</a> and "
+    return (f"<p>Median [interquartile range] over images at {esc(ref.label())}. <i>null</i> and <i>reseed</i> are the "
+            "flip ratio's controls: the same clustering after a displacement of the same size with the token–query "
+            "correspondence destroyed, and the encoder tokens clustered again with another seed; <i>flip &gt; null</i> is "
+            "the share of images whose flip ratio exceeds its null. A dash means no image had a value (a class with no "
+            "kept mask has no effective token and so no flip ratio; rows of older sweeps have no controls).</p>"
+            f"<table>{head}{''.join(body)}</table><p class=\"note\">{esc(PAPER_FOOTNOTE)}</p>"
+            "<p>Also as <a href=\"summary.csv\">CSV</a> (with means and standard deviations) and "
             "<a href=\"summary.tex\">LaTeX</a>; means at every grid point in <a href=\"summary_grid.csv\">summary_grid.csv"
             "</a>.</p>")
 
@@ -166,8 +181,19 @@ def image_pages_html(pages: list[dict]) -> str:
     return "".join(parts)
 
 
+def what_ran(run: dict, rows: Rows | None, ref: Reference | None, errors: list[dict]) -> str:
+    cfg = run.get("config") or {}
+    model = "SIMULATED source" if is_simulated(run) else f"SAM3 ({cfg.get('checkpoint') or 'checkpoint unknown'})"
+    images = len(set(rows["image_id"].tolist())) if rows is not None else 0
+    grid = ", ".join(f"{k}={v}" for k, v in ((cfg.get("analysis") or {}).items()) if k in ("taus", "alphas", "dims", "ks"))
+    return (f"{images} images analysed ({len(errors)} failed) with the {model} on {cfg.get('dataset') or 'an unknown dataset'}"
+            f"; grid {grid or 'unknown'}; the tables and figures below are at {ref.label() if ref else 'no grid point'}"
+            f"; run.json status {run.get('status') or 'unknown'}.")
+
+
 def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | None, figures: list[ReportFigure],
-                 notes: list[str], summary: list[dict], grid_summary: list[dict], errors: list[dict], pages: list[dict]) -> str:
+                 notes: list[str], summary: list[dict], grid_summary: list[dict], errors: list[dict], pages: list[dict],
+                 images: list[dict] | None = None) -> str:
     title = f"sam3-datr report — {sweep_dir.resolve().name}"
     body = [f"<h1>{esc(title)}</h1>"]
     if is_simulated(run):
@@ -176,26 +202,36 @@ def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference |
         body.append(f"<p class=\"warn\">run.json status: {esc(run.get('status'))} — results may be partial.</p>")
     if not run:
         body.append("<p class=\"warn\">No run.json in this folder: the model, parameters and versions are unknown.</p>")
-    body.append("<h2>Run</h2>" + kv_table(run_facts(sweep_dir, run, rows, ref, errors)))
+    body.append("<nav class=\"toc\">" + " · ".join(f"<a href=\"#{a}\">{t}</a>" for a, t in (
+        ("findings", "key findings"), ("summary", "per-class summary"), ("images", "per-image table"),
+        ("distributions", "distributions"), ("quality", "quality vs IoU"), ("grid", "parameter grid"),
+        ("dataset", "dataset-level clustering"), ("run", "run"), ("definitions", "definitions"),
+        ("figures", "per-image figures"), ("errors", "errors"))) + "</nav>")
+    if rows is not None:
+        body.append("<h2 id=\"findings\">Key findings</h2>"
+                    + key_findings_html(sweep_dir, summary, images or [], errors, what_ran(run, rows, ref, errors)))
     if rows is None:
         body.append("<p class=\"warn\">No result rows (rows/*.parquet): nothing to summarise.</p>")
     else:
         by_name = {f.name: f for f in figures}
-        body.append("<h2>Per-class summary</h2>" + summary_html(summary, ref))
-        body.append("<h2>Per-class distributions</h2>")
-        body += [figure_html(by_name[f"dist_{m}"]) for m, *_ in DISTRIBUTIONS if f"dist_{m}" in by_name]
-        body.append("<h2>Clustering quality vs segmentation</h2>")
+        body.append("<h2 id=\"summary\">Per-class summary</h2>" + summary_html(summary, ref))
+        body.append(f"<h2 id=\"images\">Per-image table</h2><p>The {min(10, len(images or []))} images with the largest "
+                    f"global flip ratio of {len(images or [])}; the <a href=\"images.html\">full table</a> sorts by flip "
+                    "ratio, IoU, accuracy and effective tokens.</p>" + image_table_html(sweep_dir, images or [], "flip_ratio", 10))
+        body.append("<h2 id=\"distributions\">Per-class distributions</h2>")
+        body += [figure_html(by_name[f"dist_{m}"]) for m in DISTRIBUTION_ORDER if f"dist_{m}" in by_name]
+        body.append("<h2 id=\"quality\">Clustering quality vs segmentation</h2>")
         body += [figure_html(by_name["quality_vs_iou"])] if "quality_vs_iou" in by_name else []
-        body.append("<h2>Parameter grid</h2>")
+        body.append("<h2 id=\"grid\">Parameter grid</h2>")
         body += [figure_html(f) for f in figures if f.name.startswith("grid_")]
         if len(grid_summary) > len(summary):
             body.append(grid_html(grid_summary))
         body += [f"<p class=\"warn\">{esc(n)}</p>" for n in notes]
-    body.append("<h2>Dataset-level structural clustering</h2>" + dataset_clustering_html(sweep_dir))
-    body.append("<h2>Definitions</h2>" + DEFINITIONS)
-    body.append("<h2>Per-image figures</h2>" + image_pages_html(pages))
-    body.append("<h2>Errors</h2>" + errors_html(errors))
+    body.append("<h2 id=\"dataset\">Dataset-level structural clustering</h2>" + dataset_clustering_html(sweep_dir))
+    body.append("<h2 id=\"run\">Run</h2>" + kv_table(run_facts(sweep_dir, run, rows, ref, errors)))
+    body.append("<h2 id=\"definitions\">Definitions</h2>" + DEFINITIONS)
+    body.append("<h2 id=\"figures\">Per-image figures</h2>" + image_pages_html(pages))
+    body.append("<h2 id=\"errors\">Errors</h2>" + errors_html(errors))
     body.append(f"<p style=\"color:#777;font-size:.8em\">Written {esc(dt.datetime.now(dt.UTC).isoformat(timespec='seconds'))} "
                 "by <code>datr report</code>. Definitions of every metric: see the project README.</p>")
     return page(title, body)
-

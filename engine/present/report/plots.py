@@ -23,6 +23,12 @@ DISTRIBUTIONS = (
     ("datr_shift", "DATR shift", "Mean over effective tokens of 1 − cos(F_j, DATR(F)_j), how far the re-encoding moves a token", 1.0, ""),
 )
 ALPHA_DEPENDENT = {"flip_ratio", "flip_ratio_processed", "datr_shift"}  # the rest depend on tau only
+DISTRIBUTION_ORDER = ("flip_ratio", "flip_controls", "flip_ratio_processed", "effective_tokens", "cos_distance", "datr_shift")
+# symmetric-log axes: linear below the threshold, logarithmic above, so 0.2% and 35% both read
+SYMLOG = {"%": 1.0, "tokens": 10.0}
+SMALL_N = 5  # fewer values than this: points and a median tick, no box
+CONTROLS = (("flip_ratio", "flip ratio", ""), ("flip_ratio_null", "null control", "///"),
+            ("flip_ratio_reseed", "reseed control", "..."))
 QUALITY = (("accuracy", "Accuracy (matched)"), ("nmi", "NMI"), ("ari", "ARI"))
 GRID_METRICS = (("flip_ratio", "flip ratio"), ("flip_ratio_processed", "flip ratio (processed)"),
                 ("accuracy", "accuracy"), ("ari", "ARI"), ("datr_shift", "DATR shift"))
@@ -62,12 +68,7 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
                 ax.text(x, 0, "no\ndata", ha="center", va="bottom", fontsize=7, color="0.4")
                 continue
             top = max(top, float(data.max()))
-            box = ax.boxplot([data], positions=[x], widths=width * 0.85, patch_artist=True, showfliers=False,
-                             medianprops={"color": "white" if sum(colour) < 1.2 else "black", "linewidth": 1.2})
-            for patch in box["boxes"]:
-                patch.set(facecolor=(*colour, 0.75), edgecolor="0.2", hatch=hatches[si % len(hatches)])
-            ax.scatter(x + rng.uniform(-width * 0.25, width * 0.25, data.size), data, s=6, color="0.15", alpha=0.5,
-                       linewidths=0, zorder=3)
+            box_and_points(ax, data, x, width, colour, hatches[si % len(hatches)], rng)
     ax.set_xticks(range(len(datr_scopes)))
     ax.set_xlim(-0.6, len(datr_scopes) - 0.4)
     counts = []
@@ -82,7 +83,7 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
         n_tok = np.nanmax(rows["n_tokens"]) if rows.n else np.nan
         if not np.isnan(n_tok):
             ax.set_ylabel(f"effective tokens (of {n_tok:.0f})")
-    ax.set_ylim(bottom=0, top=top * 1.08 if top > 0 else 1)
+    value_axis(ax, unit if unit else ("tokens" if metric == "effective_tokens" else ""), top)
     fixed = "; ".join(x for x in (
         f"τ={ref.tau:g}" if series_param == "alpha" and ref.tau is not None else "",
         f"α={ref.alpha:g}" if series_param == "tau" and ref.alpha is not None else "",
@@ -95,8 +96,76 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
         ax.legend(handles=handles, frameon=False, loc="upper right")
     stem = f"dist_{metric}"
     files = save(fig, out, stem, formats)
-    return ReportFigure(stem, files, f"{title} per class", f"{meaning}. One point per image; boxes show the quartiles; "
-                        "n = images with a value (scopes with no effective token have none).")
+    return ReportFigure(stem, files, f"{title} per class", f"{meaning}. One point per image; boxes show the quartiles "
+                        f"(under {SMALL_N} images: the points and a median tick only); "
+                        "n = images with a value (scopes with no effective token have none)."
+                        + (" Symmetric-log axis: linear near zero, logarithmic above, so small and large values both read."
+                           if unit == "%" or metric == "effective_tokens" else ""))
+
+
+def box_and_points(ax, data: np.ndarray, x: float, width: float, colour, hatch: str, rng) -> None:
+    """A quartile box with every value as a point; under SMALL_N values only the points and a median tick."""
+    if data.size >= SMALL_N:
+        box = ax.boxplot([data], positions=[x], widths=width * 0.85, patch_artist=True, showfliers=False,
+                         medianprops={"color": "white" if sum(colour) < 1.2 else "black", "linewidth": 1.2})
+        for patch in box["boxes"]:
+            patch.set(facecolor=(*colour, 0.75), edgecolor="0.2", hatch=hatch)
+        ax.scatter(x + rng.uniform(-width * 0.25, width * 0.25, data.size), data, s=6, color="0.15", alpha=0.5,
+                   linewidths=0, zorder=3)
+        return
+    ax.hlines(np.median(data), x - width * 0.4, x + width * 0.4, color="0.1", linewidth=1.5, zorder=3)
+    ax.scatter(np.full(data.size, x), data, s=30, color=colour, edgecolors="0.1", linewidths=0.6, zorder=4, hatch=hatch)
+
+
+def value_axis(ax, unit: str, top: float) -> None:
+    """A symmetric-log axis for shares (%) and token counts, linear otherwise; from zero to above the largest value."""
+    if unit in SYMLOG:
+        ax.set_yscale("symlog", linthresh=SYMLOG[unit], linscale=0.5)
+        ax.set_ylim(bottom=0, top=max(top * 1.5, SYMLOG[unit] * 2))
+        from matplotlib.ticker import FuncFormatter
+
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    else:
+        ax.set_ylim(bottom=0, top=top * 1.08 if top > 0 else 1)
+
+
+def controls_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> ReportFigure | None:
+    """Per class at the reference point: the flip ratio beside its null and reseed controls (when the rows carry them)."""
+    from matplotlib.patches import Patch
+
+    if np.isnan(rows["flip_ratio_null"]).all() and np.isnan(rows["flip_ratio_reseed"]).all():
+        return None
+    base = point_mask(rows, ref)
+    datr_scopes = [(s, c) for s, c in scopes if s != "encoder"]
+    fig, (ax,) = new_canvas(max(5.0, 1.3 * len(datr_scopes) + 1.5), 3.6)
+    width = 0.8 / len(CONTROLS)
+    rng = np.random.default_rng(0)
+    top = 0.0
+    for xi, (scope, cid) in enumerate(datr_scopes):
+        keep = base & rows.select(scope=scope)
+        for ci, (metric, _, hatch) in enumerate(CONTROLS):
+            data = rows[metric][keep] * 100.0
+            data = data[~np.isnan(data)]
+            if data.size == 0:
+                continue
+            top = max(top, float(data.max()))
+            colour = to_unit(scope_colour(scope, cid)) if ci == 0 else (0.8, 0.8, 0.8)
+            box_and_points(ax, data, xi - 0.4 + width * (ci + 0.5), width, colour, hatch, rng)
+    ax.set_xticks(range(len(datr_scopes)))
+    ax.set_xticklabels([s for s, _ in datr_scopes])
+    ax.set_xlim(-0.6, len(datr_scopes) - 0.4)
+    ax.set_ylabel("flip ratio (%)")
+    value_axis(ax, "%", top)
+    ax.set_title(f"Flip ratio and its controls per class ({ref.label()})")
+    handles = [Patch(facecolor="0.55" if i == 0 else "0.8", edgecolor="0.2", hatch=h, label=lab)
+               for i, (_, lab, h) in enumerate(CONTROLS)]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    files = save(fig, out, "dist_flip_controls", formats)
+    return ReportFigure("dist_flip_controls", files, "Flip ratio beside its controls",
+                        "Per class, the flip ratio (class colour), its null control (the scope's attended vectors permuted "
+                        "across the tokens: same displacement sizes, no token–query correspondence) and its reseed control "
+                        "(the encoder tokens clustered with seed + 1), each measured on the effective tokens. A flip ratio "
+                        "inside its controls' range is what any displacement of that size, or another KMeans start, does.")
 
 
 def correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -11,6 +11,9 @@ import numpy as np
 from engine.core.errors import DataError
 from engine.run.store import read_rows
 
+# columns that rows of older sweeps lack: read as all-null
+OPTIONAL_COLUMNS = ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed")
+
 
 @dataclass
 class Rows:
@@ -33,6 +36,8 @@ class Rows:
         return cls(cols, table.num_rows)
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.columns and name in OPTIONAL_COLUMNS:  # rows written before these columns existed
+            return np.full(self.n, np.nan)
         return self.columns[name]
 
     def select(self, **where) -> np.ndarray:
@@ -73,6 +78,27 @@ class Reference:
             parts.append(f"α={self.alpha:g}")
         parts += [f"d={self.d:g}", f"k={self.k:g}"]
         return ", ".join(parts)
+
+
+def is_sweep(folder: Path) -> bool:
+    return (folder / "run.json").is_file() or (folder / "rows").is_dir() or (folder / "errors.parquet").is_file()
+
+
+def find_sweep(folder: Path, echo=print) -> Path:
+    """The sweep folder FOLDER is, or the one sweep folder one level below it (e.g. demo-out -> demo-out/sweep)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder; give the --out folder of `datr sweep`")
+    if is_sweep(folder):
+        return folder
+    below = sorted(p for p in folder.iterdir() if p.is_dir() and is_sweep(p))
+    if len(below) == 1:
+        echo(f"using the sweep in {below[0]}")
+        return below[0]
+    if below:
+        raise DataError(f"{folder}: holds {len(below)} sweeps ({', '.join(p.name for p in below)}); name one")
+    raise DataError(f"{folder}: no sweep here (looked for run.json, rows/ or errors.parquet in it and in its "
+                    "subfolders); give the --out folder of `datr sweep`")
 
 
 def read_rows_if_any(sweep_dir: Path):

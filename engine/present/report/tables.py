@@ -7,18 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.present.paper import PaperScope, paper_scope
 from engine.present.report.rows import Reference, Rows, point_mask
 
 TABLE_COLUMNS = (
     ("kept_queries", "masks", "{:.1f}"), ("effective_tokens", "effective tokens", "{:.0f}"),
-    ("flip_ratio", "flip ratio", "{:.1%}"), ("flip_ratio_processed", "flip (processed)", "{:.1%}"),
+    ("flip_ratio", "flip ratio", "{:.1%}"), ("flip_ratio_null", "null", "{:.1%}"), ("flip_ratio_reseed", "reseed", "{:.1%}"),
+    ("flip_ratio_processed", "flip (processed)", "{:.1%}"), ("flip_ratio_null_processed", "null (processed)", "{:.1%}"),
     ("cos_distance", "cos distance", "{:.4f}"), ("datr_shift", "DATR shift", "{:.4f}"), ("iou", "mask IoU", "{:.3f}"),
     ("accuracy", "accuracy", "{:.3f}"), ("nmi", "NMI", "{:.3f}"), ("ari", "ARI", "{:.3f}"),
 )
 
 
 def summary_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
-    """One row per scope at the reference point: mean, std and count of each metric over images."""
+    """One row per scope at the reference point: median, quartiles, mean, std and count of each metric over images.
+
+    Also `flip_above_null`: the share of images whose flip ratio exceeds its null control (None without controls),
+    and `paper_*`: the paper's single-image numbers for the scope (None where it reports none).
+    """
     table = []
     for scope, cid in scopes:
         keep = rows.select(scope=scope) & point_mask(rows, ref, tau=scope != "encoder", alpha=scope != "encoder")
@@ -26,9 +32,17 @@ def summary_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
         for metric, _, _ in TABLE_COLUMNS:
             data = rows[metric][keep]
             data = data[~np.isnan(data)]
+            q1, median, q3 = np.percentile(data, (25, 50, 75)).tolist() if data.size else (None, None, None)
+            entry.update({f"{metric}_median": median, f"{metric}_q1": q1, f"{metric}_q3": q3})
             entry[f"{metric}_mean"] = float(data.mean()) if data.size else None
             entry[f"{metric}_std"] = float(data.std(ddof=1)) if data.size > 1 else None
             entry[f"{metric}_n"] = int(data.size)
+        paper = paper_scope(scope)
+        entry.update({f"paper_{name}": None if paper is None else getattr(paper, name) for name in PaperScope._fields})
+        flip, null = rows["flip_ratio"][keep], rows["flip_ratio_null"][keep]
+        both = ~(np.isnan(flip) | np.isnan(null))
+        entry["flip_above_null"] = float((flip[both] > null[both]).mean()) if both.any() else None
+        entry["flip_above_null_n"] = int(both.sum())
         n_tok = rows["n_tokens"][keep]
         entry["n_tokens"] = int(np.nanmax(n_tok)) if n_tok.size and not np.isnan(n_tok).all() else None
         table.append(entry)
@@ -60,6 +74,16 @@ def _num(text: str) -> float | None:
     return None if np.isnan(value) else value
 
 
+def fmt_quartiles(fmt: str, median, q1=None, q3=None) -> str:
+    """"34.2% [20.1–40.3%]": the median and, over more than one value, the interquartile range."""
+    if median is None:
+        return "—"
+    text = fmt.format(median)
+    if q1 is not None and q3 is not None and q3 > q1:
+        text += f" [{fmt.format(q1).rstrip('%')}–{fmt.format(q3)}]"
+    return text
+
+
 def fmt_cell(fmt: str, mean, std=None) -> str:
     if mean is None:
         return "—"
@@ -79,17 +103,74 @@ def write_csv(path: Path, table: list[dict]) -> None:
 
 
 def write_latex(path: Path, table: list[dict], ref: Reference) -> None:
-    """The per-class table as a booktabs tabular (means ± std over images)."""
+    """The per-class table as a booktabs tabular (median [interquartile range] over images)."""
     cols = [c for c in TABLE_COLUMNS if any(e[f"{c[0]}_mean"] is not None for e in table)]
-    lines = [f"% sam3-datr per-class summary at {ref.label()}; mean ± std over images",
+    lines = [f"% sam3-datr per-class summary at {ref.label()}; median [interquartile range] over images",
              "\\begin{tabular}{l" + "r" * (len(cols) + 1) + "}", "\\toprule",
              " & ".join(["scope", "images"] + [c[1] for c in cols]) + " \\\\", "\\midrule"]
     for e in table:
         cells = [e["scope"], str(e["images"])]
         for metric, _, fmt in cols:
-            cells.append(fmt_cell(fmt, e[f"{metric}_mean"], e[f"{metric}_std"]).replace("%", "\\%").replace("±", "$\\pm$")
-                         .replace("—", "--"))
+            cells.append(fmt_quartiles(fmt, e[f"{metric}_median"], e[f"{metric}_q1"], e[f"{metric}_q3"])
+                         .replace("%", "\\%").replace("–", "--").replace("—", "--"))
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
+
+
+# (key, header, format, sort by it in the report)
+IMAGE_COLUMNS = (
+    ("effective_tokens", "effective tokens (global)", "{:.0f}", True),
+    ("flip_ratio", "flip ratio (global)", "{:.1%}", True),
+    ("flip_ratio_null", "null (global)", "{:.1%}", False),
+    ("class_flip_mean", "flip ratio (mean over classes)", "{:.1%}", True),
+    ("class_flip_max", "largest class flip", "{:.1%}", True),
+    ("class_flip_max_scope", "in class", "{}", False),
+    ("iou_mean", "mask IoU (mean over prompts)", "{:.3f}", True),
+    ("accuracy_encoder", "accuracy (encoder)", "{:.3f}", True),
+    ("accuracy_global", "accuracy (global DATR)", "{:.3f}", False),
+)
+
+
+def image_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
+    """One row per image at the reference point: the global scope's numbers, the classes' flips and IoU, accuracies."""
+    kinds = {scope: ("class" if cid is not None and scope not in ("encoder", "global") else scope) for scope, cid in scopes}
+    at_point = point_mask(rows, ref)
+    encoder = point_mask(rows, ref, tau=False, alpha=False) & rows.select(scope="encoder")
+    has = set(rows.columns)
+
+    def value(name: str, i: int):
+        if name not in has:
+            return None
+        v = rows[name][i]
+        return None if np.isnan(v) else float(v)
+
+    per_image: dict[str, dict] = {}
+    for i in np.flatnonzero(at_point | encoder):
+        entry = per_image.setdefault(rows["image_id"][i], {"flips": {}, "ious": []})
+        kind = kinds.get(rows["scope"][i], "class")
+        if kind == "encoder" and encoder[i]:
+            entry["accuracy_encoder"] = value("accuracy", i)
+        elif kind == "global" and at_point[i]:
+            for name in ("effective_tokens", "flip_ratio", "flip_ratio_null"):
+                entry[name] = value(name, i)
+            entry["accuracy_global"] = value("accuracy", i)
+        elif kind == "class" and at_point[i]:
+            if (flip := value("flip_ratio", i)) is not None:
+                entry["flips"][rows["scope"][i]] = flip
+            if (iou := value("iou", i)) is not None:
+                entry["ious"].append(iou)
+    table = []
+    for image_id in sorted(per_image):
+        entry = per_image[image_id]
+        flips, ious = entry.pop("flips"), entry.pop("ious")
+        worst = max(flips, key=flips.get) if flips else None
+        row = {"image_id": image_id, **{key: entry.get(key) for key, *_ in IMAGE_COLUMNS}}
+        if row["effective_tokens"] is not None:
+            row["effective_tokens"] = int(row["effective_tokens"])
+        row.update(class_flip_mean=float(np.mean(list(flips.values()))) if flips else None,
+                   class_flip_max=flips[worst] if worst else None, class_flip_max_scope=worst,
+                   iou_mean=float(np.mean(ious)) if ious else None)
+        table.append(row)
+    return table

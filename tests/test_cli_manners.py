@@ -1,0 +1,115 @@
+"""CLI manners: --version, one-line usage errors, help at 80 columns, show fitted to its width, Ctrl-C, report lookup."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from engine.present.summary import render_summary, summarize
+from engine.run.store import read_rows
+from tests.test_report import add_synthetic_controls, write_sweep
+
+runner = CliRunner()
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1 and lines[0].startswith("datr: error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_version_prints_the_project_version():
+    import tomllib
+    from pathlib import Path
+
+    expected = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["version"]
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"datr {expected}"
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["foo"], ["No such command 'foo'", "datr --help"]),
+    (["sweep", "--versio"], ["--versio", "datr sweep --help"]),
+    (["show", "x", "--width", "3"], ["--width"]),
+    (["sweep", "x", "--out", "y", "--mode", "tiles"], ["--mode", "tiles"]),
+    (["report", "x", "--formats", "png,jpg"], ["'jpg'", "--formats"]),
+])
+def test_usage_errors_are_one_line_with_exit_2(args, needles):
+    one_line_error(runner.invoke(app, args), *needles)
+
+
+def test_help_reads_at_80_columns_and_shows_option_text_verbatim():
+    result = runner.invoke(app, ["sweep", "--help"], terminal_width=80, env={"COLUMNS": "80"})
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "[analysis]" in result.stdout  # no markup eaten
+    # the help column starts early enough that descriptions are not squeezed into ~20 characters
+    config = next(i for i, line in enumerate(lines) if line.strip().startswith("--config"))
+    assert len(lines[config].split("  ")[-1].strip()) > 30 or len(lines[config + 1].strip()) > 30
+
+
+def test_show_fits_the_width_in_percent_with_nmi(tmp_path):
+    sweep = write_sweep(tmp_path / "s")
+    for width in (80, 200):
+        result = runner.invoke(app, ["show", str(sweep), "--width", str(width)])
+        assert result.exit_code == 0, result.output
+        assert max(len(line) for line in result.stdout.splitlines()) <= width
+        assert "NMI" in result.stdout and "%" in result.stdout
+    # vegetation at alpha 0.3: flip 0.03 * (i + 1) over 4 images -> mean 7.5%
+    table = render_summary(summarize(read_rows(sweep)), "t", width=200)
+    veg = next(line for line in table.splitlines() if line.strip().startswith("vegetation") and " 0.3 " in line)
+    assert "7.5%" in veg
+
+
+def test_show_puts_the_null_control_beside_the_flip_ratio(tmp_path):
+    sweep = add_synthetic_controls(write_sweep(tmp_path / "s"))
+    summary = summarize(read_rows(sweep))
+    table = render_summary(summary, "t", width=200)
+    header = next(line for line in table.splitlines() if line.strip().startswith("scope"))
+    assert header.index("flip") < header.index("null") < header.index("reseed")
+    # vegetation at alpha 0.3: null = flip / 2 for images 0-2 and 2 x flip for image 3 -> (0.015+0.03+0.045+0.24)/4
+    (null,) = [r["flip_ratio_null_mean"] for r in summary.to_pylist() if r["scope"] == "vegetation" and r["alpha"] == 0.3]
+    assert null == pytest.approx(0.0825)
+    veg = next(line for line in table.splitlines() if line.strip().startswith("vegetation") and " 0.3 " in line)
+    assert f"{null:.1%}" in veg and "controls" in table
+
+
+def test_show_csv_writes_one_row_per_image(tmp_path):
+    sweep = write_sweep(tmp_path / "s", images=3)
+    out = tmp_path / "images.csv"
+    result = runner.invoke(app, ["show", str(sweep), "--csv", str(out)])
+    assert result.exit_code == 0, result.output
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["image_id"] for r in rows] == ["img_0", "img_1", "img_2"]
+    # global flip ratio at the first alpha (0.3) of image i: 0.1 * (i + 1) * 0.3
+    assert [float(r["flip_ratio"]) for r in rows] == pytest.approx([0.03, 0.06, 0.09])
+    assert [float(r["accuracy_encoder"]) for r in rows] == pytest.approx([0.70, 0.72, 0.74])
+
+
+def test_report_and_show_find_the_sweep_one_level_down_or_say_where_they_looked(tmp_path):
+    write_sweep(tmp_path / "demo-out" / "sweep")
+    result = runner.invoke(app, ["show", str(tmp_path / "demo-out")])
+    assert result.exit_code == 0 and "using the sweep in" in result.stdout
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    one_line_error(runner.invoke(app, ["report", str(tmp_path / "empty")]), "looked for run.json")
+
+
+def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, monkeypatch):
+    import engine.run.sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine.run.sweep, "run_sweep", interrupted)
+    args = ["sweep", str(tmp_path), "--out", str(tmp_path / "o"), "--alpha", "0.3,0.5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 130
+    assert f"datr sweep {tmp_path} --out {tmp_path / 'o'} --alpha 0.3,0.5 --resume" in result.stderr
+    assert "Traceback" not in result.output
