@@ -7,8 +7,10 @@ queries) and one per prompt. PCA is fitted once at the largest d of the grid and
 leading columns serve every smaller d (they are the same eigenvectors).
 
     analyze_batch
-      build_problems      DATR tokens of every slot, effective tokens, cosine measures, IoU
-      PCA (largest d), then per (d, k): KMeans and score_clustering (flips, GT or internal scores)
+      build_problems      every slot's DATR token set as factors (F, A, alpha), effective tokens,
+                          cosine measures, IoU
+      fit_and_project     PCA (largest d) from the factors' moments, projection from the factors
+      then per (d, k): KMeans and score_clustering (flips, GT or internal scores)
       figure_maps         the first grid point's label maps, for the figures (on request)
 """
 
@@ -22,7 +24,7 @@ from engine.analysis.rows import append_rows
 from engine.core.config import AnalysisConfig
 from engine.sources.base import SourceBatch
 from kernels.backends import ClusterBackend
-from kernels.datr import attend_queries, compact_kept, datr_tokens, mask_weights
+from kernels.datr import DatrFactors, attend_queries, compact_kept, datr_moments, datr_project, mask_weights
 from kernels.grid import IGNORE
 from kernels.metrics import (
     align_to_reference,
@@ -39,7 +41,7 @@ from kernels.metrics import (
     nmi_from_contingency,
     silhouette_sampled,
 )
-from kernels.pca import pca_transform
+from kernels.pca import PCAResult, pca_transform
 
 ENCODER = "encoder"
 GLOBAL = "global"
@@ -132,11 +134,9 @@ def analyze_batch(
     slots = build_slots(cfg, prompts, class_ids)
     m = len(slots)
 
-    problems, scopes = build_problems(tokens, batch, cfg, len(slots), class_ids, gt_mask)
-    flat = problems.reshape(b * m, n, c)
-    fit = backend.pca_fit(flat, max(cfg.dims))
-    projected = pca_transform(flat, fit)  # (B*M, N, dmax)
-    del problems, flat
+    factors, scopes = build_problems(tokens, batch, cfg, len(slots), class_ids, gt_mask)
+    fit, projected = fit_and_project(factors, backend, max(cfg.dims))  # projected (B*M, N, dmax)
+    del factors
 
     gt_flat = None
     if gt_tokens is not None:  # every slot of an image is scored against the same GT
@@ -166,17 +166,18 @@ def analyze_batch(
 
 
 def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig, m: int, class_ids: tuple[int, ...],
-                   gt_mask: torch.Tensor | None) -> tuple[torch.Tensor, ScopeMeasures]:
-    """The problem tensor (B, M, N, C) -- encoder tokens at slot 0, then DATR_s(F) per (tau, alpha, scope),
-    in build_slots' order -- and the per-slot measures. Attention runs once per tau, for every alpha."""
+                   gt_mask: torch.Tensor | None) -> tuple[DatrFactors, ScopeMeasures]:
+    """The problems as factors -- encoder tokens at slot 0, then DATR_s(F) = F + alpha A_s per
+    (tau, alpha, scope), in build_slots' order, A_s held once per (tau, scope) -- and the per-slot
+    measures. Attention runs once per tau, for every alpha."""
     b, n, c = tokens.shape
     dev = tokens.device
     queries = batch.queries.to(dev).float()
     p, q = queries.shape[1:3]
     s_count = p + 1
     a_count = len(cfg.alphas)
-    problems = torch.empty(b, m, n, c, dtype=tokens.dtype, device=dev)
-    problems[:, 0] = tokens
+    attended_all = []  # (B, S, N, C) per tau
+    slot_group, slot_alpha = [], []
     nan = torch.full((b, m), float("nan"), dtype=torch.float64, device=dev)
     measures = ScopeMeasures(effective=torch.zeros(b, m, n, dtype=torch.bool, device=dev),
                              kept_count=torch.zeros(b, m, dtype=torch.long, device=dev), cos_distance=nan.clone(),
@@ -204,15 +205,35 @@ def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig
         for ai, alpha in enumerate(cfg.alphas):
             lo = 1 + (ti * a_count + ai) * s_count
             sl = slice(lo, lo + s_count)
-            problems[:, sl] = datr_tokens(tokens, attended, alpha)
+            slot_group += range(ti * s_count, (ti + 1) * s_count)
+            slot_alpha += [alpha] * s_count
             measures.effective[:, sl] = eff
             measures.kept_count[:, sl] = counts
             measures.cos_distance[:, sl] = paper_cos
             measures.shift[:, sl] = masked_mean(shift_dist[ai], eff)
             if scope_iou is not None:
                 measures.iou[:, sl] = scope_iou
-        del attended
-    return problems, measures
+        attended_all.append(attended)
+    factors = DatrFactors(tokens, torch.cat(attended_all, 1), slot_group, slot_alpha)
+    assert factors.slots == m, f"{factors.slots} slots built, {m} expected"
+    return factors, measures
+
+
+def fit_and_project(factors: DatrFactors, backend: ClusterBackend, n_components: int,
+                    materialise: bool = False) -> tuple[PCAResult, torch.Tensor]:
+    """PCA of every slot and the projected tokens (B*M, N, d). The torch backend fits from the
+    factors' moments; a library backend (sklearn, faiss, cuml), or materialise=True (the
+    reference the tests compare with), fits on the token sets built in full."""
+    b, n, c = factors.tokens.shape
+    if materialise or not hasattr(backend, "pca_from_moments"):
+        flat = factors.materialise().reshape(b * factors.slots, n, c)
+        fit = backend.pca_fit(flat, n_components)
+        if materialise:
+            return fit, pca_transform(flat, fit)
+        del flat
+    else:
+        fit = backend.pca_from_moments(*datr_moments(factors), n_components)
+    return fit, datr_project(factors, fit.mean, fit.components)
 
 
 def score_clustering(z: torch.Tensor, labels: torch.Tensor, k: int, shape: tuple[int, int, int, int],
