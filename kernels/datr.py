@@ -202,4 +202,4 @@ def datr_project(f: DatrFactors, mean: torch.Tensor, components: torch.Tensor) -
     for alpha, slots, groups in f.alpha_groups():
         a = attended if groups == list(range(attended.shape[1])) else attended[:, groups]
         z[:, slots] += alpha * torch.matmul(a, w[:, slots])
-    return (z - offset).reshape(b * m, n, -1)
+    return z.sub_(offset).reshape(b * m, n, -1)

@@ -37,6 +37,15 @@ class KMeansResult:
     n_iter: torch.Tensor
 
 
+def kmeans_bytes_per_problem(n: int, d: int, k: int, n_init: int, element_size: int = 4) -> int:
+    """About how many bytes one problem of N tokens x d dims takes inside `kmeans` at its peak
+    (Lloyd's workspace, the k-means++ candidate distances, the centred and transposed copies),
+    for callers that split a large problem axis into chunks to bound memory."""
+    n_local = 2 + int(math.log(k))
+    per_token = n_init * (2 * k + 2 * n_local + 5) + 3 * d  # floats; int64 labels count as two
+    return n * per_token * element_size
+
+
 def squared_distances(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
     """||x - c||^2 for x (P, N, d), centres (P, M, d) -> (P, N, M), clamped at 0."""
     if x_sq is None:

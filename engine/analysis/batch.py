@@ -16,16 +16,18 @@ leading columns serve every smaller d (they are the same eigenvectors).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from engine.analysis.rows import append_rows
 from engine.core.config import AnalysisConfig
+from engine.core.devices import kmeans_memory_budget
 from engine.sources.base import SourceBatch
 from kernels.backends import ClusterBackend
 from kernels.datr import DatrFactors, attend_queries, compact_kept, datr_moments, datr_project, mask_weights
 from kernels.grid import IGNORE
+from kernels.kmeans import KMeansResult, kmeans_bytes_per_problem
 from kernels.metrics import (
     align_to_reference,
     ari_from_contingency,
@@ -151,7 +153,7 @@ def analyze_batch(
         z = projected[..., :d].contiguous()
         explained = fit.explained_variance_ratio[:, :d].sum(-1).double()
         for k in cfg.ks:
-            km = backend.kmeans(z, k, n_init=cfg.n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
+            km = kmeans_in_chunks(backend, z, k, cfg)
             labels = km.labels.reshape(b * m, n)
             metric, aligned, aligned_processed = score_clustering(z, labels, k, (b, m, h, w), effective, gt_flat,
                                                                   num_classes, cfg)
@@ -163,6 +165,20 @@ def analyze_batch(
                 maps = figure_maps(batch, tokens, slots, d, k, aligned.reshape(b, m, h, w),
                                    aligned_processed.reshape(b, m, h, w), scopes, encoder_pca, gt_tokens, cfg.taus[0])
     return BatchResult(columns=columns, maps=maps)
+
+
+def kmeans_in_chunks(backend: ClusterBackend, z: torch.Tensor, k: int, cfg: AnalysisConfig) -> KMeansResult:
+    """KMeans of every problem of z (P, N, d), in chunks of problems that keep its working memory
+    within the device's budget. A problem's result does not depend on the others in its call
+    (kernels/kmeans.py), so the chunks give what one call gives."""
+    p, n, d = z.shape
+    per_problem = kmeans_bytes_per_problem(n, d, k, cfg.n_init, z.element_size())
+    step = max(1, kmeans_memory_budget(z.device) // per_problem)
+    parts = [backend.kmeans(z[lo : lo + step], k, n_init=cfg.n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed)
+             for lo in range(0, p, step)]
+    if len(parts) == 1:
+        return parts[0]
+    return KMeansResult(*(torch.cat([getattr(r, f.name) for r in parts]) for f in fields(KMeansResult)))
 
 
 def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig, m: int, class_ids: tuple[int, ...],
