@@ -10,9 +10,9 @@ DIR/gpu-check.json and a readable DIR/gpu-check.md. Steps, in order:
                      faiss-gpu and cuML where they import)
   kernels_bN         `datr bench kernels` at batch N (1, 8, 32, 64), sklearn on the CPU in the same
                      process, with the device's peak memory
-  sweep_bN_GRID      `datr bench sweep` on the simulated source at batch 16 and 64, default grid and
-                     the 5-alpha x 3-tau grid
   encoder            `datr bench encoder --random-weights` (bf16 autocast on CUDA) at batch 1, 4, 8
+  sweep_bN_GRID      `datr bench sweep` on the simulated source at batch 16 and 64, default grid and
+                     the 5-alpha x 3-tau grid (the first also counts aten ops and host syncs on the CPU)
 
 `--device cpu --quick` runs the same steps at toy sizes (tests/test_gpu_check.py runs it, so
 the script cannot rot); its encoder step uses the tiny SAM3 of tests/tiny_sam3.py.
@@ -65,14 +65,16 @@ def plan_steps(device: str, quick: bool) -> list[Step]:
         parity = {}
         kernels = {"images": 64, "reference_images": 2, "repeats": 3}
         kernel_batches, sweep_batches = (1, 8, 32, 64), (16, 64)
-        sweep = {"images": 128, "reference_images": 1, "n_init": 10, "workers": 4}
+        sweep = {"images": 64, "reference_images": 1, "n_init": 10, "workers": 4}
         grids = {"default": {}, "grid5x3": GRID_5X3}
         encoder = {"images": 16, "batch_sizes": [1, 4, 8]}
-        timeouts = {"pytest": 60, "parity": 45, "kernels": 35, "sweep": 50, "encoder": 120}
+        timeouts = {"pytest": 60, "parity": 45, "kernels": 35, "sweep": 60, "encoder": 120}
     steps = [Step("pytest_gpu", "pytest", {"tests": tests}, timeouts["pytest"]),
              Step("parity", "parity", {"device": device, "config": parity}, timeouts["parity"])]
     steps += [Step(f"kernels_b{b}", "kernels", {**kernels, "device": device, "batch_size": b}, timeouts["kernels"])
               for b in kernel_batches]
+    # the encoder before the sweeps: if the budget runs out, the simulated sweeps are what is lost
+    steps.append(Step("encoder", "encoder", {**encoder, "device": device}, timeouts["encoder"]))
     first = True
     for b in sweep_batches:
         for grid_name, grid in grids.items():
@@ -81,7 +83,6 @@ def plan_steps(device: str, quick: bool) -> list[Step]:
                               {**sweep, **grid, "device": device, "batch_size": b, "count_batches": counts},
                               timeouts["sweep"]))
             first = False
-    steps.append(Step("encoder", "encoder", {**encoder, "device": device}, timeouts["encoder"]))
     return steps
 
 
