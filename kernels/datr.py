@@ -197,9 +197,12 @@ def datr_project(f: DatrFactors, mean: torch.Tensor, components: torch.Tensor) -
     w = components.reshape(b, m, -1, c).transpose(-1, -2)  # (B, M, C, d)
     offset = mean.reshape(b, m, 1, c) @ w  # (B, M, 1, d)
     d = w.shape[-1]
-    # F W for every slot from one (N, C) x (C, M*d) product per image (no per-slot copy of F)
-    z = (tokens @ w.permute(0, 2, 1, 3).reshape(b, c, m * d)).reshape(b, n, m, d).permute(0, 2, 1, 3).contiguous()
+    z = torch.empty(b, m, n, d, dtype=tokens.dtype, device=tokens.device)
+    z[:, 0] = tokens @ w[:, 0]
     for alpha, slots, groups in f.alpha_groups():
+        ws = w[:, slots]  # (B, J, C, d)
+        # F W for this alpha's J slots from one (N, C) x (C, J*d) product per image (no per-slot copy of F)
+        fw = (tokens @ ws.permute(0, 2, 1, 3).reshape(b, c, len(slots) * d)).reshape(b, n, len(slots), d)
         a = attended if groups == list(range(attended.shape[1])) else attended[:, groups]
-        z[:, slots] += alpha * torch.matmul(a, w[:, slots])
+        z[:, slots] = fw.permute(0, 2, 1, 3) + alpha * torch.matmul(a, ws)
     return z.sub_(offset).reshape(b * m, n, -1)
