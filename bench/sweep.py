@@ -3,7 +3,8 @@ paper's way of doing the same analysis (one image and one problem at a time with
 scikit-learn and scipy, over the same alpha x tau grid), in the same process on the same
 decoder outputs. Beside the times: the peak memory of each way (bench/memory.py), and the
 aten ops and host synchronisations one `analyze_batch` call issues at each of
-`count_batches` (bench/dispatch.py; counted on the CPU so a regression shows without a GPU).
+`count_batches` (bench/dispatch.py; counted on the CPU so a regression shows without a GPU,
+with one KMeans call per batch as on a GPU, at the default grid).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
+import engine.analysis.batch as batch_module
 from bench.dispatch import OpCounter
 from bench.machine import machine_info
 from bench.memory import PeakMemory, max_rss_mb
@@ -105,7 +108,9 @@ def count_analysis_ops(index, run_cfg: RunConfig, batch_sizes: tuple[int, ...]) 
     out = []
     for b in batch_sizes:
         batch, gt_tokens, gt_mask = simulated_batch(index, source, analysis, b)
-        with OpCounter() as count:
+        # one KMeans call per batch, as on a GPU with room for it (on a CPU the analysis splits
+        # KMeans into 256 MiB chunks, each with its own syncs; see kmeans_memory_budget)
+        with mock.patch.object(batch_module, "kmeans_memory_budget", lambda device: 2**62), OpCounter() as count:
             analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
                           gt_tokens=gt_tokens, gt_mask=gt_mask)
         out.append({"batch_size": b, "aten_ops": count.ops, "host_syncs": count.syncs,
