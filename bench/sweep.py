@@ -109,7 +109,7 @@ def count_analysis_ops(index, run_cfg: RunConfig, batch_sizes: tuple[int, ...]) 
     for b in batch_sizes:
         batch, gt_tokens, gt_mask = simulated_batch(index, source, analysis, b)
         # one KMeans call per batch, as on a GPU with room for it (on a CPU the analysis splits
-        # KMeans into 256 MiB chunks, each with its own syncs; see kmeans_memory_budget)
+        # KMeans into 128 MiB chunks, each with its own syncs; see kmeans_memory_budget)
         with mock.patch.object(batch_module, "kmeans_memory_budget", lambda device: 2**62), OpCounter() as count:
             analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
                           gt_tokens=gt_tokens, gt_mask=gt_mask)
