@@ -30,3 +30,24 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
+
+# One-command GPU check (see DEVELOPERS.md "On a lent GPU"): installs the carried wheels
+# offline when GPU_WHEELS holds any, then runs every GPU test and benchmark.
+GPU_WHEELS ?= gpu-wheels
+GPU_CHECK_OUT ?= gpu-check-out
+GPU_PYTHON ?= python3
+
+.PHONY: gpu-check gpu-wheels
+gpu-check:
+	@if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then \
+		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --find-links $(GPU_WHEELS) -r gpu-requirements.txt; fi
+	$(GPU_PYTHON) -m bench.gpu_check --out $(GPU_CHECK_OUT)
+
+# Run where the network is: the wheels gpu-check needs beyond what the GPU machine has.
+# GPU_PY_VERSION: the GPU machine's Python, e.g. 3.12 (binary wheels are per version).
+gpu-wheels:
+	@test -n "$(GPU_PY_VERSION)" || (echo 'make gpu-wheels GPU_PY_VERSION=3.X (the GPU machine'"'"'s python)'; exit 2)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --dest $(GPU_WHEELS) \
+		--python-version $(GPU_PY_VERSION) --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+		--platform manylinux_2_17_x86_64 -r gpu-requirements.txt
+	du -sh $(GPU_WHEELS)

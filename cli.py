@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 
 from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
-from engine.core.config import AnalysisConfig, RunConfig
+from engine.core.config import AnalysisConfig, RunConfig, parse_list
 from engine.core.errors import DatrError
 from engine.core.options import build_run_config
 from engine.present.terminal import (
@@ -372,21 +372,29 @@ def bench_sweep(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
     reference_images: Annotated[int, typer.Option(min=1, help="Images done the paper's way (sklearn, one problem at a time).")] = 2,
     n_init: Annotated[int, typer.Option(min=1, help="KMeans restarts for both.")] = 10,
+    alphas: Annotated[str, typer.Option("--alpha", help="DATR strengths, comma list (the grid both ways run).")] = "0.3",
+    taus: Annotated[str, typer.Option("--tau", help="Query score thresholds, comma list.")] = "0.5",
+    count_batches: Annotated[str, typer.Option(help="Batch sizes at which aten ops and host syncs of one analysis call are counted (CPU), comma list; empty: none.")] = "1,16",
     threads: Annotated[int, typer.Option(min=1, help="CPU threads (1 keeps the comparison fair).")] = 1,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON here.")] = None,
 ) -> None:
-    """End-to-end sweep on the simulated source, per stage.
-
-    Beside the paper's way (scikit-learn, one problem at a time)."""
+    """End-to-end sweep on the simulated source, per stage, beside the paper's way on the same grid."""
     from threadpoolctl import threadpool_limits
 
     from bench.sweep import SweepBenchConfig, run_sweep_bench
 
     set_threads(threads)
     set_matmul_precision(device)
+    grid = {"--alpha": parse_list(alphas, float, "--alpha"), "--tau": parse_list(taus, float, "--tau"),
+            "--count-batches": parse_list(count_batches, int, "--count-batches") if count_batches.strip() else ()}
+    AnalysisConfig(alphas=grid["--alpha"], taus=grid["--tau"])  # the same checks as a sweep's grid
+    if any(b < 1 for b in grid["--count-batches"]):
+        raise DatrError(f"--count-batches: need batch sizes >= 1, got {count_batches}")
     with threadpool_limits(threads):
         result = run_sweep_bench(SweepBenchConfig(device=device, images=images, batch_size=batch_size,
-                                                  reference_images=reference_images, n_init=n_init), echo=typer.echo)
+                                                  reference_images=reference_images, n_init=n_init,
+                                                  alphas=grid["--alpha"], taus=grid["--tau"],
+                                                  count_batches=grid["--count-batches"]), echo=typer.echo)
     write_json(json_path, result)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -57,17 +57,18 @@ def _timed(device: torch.device, fn: Callable, *args) -> tuple[float, object]:
     return time.perf_counter() - begin, result
 
 
-def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = print) -> dict:
-    """Time the backbone and the 5-prompt grounding; return the bench JSON object."""
+def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = print,
+                      batch_sizes: tuple[int, ...] | None = None) -> dict:
+    """Time the backbone and the 5-prompt grounding; return the bench JSON object.
+
+    batch_sizes: time each of these on the one built model (the GPU check); the report
+    is the last one's, with every one's under "per_batch_size". None: cfg.batch_size.
+    """
     if cfg.random_weights == (cfg.checkpoint is not None):
         raise ConfigError("bench encoder needs exactly one of --random-weights or --checkpoint PATH")
     if cfg.batch_size < 1 or (cfg.images is not None and cfg.images < 1):
         raise ConfigError(f"--images and --batch-size must be >= 1, got {cfg.images} and {cfg.batch_size}")
     device = parse_device(cfg.device)
-    n_images = cfg.images or (DEFAULT_IMAGES_GPU if device.type == "cuda" else DEFAULT_IMAGES_CPU)
-    batch = min(cfg.batch_size, n_images)
-    n_batches = -(-n_images // batch)
-
     echo(f"building SAM3 ({'random weights' if cfg.random_weights else cfg.checkpoint}) on {device} ...")
     begin = time.perf_counter()
     if cfg.random_weights:
@@ -77,6 +78,30 @@ def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = p
     build_s = time.perf_counter() - begin
     source = Sam3Source(model, Sam3Config(checkpoint=cfg.checkpoint, bpe_path=cfg.bpe_path, device=str(device),
                                           prompts=cfg.prompts, grid_chunk=cfg.grid_chunk))
+    reports = [time_encoder(source, replace(cfg, batch_size=b), device, echo) for b in (batch_sizes or (cfg.batch_size,))]
+    report = {
+        "benchmark": "encoder",
+        "machine": machine_info(device),
+        "device": str(device),
+        **reports[-1],
+        "model": "sam3 random weights" if cfg.random_weights else str(cfg.checkpoint),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "autocast": source.describe()["autocast"],
+        "prompts": list(cfg.prompts),
+        "grid_chunk": cfg.grid_chunk,
+        "build_seconds": round(build_s, 2),
+        "config": {k: v if isinstance(v, (bool, int, float, tuple, type(None))) else str(v) for k, v in asdict(cfg).items()},
+    }
+    if batch_sizes:
+        report["per_batch_size"] = reports
+    return report
+
+
+def time_encoder(source: Sam3Source, cfg: EncoderBenchConfig, device: torch.device, echo: Callable[[str], object]) -> dict:
+    """One warm-up batch, then the backbone and grounding timed over cfg.images at cfg.batch_size."""
+    n_images = cfg.images or (DEFAULT_IMAGES_GPU if device.type == "cuda" else DEFAULT_IMAGES_CPU)
+    batch = min(cfg.batch_size, n_images)
+    n_batches = -(-n_images // batch)
     gen = torch.Generator().manual_seed(cfg.seed)
     side = cfg.image_side
     images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=gen).to(device)
@@ -102,23 +127,7 @@ def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = p
             "ms_per_image": round(1000.0 * seconds / timed_images, 3),
             "images_per_s": round(timed_images / seconds, 4),
         })
-    report = {
-        "benchmark": "encoder",
-        "machine": machine_info(device),
-        "device": str(device),
-        "batch_size": batch,
-        "images": timed_images,
-        "image_side": side,
-        "model": "sam3 random weights" if cfg.random_weights else str(cfg.checkpoint),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "autocast": source.describe()["autocast"],
-        "prompts": list(cfg.prompts),
-        "grid_chunk": cfg.grid_chunk,
-        "build_seconds": round(build_s, 2),
-        "config": {k: v if isinstance(v, (bool, int, float, tuple, type(None))) else str(v) for k, v in asdict(cfg).items()},
-        "results": results,
-    }
     echo(f"{'stage':<24}{'ms/image':>14}{'images/s':>12}   ({timed_images} images, batch {batch}, {device})")
     for row in results:
         echo(f"{row['name']:<24}{row['ms_per_image']:>14.1f}{row['images_per_s']:>12.4f}")
-    return report
+    return {"batch_size": batch, "images": timed_images, "image_side": side, "results": results}

@@ -55,6 +55,8 @@ class KernelBenchConfig:
     seed: int = 0
     eigh: str = "auto"  # the torch backend's eigensolver (kernels/eigh.py)
     loops: tuple[str, ...] = ("faiss", "cuml")  # per-problem library loops timed beside it where present
+    side: int = 72  # token grid side (72 x 72 = 5184 tokens); the GPU check's --quick uses a toy size
+    channels: int = 256
 
 
 def sync(device: torch.device) -> None:
@@ -144,7 +146,7 @@ def prepare(cfg: KernelBenchConfig, echo: Callable[[str], None]) -> Workload:
         backend, backend_reason = resolve_backend("torch", device, eigh=cfg.eigh)
     except BackendUnavailable as err:
         raise ConfigError(f"bench kernels: {err}") from None
-    tokens, classes = token_maps(cfg.images, seed=cfg.seed)
+    tokens, classes = token_maps(cfg.images, side=cfg.side, channels=cfg.channels, seed=cfg.seed)
     problems = scope_problems(tokens, classes)  # (images * 7, N, C) on the CPU
     batches = [
         problems[i * PROBLEMS_PER_IMAGE : (i + cfg.batch_size) * PROBLEMS_PER_IMAGE].to(device)

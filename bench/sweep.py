@@ -1,6 +1,10 @@
 """`datr bench sweep`: the whole sweep on the simulated source, per stage, next to the
 paper's way of doing the same analysis (one image and one problem at a time with
-scikit-learn and scipy), in the same process on the same decoder outputs.
+scikit-learn and scipy, over the same alpha x tau grid), in the same process on the same
+decoder outputs. Beside the times: the peak memory of each way (bench/memory.py), and the
+aten ops and host synchronisations one `analyze_batch` call issues at each of
+`count_batches` (bench/dispatch.py; counted on the CPU so a regression shows without a GPU,
+with one KMeans call per batch as on a GPU, at the default grid).
 """
 
 from __future__ import annotations
@@ -10,11 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 
+import engine.analysis.controls as controls_module
+from bench.dispatch import OpCounter
 from bench.machine import machine_info
+from bench.memory import PeakMemory, max_rss_mb
+from engine.analysis.batch import analyze_batch
 from engine.core.config import AnalysisConfig, DataConfig, RunConfig
 from engine.core.devices import parse_device
 from engine.core.errors import ConfigError
@@ -23,6 +32,7 @@ from engine.data.loader import load_item
 from engine.data.scenes import write_scene_set
 from engine.run.sweep import run_sweep
 from engine.sources.simulated import SimulatedSource
+from kernels.backends import resolve_backend
 
 
 @dataclass(frozen=True)
@@ -34,10 +44,13 @@ class SweepBenchConfig:
     n_init: int = 10
     image_size: tuple[int, int] = (640, 480)
     workers: int = 0
+    alphas: tuple[float, ...] = (0.3,)
+    taus: tuple[float, ...] = (0.5,)
+    count_batches: tuple[int, ...] = (1, 16)  # batch sizes at which ops and syncs are counted (on the CPU)
 
 
 def paper_way(tokens: np.ndarray, queries: np.ndarray, scores: np.ndarray, query_masks: np.ndarray, cfg: AnalysisConfig) -> list[float]:
-    """One image, one scope at a time, as the paper's script does; returns the flip ratios.
+    """One image, one (tau, alpha, scope) at a time, as the paper's script does; returns the flip ratios.
 
     tokens (N, C), queries (P, Q, C), scores (P, Q), query_masks (P, Q, N).
     """
@@ -45,39 +58,72 @@ def paper_way(tokens: np.ndarray, queries: np.ndarray, scores: np.ndarray, query
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
-    tau, alpha, k, d = cfg.taus[0], cfg.alphas[0], cfg.ks[0], cfg.dims[0]
+    k, d = cfg.ks[0], cfg.dims[0]
 
     def cluster(x):
         z = PCA(n_components=d, svd_solver="covariance_eigh").fit_transform(x)
         return KMeans(n_clusters=k, n_init=cfg.n_init, random_state=cfg.seed).fit(z).labels_
 
     encoder = cluster(tokens)
-    kept = scores >= tau
-    scopes = [(queries[kept], query_masks[kept])] + [(queries[p][kept[p]], query_masks[p][kept[p]]) for p in range(len(queries))]
     flips = []
-    for keys, masks in scopes:
-        if len(keys):
-            logits = tokens @ keys.T / np.sqrt(tokens.shape[1])
-            w = np.exp(logits - logits.max(1, keepdims=True))
-            attended = (w / w.sum(1, keepdims=True)) @ keys
-            weights = masks.max(0)
-        else:
-            attended, weights = np.zeros_like(tokens), np.zeros(tokens.shape[0])
-        labels = cluster(tokens + alpha * attended)
-        table = np.zeros((k, k))
-        np.add.at(table, (labels, encoder), 1)
-        rows, cols = linear_sum_assignment(table, maximize=True)
-        aligned = cols[np.argsort(rows)][labels]
-        eff = weights >= cfg.effective_threshold
-        flips.append(float((aligned[eff] != encoder[eff]).mean()) if eff.any() else float("nan"))
+    for tau in cfg.taus:
+        kept = scores >= tau
+        scopes = [(queries[kept], query_masks[kept])] + [(queries[p][kept[p]], query_masks[p][kept[p]]) for p in range(len(queries))]
+        for alpha in cfg.alphas:
+            for keys, masks in scopes:
+                if len(keys):
+                    logits = tokens @ keys.T / np.sqrt(tokens.shape[1])
+                    w = np.exp(logits - logits.max(1, keepdims=True))
+                    attended = (w / w.sum(1, keepdims=True)) @ keys
+                    weights = masks.max(0)
+                else:
+                    attended, weights = np.zeros_like(tokens), np.zeros(tokens.shape[0])
+                labels = cluster(tokens + alpha * attended)
+                table = np.zeros((k, k))
+                np.add.at(table, (labels, encoder), 1)
+                rows, cols = linear_sum_assignment(table, maximize=True)
+                aligned = cols[np.argsort(rows)][labels]
+                eff = weights >= cfg.effective_threshold
+                flips.append(float((aligned[eff] != encoder[eff]).mean()) if eff.any() else float("nan"))
     return flips
+
+
+def simulated_batch(index, source: SimulatedSource, analysis: AnalysisConfig, batch_size: int):
+    """The simulated source's outputs for `batch_size` items (the scene set repeated as needed) and their GT."""
+    items = [load_item(index, i % len(index.items)) for i in range(batch_size)]
+    images = torch.stack([it.image for it in items])
+    gt_mask = torch.stack([it.gt_mask for it in items])
+    gt_tokens = torch.stack([it.gt_tokens for it in items])
+    batch = source.run_batch(images, [f"{it.image_id}#{i}" for i, it in enumerate(items)], analysis.taus,
+                             gt_mask=gt_mask, gt_tokens=gt_tokens)
+    return batch, gt_tokens, gt_mask
+
+
+def count_analysis_ops(index, run_cfg: RunConfig, batch_sizes: tuple[int, ...]) -> list[dict]:
+    """aten ops and host syncs of one analyze_batch call at each batch size (CPU, torch backend), at the
+    default grid (one alpha, one tau) so that counts from different grids compare."""
+    analysis = AnalysisConfig(n_init=run_cfg.analysis.n_init)
+    source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
+    backend, _ = resolve_backend("torch", torch.device("cpu"))
+    out = []
+    for b in batch_sizes:
+        batch, gt_tokens, gt_mask = simulated_batch(index, source, analysis, b)
+        # one KMeans call per batch, as on a GPU with room for it (on a CPU the analysis splits
+        # KMeans into 128 MiB chunks, each with its own syncs; see kmeans_memory_budget)
+        with mock.patch.object(controls_module, "kmeans_memory_budget", lambda device: 2**62), OpCounter() as count:
+            analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
+                          gt_tokens=gt_tokens, gt_mask=gt_mask)
+        out.append({"batch_size": b, "aten_ops": count.ops, "host_syncs": count.syncs,
+                    "aten_ops_per_image": count.ops / b, "syncs_by_op": dict(count.sync_by_op)})
+    return out
 
 
 def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) -> dict:
     if cfg.reference_images > cfg.images:
         raise ConfigError(f"--reference-images ({cfg.reference_images}) cannot exceed --images ({cfg.images})")
     device = parse_device(cfg.device)
-    analysis = AnalysisConfig(n_init=cfg.n_init, controls=False)  # like for like: the paper's way has no controls
+    # like for like: the paper's way has no controls
+    analysis = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus), controls=False)
     with tempfile.TemporaryDirectory(prefix="datr-bench-") as tmp:
         root = write_scene_set(Path(tmp) / "scenes", cfg.images, size=cfg.image_size, seed=0)
         run_cfg = RunConfig(dataset=root, out=Path(tmp) / "sweep", model="simulated", device=str(device),
@@ -85,9 +131,10 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
         # warm-up on one batch so allocators and kernels are ready
         echo(f"sweep bench: warm-up, then {cfg.images} simulated images end to end ...")
         run_sweep(replace(run_cfg, out=Path(tmp) / "warm", limit=1), echo=lambda s: None, show_progress=False)
-        start = time.perf_counter()
-        result = run_sweep(run_cfg, echo=lambda s: None, show_progress=False)
-        total = time.perf_counter() - start
+        with PeakMemory(device) as peak_batched:
+            start = time.perf_counter()
+            result = run_sweep(run_cfg, echo=lambda s: None, show_progress=False)
+            total = time.perf_counter() - start
         stages = result.run["seconds_per_stage"]
 
         # the paper's way, on the same decoder outputs for the first reference images
@@ -95,14 +142,15 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
         index = index_dataset(DataConfig(root=root, num_workers=0))
         source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
         ref_seconds = 0.0
-        for i in range(cfg.reference_images):
-            item = load_item(index, i)
-            batch = source.run_batch(item.image[None], [item.image_id], analysis.taus, gt_mask=item.gt_mask[None], gt_tokens=item.gt_tokens[None])
-            tokens = batch.features[0].flatten(1).T.double().numpy()
-            qm = batch.query_masks[0].flatten(2).float().numpy()
-            t0 = time.perf_counter()
-            paper_way(tokens, batch.queries[0].double().numpy(), batch.scores[0].numpy(), qm, analysis)
-            ref_seconds += time.perf_counter() - t0
+        with PeakMemory("cpu") as peak_paper:
+            for i in range(cfg.reference_images):
+                batch, _, _ = simulated_batch_at(index, source, analysis, i)
+                tokens = batch.features[0].flatten(1).T.double().numpy()
+                qm = batch.query_masks[0].flatten(2).float().numpy()
+                t0 = time.perf_counter()
+                paper_way(tokens, batch.queries[0].double().numpy(), batch.scores[0].numpy(), qm, analysis)
+                ref_seconds += time.perf_counter() - t0
+        counts = count_analysis_ops(index, run_cfg, cfg.count_batches) if cfg.count_batches else []
 
     n = result.images_done
     ms_analysis = 1e3 * stages.get("analysis", 0.0) / n
@@ -114,19 +162,42 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
     ]
     for stage, seconds in stages.items():
         rows.append({"name": f"stage_{stage}", "ms_per_image": 1e3 * seconds / n, "images_per_s": n / seconds if seconds else None})
+    memory = {"batched_sweep": peak_batched.as_dict(), "paper_way": peak_paper.as_dict(), "process_max_rss_mb": round(max_rss_mb(), 1)}
+    grid = f"{len(cfg.alphas)} alpha x {len(cfg.taus)} tau (alphas {list(cfg.alphas)}, taus {list(cfg.taus)})"
     echo(f"sweep bench: {n} simulated images of {cfg.image_size[0]}x{cfg.image_size[1]}, batch {cfg.batch_size}, "
-         f"device {device}, n_init {cfg.n_init}, {torch.get_num_threads()} thread(s)")
+         f"device {device}, n_init {cfg.n_init}, grid {grid}, {torch.get_num_threads()} thread(s)")
     for row in rows:
         ips = row["images_per_s"]
         echo(f"  {row['name']:<28} {row['ms_per_image']:10.1f} ms/image  {'' if ips is None else f'{ips:8.2f} img/s'}")
     echo(f"  analysis speedup vs the paper's way: {ms_ref / ms_analysis:.2f}x")
+    echo(f"  peak memory above start: batched sweep {_mem(peak_batched)}, paper's way {_mem(peak_paper)}; "
+         f"process max RSS {memory['process_max_rss_mb']:.0f} MiB")
+    for c in counts:
+        echo(f"  analyze_batch at batch {c['batch_size']:>3}: {c['aten_ops']:>7} aten ops "
+             f"({c['aten_ops_per_image']:.0f} per image), {c['host_syncs']:>5} host syncs")
     return {
         "bench": "sweep",
         "machine": machine_info(device),
         "device": str(device),
         "batch_size": cfg.batch_size,
         "config": asdict(cfg),
+        "grid": {"alphas": list(cfg.alphas), "taus": list(cfg.taus)},
         "results": rows,
         "analysis_speedup_vs_paper_way": ms_ref / ms_analysis,
+        "peak_memory": memory,
+        "dispatch_counts": counts,
         "simulated": True,
     }
+
+
+def simulated_batch_at(index, source: SimulatedSource, analysis: AnalysisConfig, i: int):
+    """The simulated source's outputs for item i alone."""
+    item = load_item(index, i)
+    batch = source.run_batch(item.image[None], [item.image_id], analysis.taus, gt_mask=item.gt_mask[None],
+                             gt_tokens=item.gt_tokens[None])
+    return batch, item.gt_tokens[None], item.gt_mask[None]
+
+
+def _mem(peak: PeakMemory) -> str:
+    host = f"host {peak.host_mb:.0f} MiB"
+    return host if peak.device_mb is None else f"device {peak.device_mb:.0f} MiB, {host}"

@@ -10,6 +10,7 @@ DATR_s(F) = F exactly and nothing is NaN.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -119,3 +120,101 @@ def mask_weights(query_masks: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     maps = torch.gather(qm, 2, order[..., None].expand(*order.shape, qm.shape[-1])).float()  # (B, P, K, N)
     keep = torch.gather(kept, 2, order)[..., None]
     return torch.where(keep, maps, torch.zeros_like(maps)).amax(dim=2)
+
+
+# ------------------------------------------------------------------ DATR token sets as factors
+#
+# A DATR token set F + alpha * A_g is never built: it is the factors (F, A_g, alpha), with
+# A_g = P_g K_g (the softmax weights of a scope's kept queries times those queries; a
+# control that permutes P_g across tokens is just another A_g). Its covariance is
+#   Cov(F) + alpha (C_g + C_g^T) + alpha^2 D_g,  C_g = F_c^T A_gc / (n-1),  D_g = A_gc^T A_gc / (n-1)
+# (one Cov(F) per image, C_g and D_g once per A_g, shared by every alpha), and its PCA
+# projection is (F - mean) W + alpha A_g W. Memory: one (N, C) set per A_g instead of one per slot.
+
+
+@dataclass
+class DatrFactors:
+    """Problem slots of one batch as factors. Slot 0 of each image is F itself; slot j >= 1 is
+    F + slot_alpha[j-1] * attended[:, slot_group[j-1]].
+
+    tokens (B, N, C); attended (B, G, N, C) one A_g per scope group (a scope at a tau, or a
+    control of one); slot_group, slot_alpha: one entry per DATR slot (M - 1 of them).
+    """
+
+    tokens: torch.Tensor
+    attended: torch.Tensor
+    slot_group: list[int]
+    slot_alpha: list[float]
+
+    @property
+    def slots(self) -> int:  # M, the encoder slot included
+        return 1 + len(self.slot_group)
+
+    def materialise(self) -> torch.Tensor:
+        """The token sets themselves (B, M, N, C): the reference the factored path is tested against."""
+        group = torch.tensor(self.slot_group, device=self.tokens.device)
+        alpha = torch.tensor(self.slot_alpha, dtype=self.tokens.dtype, device=self.tokens.device)
+        datr = self.tokens[:, None] + alpha[None, :, None, None] * self.attended[:, group]
+        return torch.cat([self.tokens[:, None], datr], 1)
+
+    def alpha_groups(self) -> list[tuple[float, list[int], list[int]]]:
+        """(alpha, slot indices in 1..M-1, their groups) for each distinct alpha, in first-seen order."""
+        out: dict[float, tuple[list[int], list[int]]] = {}
+        for j, (g, a) in enumerate(zip(self.slot_group, self.slot_alpha, strict=True)):
+            slots, groups = out.setdefault(a, ([], []))
+            slots.append(j + 1)
+            groups.append(g)
+        return [(a, slots, groups) for a, (slots, groups) in out.items()]
+
+
+def datr_moments(f: DatrFactors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean (B*M, C), covariance (B*M, C, C) and token count (B*M,) of every slot, from the factors.
+
+    Denominator n - 1 as kernels.pca.weighted_moments; products of centred factors.
+    """
+    tokens, attended = f.tokens, f.attended
+    b, n, c = tokens.shape
+    g = attended.shape[1]
+    denom = max(n - 1, 1)
+    mean_f = tokens.mean(1)  # (B, C)
+    mean_a = attended.mean(2)  # (B, G, C)
+    f_c = tokens - mean_f[:, None]
+    cov_f = f_c.transpose(1, 2) @ f_c / denom  # (B, C, C)
+    cross = torch.empty(b, g, c, c, dtype=tokens.dtype, device=tokens.device)  # C_g
+    own = torch.empty_like(cross)  # D_g
+    for gi in range(g):  # one group at a time: a centred copy of one A_g, not of all
+        a_c = attended[:, gi] - mean_a[:, gi, None]
+        cross[:, gi] = f_c.transpose(1, 2) @ a_c / denom
+        own[:, gi] = a_c.transpose(1, 2) @ a_c / denom
+    group = torch.tensor(f.slot_group, device=tokens.device)
+    alpha = torch.tensor(f.slot_alpha, dtype=tokens.dtype, device=tokens.device)[None, :, None, None]
+    cross_s = cross[:, group]  # (B, M-1, C, C)
+    cov = cov_f[:, None] + alpha * (cross_s + cross_s.transpose(-1, -2)) + alpha * alpha * own[:, group]
+    mean = mean_f[:, None] + alpha[..., 0] * mean_a[:, group]  # (B, M-1, C)
+    m = f.slots
+    cov = torch.cat([cov_f[:, None], cov], 1).reshape(b * m, c, c)
+    mean = torch.cat([mean_f[:, None], mean], 1).reshape(b * m, c)
+    total = torch.full((b * m,), float(n), dtype=tokens.dtype, device=tokens.device)
+    return mean, cov, total
+
+
+def datr_project(f: DatrFactors, mean: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
+    """Every slot projected on its own components without building it: (F - mean) W + alpha A_g W.
+
+    mean (B*M, C), components (B*M, d, C) as kernels.pca.PCAResult -> (B*M, N, d).
+    """
+    tokens, attended = f.tokens, f.attended
+    b, n, c = tokens.shape
+    m = f.slots
+    w = components.reshape(b, m, -1, c).transpose(-1, -2)  # (B, M, C, d)
+    offset = mean.reshape(b, m, 1, c) @ w  # (B, M, 1, d)
+    d = w.shape[-1]
+    z = torch.empty(b, m, n, d, dtype=tokens.dtype, device=tokens.device)
+    z[:, 0] = tokens @ w[:, 0]
+    for alpha, slots, groups in f.alpha_groups():
+        ws = w[:, slots]  # (B, J, C, d)
+        # F W for this alpha's J slots from one (N, C) x (C, J*d) product per image (no per-slot copy of F)
+        fw = (tokens @ ws.permute(0, 2, 1, 3).reshape(b, c, len(slots) * d)).reshape(b, n, len(slots), d)
+        a = attended if groups == list(range(attended.shape[1])) else attended[:, groups]
+        z[:, slots] = fw.permute(0, 2, 1, 3) + alpha * torch.matmul(a, ws)
+    return z.sub_(offset).reshape(b * m, n, -1)

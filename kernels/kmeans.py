@@ -37,6 +37,15 @@ class KMeansResult:
     n_iter: torch.Tensor
 
 
+def kmeans_bytes_per_problem(n: int, d: int, k: int, n_init: int, element_size: int = 4) -> int:
+    """About how many bytes one problem of N tokens x d dims takes inside `kmeans` at its peak
+    (Lloyd's workspace, the k-means++ candidate distances, the centred and transposed copies),
+    for callers that split a large problem axis into chunks to bound memory."""
+    n_local = 2 + int(math.log(k))
+    per_token = n_init * (2 * k + 2 * n_local + 5) + 3 * d  # floats; int64 labels count as two
+    return n * per_token * element_size
+
+
 def squared_distances(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
     """||x - c||^2 for x (P, N, d), centres (P, M, d) -> (P, N, M), clamped at 0."""
     if x_sq is None:
@@ -167,25 +176,26 @@ def update_centres(
     sums = (onehot.reshape(p, n_init * k, n) @ x).reshape(p, n_init, k, d)
     counts = onehot.sum(-1)  # (P, n_init, k) weight per cluster
 
+    # Branch-free (no host read of "any empty?"): with no empty cluster every term below adds
+    # exact zeros or keeps the old value, so the result is bitwise the same as skipping it.
     empty = counts <= 0
-    if bool(empty.any()):
-        w_full = torch.ones(p, n, dtype=x.dtype, device=x.device) if w is None else w.to(x.dtype)
-        d2_nearest = (partial + x_sq[:, None, :]).clamp_(min=0)  # (P, n_init, N)
-        # the j-th empty cluster takes the j-th farthest token from its own centre
-        n_far = min(k, n)
-        farthest = d2_nearest.topk(n_far, dim=-1).indices  # (P, n_init, n_far), farthest first
-        rank = (torch.cumsum(empty.long(), dim=-1) - 1).clamp(min=0, max=n_far - 1)
-        token = torch.gather(farthest, 2, rank)  # (P, n_init, k) token for each (empty) cluster
-        problem = torch.arange(p, device=x.device)[:, None, None]
-        moved = x[problem, token]  # (P, n_init, k, d)
-        moved_w = torch.gather(w_full[:, None, :].expand(p, n_init, n), 2, token)  # (P, n_init, k)
-        owner = torch.gather(labels, 2, token)  # cluster the token leaves
-        is_empty = empty.to(x.dtype)
-        # remove moved tokens from their old clusters, then seat them in the empty ones
-        sums = sums.scatter_add(2, owner[..., None].expand(p, n_init, k, d), -(moved * (moved_w * is_empty)[..., None]))
-        counts = counts.scatter_add(2, owner, -(moved_w * is_empty))
-        sums = torch.where(empty[..., None], moved * moved_w[..., None], sums)
-        counts = torch.where(empty, moved_w, counts)
+    w_full = torch.ones(p, n, dtype=x.dtype, device=x.device) if w is None else w.to(x.dtype)
+    d2_nearest = (partial + x_sq[:, None, :]).clamp_(min=0)  # (P, n_init, N)
+    # the j-th empty cluster takes the j-th farthest token from its own centre
+    n_far = min(k, n)
+    farthest = d2_nearest.topk(n_far, dim=-1).indices  # (P, n_init, n_far), farthest first
+    rank = (torch.cumsum(empty.long(), dim=-1) - 1).clamp(min=0, max=n_far - 1)
+    token = torch.gather(farthest, 2, rank)  # (P, n_init, k) token for each (empty) cluster
+    problem = torch.arange(p, device=x.device)[:, None, None]
+    moved = x[problem, token]  # (P, n_init, k, d)
+    moved_w = torch.gather(w_full[:, None, :].expand(p, n_init, n), 2, token)  # (P, n_init, k)
+    owner = torch.gather(labels, 2, token)  # cluster the token leaves
+    is_empty = empty.to(x.dtype)
+    # remove moved tokens from their old clusters, then seat them in the empty ones
+    sums = sums.scatter_add(2, owner[..., None].expand(p, n_init, k, d), -(moved * (moved_w * is_empty)[..., None]))
+    counts = counts.scatter_add(2, owner, -(moved_w * is_empty))
+    sums = torch.where(empty[..., None], moved * moved_w[..., None], sums)
+    counts = torch.where(empty, moved_w, counts)
     safe = counts.clamp(min=torch.finfo(x.dtype).tiny)
     new = sums / safe[..., None]
     # a cluster that is still empty (all weights zero) keeps its old centre
@@ -202,41 +212,47 @@ class LiveProblems(NamedTuple):
     tol: torch.Tensor  # (P',) absolute tolerance on the centre shift
 
 
+SYNC_EVERY = 4  # Lloyd steps between the host's "is anything still running?" reads
+
+
 def lloyd(
     xc: torch.Tensor, xt: torch.Tensor, x_sq: torch.Tensor, w: torch.Tensor, centres: torch.Tensor,
     has_tokens: torch.Tensor, tol_abs: torch.Tensor, max_iter: int, unit_weights: bool = False,
+    sync_every: int = SYNC_EVERY,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd iterations for every problem and restart until each restart converges.
 
     centres (P, n_init, k, d) are updated in place and returned with n_iter (P, n_init).
-    Each iteration works only on the restarts still running. Problems with none left are
-    dropped (P' live problems); within each live problem the running restarts are packed
-    to the front of a restart axis of width R = the most any live problem still runs, so
-    one batched call covers (P', R) restarts; a packed slot beyond a problem's own count
-    holds a finished restart, is computed and its result dropped. The tokens are never
-    copied per restart.
+    Every `sync_every` steps the host reads which restarts still run and repacks: problems
+    with none left are dropped (P' live problems); within each live problem the running
+    restarts are packed to the front of a restart axis of width R = the most any live
+    problem still runs, so one batched call covers (P', R) restarts. Between two reads a
+    restart that converges is frozen on the device (its centres and n_iter stop changing,
+    as if it had been dropped), so the results are those of a repack at every step; a
+    packed slot that holds a finished restart is computed and its result dropped. The
+    tokens are never copied per restart.
     """
     p, n_init, k, d = centres.shape
     dev = xc.device
     running = has_tokens[:, None].expand(p, n_init).clone()  # (P, n_init) restart still iterating
     n_iter = torch.zeros(p, n_init, dtype=torch.long, device=dev)
-    live_ids = torch.arange(p, device=dev)  # (P',) problems with a running restart
     workspace = Workspace(p, n_init, k, xc.shape[1], xc.dtype, dev)
     live = LiveProblems(xc, xt, x_sq, w, tol_abs)
+    n_live = p
     for it in range(max_iter):
-        running_count = running[live_ids].sum(1)  # (P',) restarts still running per live problem
-        if not bool((running_count > 0).all()):
-            live_ids = live_ids[running_count > 0]
+        if it % sync_every == 0:  # the only host reads of the loop
+            running_count = running.sum(1)  # (P,)
+            live_ids = torch.nonzero(running_count > 0)[:, 0]  # (P',)
             if live_ids.numel() == 0:
                 break
-            live = LiveProblems(xc[live_ids], xt[live_ids], x_sq[live_ids], w[live_ids], tol_abs[live_ids])
-            running_count = running_count[running_count > 0]
-        width = int(running_count.max())  # R
-        live_running = running[live_ids]  # (P', n_init)
-        # restart_ids[i, r]: the restart in packed slot r of live problem i, running ones first (stable order)
-        restart_ids = torch.argsort((~live_running).to(torch.int8), dim=1, stable=True)[:, :width]  # (P', R)
-        slot_running = torch.gather(live_running, 1, restart_ids)  # (P', R) the slot holds a running restart
-        problem_ids = live_ids[:, None]  # (P', 1)
+            width = int(running_count.max())  # R
+            if live_ids.numel() != n_live:  # the live set only shrinks: same size, same problems
+                n_live = live_ids.numel()
+                live = LiveProblems(xc[live_ids], xt[live_ids], x_sq[live_ids], w[live_ids], tol_abs[live_ids])
+            # restart_ids[i, r]: the restart in packed slot r of live problem i, running ones first (stable order)
+            restart_ids = torch.argsort((~running[live_ids]).to(torch.int8), dim=1, stable=True)[:, :width]  # (P', R)
+            problem_ids = live_ids[:, None].expand_as(restart_ids)  # (P', R)
+        active = running[problem_ids, restart_ids]  # (P', R) the slot holds a restart still running
         packed = centres[problem_ids, restart_ids]  # (P', R, k, d)
         labels, partial = nearest(live.xt, packed, workspace)
         new = update_centres(live.x, None if unit_weights else live.w, labels, partial, live.x_sq, packed, k, workspace)
@@ -244,11 +260,9 @@ def lloyd(
         # Unchanged labels give bitwise-unchanged centres (shift 0), so this one test
         # covers scikit-learn's strict convergence as well as its tolerance.
         converged = shift <= live.tol[:, None]
-        # write back the running slots only: (problem, restart) pairs, flat
-        problem_of, restart_of = problem_ids.expand_as(restart_ids)[slot_running], restart_ids[slot_running]
-        centres[problem_of, restart_of] = new[slot_running]
-        n_iter[problem_of, restart_of] = it + 1
-        running[problem_of, restart_of] = ~converged[slot_running]
+        centres[problem_ids, restart_ids] = torch.where(active[..., None, None], new, packed)
+        n_iter[problem_ids, restart_ids] = torch.where(active, it + 1, n_iter[problem_ids, restart_ids])
+        running[problem_ids, restart_ids] = active & ~converged
     return n_iter, centres
 
 

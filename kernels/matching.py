@@ -1,12 +1,16 @@
 """Batched optimal assignment (Hungarian / Kuhn-Munkres with potentials).
 
 The loops run over rows and augmenting steps (at most k each), never over problems:
-every step updates all B problems at once, with finished problems frozen by masks.
+every step updates all B problems at once, with finished problems frozen by masks. A
+step on a frozen problem changes nothing (its delta is 0 and every write is masked), so
+the host asks "is any problem still searching?" only every CHECK_EVERY steps.
 """
 
 from __future__ import annotations
 
 import torch
+
+CHECK_EVERY = 4  # steps between the host's reads of "still running?"
 
 
 def linear_sum_assignment(cost: torch.Tensor, maximize: bool = False) -> torch.Tensor:
@@ -51,7 +55,7 @@ def _hungarian_square(a: torch.Tensor) -> torch.Tensor:
         minv = torch.full((b, k + 1), inf, dtype=torch.float64, device=dev)
         used = torch.zeros(b, k + 1, dtype=torch.bool, device=dev)
         running = torch.ones(b, dtype=torch.bool, device=dev)
-        for _ in range(k + 1):
+        for step in range(k + 1):
             used[bidx, j0] |= running
             i0 = p[bidx, j0]  # (B,)
             cur = a1[bidx, i0] - u[bidx, i0][:, None] - v  # (B, k+1)
@@ -69,12 +73,12 @@ def _hungarian_square(a: torch.Tensor) -> torch.Tensor:
             minv = torch.where(running[:, None] & ~used, minv - delta[:, None], minv)
             j0 = torch.where(running, j1, j0)
             running = running & (p[bidx, j0] != 0)
-            if not bool(running.any()):
+            if step % CHECK_EVERY == CHECK_EVERY - 1 and not bool(running.any()):
                 break
         # augment along the alternating path back to the virtual column 0
-        for _ in range(k + 1):
+        for step in range(k + 1):
             moving = j0 != 0
-            if not bool(moving.any()):
+            if step % CHECK_EVERY == 0 and not bool(moving.any()):
                 break
             j1 = way[bidx, j0]
             p[bidx, j0] = torch.where(moving, p[bidx, j1], p[bidx, j0])

@@ -86,6 +86,16 @@ def pca_fit(
     if not 1 <= n_components <= c:
         raise ValueError(f"n_components must be in [1, {c}], got {n_components}")
     mean, cov, total = weighted_moments(x, weights)
+    return pca_from_moments(mean, cov, total, n_components, eigh)
+
+
+def pca_from_moments(
+    mean: torch.Tensor, cov: torch.Tensor, total: torch.Tensor, n_components: int, eigh: Eigh | None = None
+) -> PCAResult:
+    """PCA of P problems given their mean (P, C), covariance (P, C, C) and weight sum (P,)
+    (kernels.datr.datr_moments gives them for DATR token sets without building the tokens)."""
+    if not 1 <= n_components <= cov.shape[-1]:
+        raise ValueError(f"n_components must be in [1, {cov.shape[-1]}], got {n_components}")
     check_finite(cov, "PCA input")
     cov = 0.5 * (cov + cov.transpose(1, 2))  # exact symmetry for the solver
     evals, evecs = (eigh or torch.linalg.eigh)(cov)  # ascending

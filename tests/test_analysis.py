@@ -45,3 +45,20 @@ def test_with_ground_truth_the_gt_metrics_are_filled_and_internal_scores_left_ou
     iou = [v for s, v in zip(scopes, cols["iou"], strict=True) if s not in ("encoder", "global")]
     assert iou and all(v is None or 0 <= v <= 1 for v in iou)
     assert torch.isfinite(torch.tensor([v for v in cols["inertia"]])).all()
+
+
+def test_kmeans_in_chunks_of_problems_gives_the_rows_of_one_call(batch, monkeypatch):
+    import engine.analysis.controls as controls_mod
+
+    src, loaded = batch
+    cfg = AnalysisConfig(n_init=2, dims=(8,))
+    args = (src, cfg, TorchBackend(), PROMPTS, (0, 1, 2, 3, 4), 5)
+    whole = analyze_batch(*args, gt_tokens=loaded.gt_tokens, gt_mask=loaded.gt_mask).columns
+    calls = []
+    real = TorchBackend.kmeans
+    monkeypatch.setattr(TorchBackend, "kmeans", lambda self, x, *a, **kw: calls.append(x.shape[0]) or real(self, x, *a, **kw))
+    monkeypatch.setattr(controls_mod, "kmeans_memory_budget", lambda device: 3 * controls_mod.kmeans_bytes_per_problem(5184, 8, 5, 2))
+    chunked = analyze_batch(*args, gt_tokens=loaded.gt_tokens, gt_mask=loaded.gt_mask).columns
+    # 26 problems (2 images x 7 slots, then their 2 x 6 null controls) in chunks of 3; then the 2 reseeded encoders
+    assert calls == [3] * 8 + [2] + [2]
+    assert chunked == whole

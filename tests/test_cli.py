@@ -147,3 +147,11 @@ def test_dataset_sample_from_the_command_line(scenes, tmp_path):
     res = json.loads((out / "dataset_clustering.json").read_text())["results"][0]
     assert res["tokens"] == 500 and res["images"] == 2 and sum(res["sizes"]) == 500
     assert "dataset-level clustering" in result.stdout
+
+
+@pytest.mark.parametrize("option, value, phrase", [("--alpha", "-1", "--alpha"), ("--tau", "0.5,x", "--tau"),
+                                                    ("--count-batches", "0", "--count-batches")])
+def test_bench_sweep_grid_options_are_checked_in_one_line(option, value, phrase):
+    result = runner.invoke(app, ["bench", "sweep", option, value])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and phrase in result.stderr

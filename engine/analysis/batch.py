@@ -7,8 +7,11 @@ queries) and one per prompt. PCA is fitted once at the largest d of the grid and
 leading columns serve every smaller d (they are the same eigenvectors).
 
     analyze_batch
-      build_problems      DATR tokens of every slot, effective tokens, cosine measures, IoU
-      PCA (largest d), then per (d, k): KMeans and score_clustering (flips, GT or internal scores)
+      build_problems      every slot's DATR token set as factors (F, A, alpha), effective tokens,
+                          cosine measures, IoU
+      fit_and_project     PCA (largest d) from the factors' moments, projection from the factors
+      then per (d, k): KMeans (engine.analysis.controls.cluster_grid_point, with the null and
+      reseed controls) and score_clustering (flips, GT or internal scores)
       figure_maps         the first grid point's label maps, for the figures (on request)
 """
 
@@ -23,7 +26,15 @@ from engine.analysis.rows import append_rows
 from engine.core.config import AnalysisConfig
 from engine.sources.base import SourceBatch
 from kernels.backends import ClusterBackend
-from kernels.datr import attend_queries, compact_kept, datr_tokens, mask_weights, permute_token_rows
+from kernels.datr import (
+    DatrFactors,
+    attend_queries,
+    compact_kept,
+    datr_moments,
+    datr_project,
+    mask_weights,
+    permute_token_rows,
+)
 from kernels.grid import IGNORE
 from kernels.metrics import (
     align_to_reference,
@@ -40,7 +51,7 @@ from kernels.metrics import (
     nmi_from_contingency,
     silhouette_sampled,
 )
-from kernels.pca import pca_transform
+from kernels.pca import PCAResult, pca_transform
 
 ENCODER = "encoder"
 GLOBAL = "global"
@@ -134,10 +145,11 @@ def analyze_batch(
     m = len(slots)
 
     scope_names = [slot.scope for slot in slots[1 : 2 + len(prompts)]]  # global, then each prompt
-    problems, scopes = build_problems(tokens, batch, cfg, len(slots), class_ids, gt_mask, scope_names)
-    fit = backend.pca_fit(problems, max(cfg.dims))
-    projected = pca_transform(problems, fit)  # (P, N, dmax): B*M real problems, then the null controls
-    del problems
+    factors, scopes = build_problems(tokens, batch, cfg, len(slots), class_ids, gt_mask, scope_names)
+    fit, projected = fit_and_project(factors, backend, max(cfg.dims))
+    del factors
+    # (P, N, dmax) in the controls' layout: the B*M real problems, then the null controls
+    projected, explained_all = (controls.real_then_null(t, b, m) for t in (projected, fit.explained_variance_ratio))
 
     gt_flat = None
     if gt_tokens is not None:  # every slot of an image is scored against the same GT
@@ -150,7 +162,7 @@ def analyze_batch(
                  "kept_queries": scopes.kept_count, "effective_tokens": scopes.effective.sum(-1)}  # (B, M) each
     for d in cfg.dims:
         z = projected[..., :d].contiguous()
-        explained = fit.explained_variance_ratio[: b * m, :d].sum(-1).double()
+        explained = explained_all[: b * m, :d].sum(-1).double()
         for k in cfg.ks:
             km = controls.cluster_grid_point(z, b, m, k, cfg, backend)
             labels = km.labels[: b * m]
@@ -169,22 +181,22 @@ def analyze_batch(
 
 
 def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig, m: int, class_ids: tuple[int, ...],
-                   gt_mask: torch.Tensor | None, scope_names: list[str]) -> tuple[torch.Tensor, ScopeMeasures]:
-    """The problems (P, N, C) and the per-slot measures. Per image: the encoder tokens at slot 0, then
-    DATR_s(F) per (tau, alpha, scope) in build_slots' order (B*M problems); with controls, then per image
-    the null control of every DATR slot, the same DATR tokens with the rows of P_s permuted (B*(M-1)).
-    Attention runs once per tau, for every alpha."""
+                   gt_mask: torch.Tensor | None, scope_names: list[str]) -> tuple[DatrFactors, ScopeMeasures]:
+    """The problems as factors -- encoder tokens at slot 0, then DATR_s(F) = F + alpha A_s per
+    (tau, alpha, scope), in build_slots' order, A_s held once per (tau, scope) -- and the per-slot
+    measures. Attention runs once per tau, for every alpha.
+
+    With controls, M - 1 more slots follow per image: the null control of every DATR slot, the
+    same alpha on A_s with its token rows permuted (one permutation per (image, scope, tau),
+    shared by every alpha; engine.analysis.controls), held as groups after the real ones."""
     b, n, c = tokens.shape
     dev = tokens.device
     queries = batch.queries.to(dev).float()
     p, q = queries.shape[1:3]
     s_count = p + 1
     a_count = len(cfg.alphas)
-    n_null = m - 1 if cfg.controls else 0
-    flat = torch.empty(b * (m + n_null), n, c, dtype=tokens.dtype, device=dev)
-    problems = flat[: b * m].view(b, m, n, c)
-    nulls = flat[b * m:].view(b, n_null, n, c)
-    problems[:, 0] = tokens
+    attended_all, nulls_all = [], []  # (B, S, N, C) per tau
+    slot_group, slot_alpha = [], []
     nan = torch.full((b, m), float("nan"), dtype=torch.float64, device=dev)
     measures = ScopeMeasures(effective=torch.zeros(b, m, n, dtype=torch.bool, device=dev),
                              kept_count=torch.zeros(b, m, dtype=torch.long, device=dev), cos_distance=nan.clone(),
@@ -201,10 +213,6 @@ def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig
         keys_c, mask_c = compact_kept(queries, kept)
         keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q))
         attended = torch.cat([attend_queries(tokens, keys_g, mask_g), attend_queries(tokens, keys_c, mask_c)], 1)
-        attended_null = None
-        if cfg.controls:  # one permutation per (image, scope, tau), shared by every alpha
-            perm = controls.null_permutations(cfg.seed, list(batch.image_ids), scope_names, tau, n)
-            attended_null = permute_token_rows(attended, perm)
         counts = torch.cat([kept.sum((1, 2))[:, None], kept.sum(2)], 1)  # (B, S)
         paper_dist, shift_dist = datr_cosine_distances(tokens, attended, cfg.alphas)
         paper_cos = masked_mean(paper_dist, eff)  # (B, S)
@@ -216,17 +224,41 @@ def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig
         for ai, alpha in enumerate(cfg.alphas):
             lo = 1 + (ti * a_count + ai) * s_count
             sl = slice(lo, lo + s_count)
-            problems[:, sl] = datr_tokens(tokens, attended, alpha)
-            if attended_null is not None:
-                nulls[:, lo - 1 : lo - 1 + s_count] = datr_tokens(tokens, attended_null, alpha)
+            slot_group += range(ti * s_count, (ti + 1) * s_count)
+            slot_alpha += [alpha] * s_count
             measures.effective[:, sl] = eff
             measures.kept_count[:, sl] = counts
             measures.cos_distance[:, sl] = paper_cos
             measures.shift[:, sl] = masked_mean(shift_dist[ai], eff)
             if scope_iou is not None:
                 measures.iou[:, sl] = scope_iou
-        del attended, attended_null
-    return flat, measures
+        attended_all.append(attended)
+        if cfg.controls:
+            perm = controls.null_permutations(cfg.seed, list(batch.image_ids), scope_names, tau, n)
+            nulls_all.append(permute_token_rows(attended, perm))
+    groups = len(cfg.taus) * s_count  # the real (tau, scope) groups; the null copies follow them
+    if cfg.controls:  # null slot j mirrors DATR slot j, on the permuted copy of its group
+        slot_group, slot_alpha = slot_group + [g + groups for g in slot_group], slot_alpha + slot_alpha
+    factors = DatrFactors(tokens, torch.cat(attended_all + nulls_all, 1), slot_group, slot_alpha)
+    assert factors.slots == (2 * m - 1 if cfg.controls else m), f"{factors.slots} slots built for {m}"
+    return factors, measures
+
+
+def fit_and_project(factors: DatrFactors, backend: ClusterBackend, n_components: int,
+                    materialise: bool = False) -> tuple[PCAResult, torch.Tensor]:
+    """PCA of every slot and the projected tokens (B*M, N, d). The torch backend fits from the
+    factors' moments; a library backend (sklearn, faiss, cuml), or materialise=True (the
+    reference the tests compare with), fits on the token sets built in full."""
+    b, n, c = factors.tokens.shape
+    if materialise or not hasattr(backend, "pca_from_moments"):
+        flat = factors.materialise().reshape(b * factors.slots, n, c)
+        fit = backend.pca_fit(flat, n_components)
+        if materialise:
+            return fit, pca_transform(flat, fit)
+        del flat
+    else:
+        fit = backend.pca_from_moments(*datr_moments(factors), n_components)
+    return fit, datr_project(factors, fit.mean, fit.components)
 
 
 def score_clustering(z: torch.Tensor, labels: torch.Tensor, k: int, shape: tuple[int, int, int, int],

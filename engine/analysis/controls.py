@@ -18,15 +18,42 @@ problems (image-major; null problem j of an image belongs to its DATR slot j + 1
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from engine.core.config import AnalysisConfig
+from engine.core.devices import kmeans_memory_budget
 from kernels.backends import ClusterBackend
+from kernels.kmeans import KMeansResult, kmeans_bytes_per_problem
 from kernels.metrics import align_to_reference, flip_ratio, majority_filter
 
 CONTROL_COLUMNS = ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed")
+
+
+def real_then_null(x: torch.Tensor, b: int, m: int) -> torch.Tensor:
+    """Per-problem rows of the factored layout (image-major, 2M - 1 slots per image with controls)
+    in this module's layout (B*M real problems, then B*(M-1) nulls); x unchanged without controls."""
+    if x.shape[0] == b * m:
+        return x
+    per_image = x.reshape(b, 2 * m - 1, *x.shape[1:])
+    return torch.cat([per_image[:, :m].reshape(b * m, *x.shape[1:]), per_image[:, m:].reshape(b * (m - 1), *x.shape[1:])])
+
+
+def kmeans_in_chunks(backend: ClusterBackend, z: torch.Tensor, k: int, cfg: AnalysisConfig, seed: int,
+                     init: torch.Tensor | None = None) -> KMeansResult:
+    """KMeans of every problem of z (P, N, d), in chunks of problems that keep its working memory
+    within the device's budget. A problem's result does not depend on the others in its call
+    (kernels/kmeans.py), so the chunks give what one call gives. init: (P, k, d) starting centres."""
+    p, n, d = z.shape
+    per_problem = kmeans_bytes_per_problem(n, d, k, cfg.n_init if init is None else 1, z.element_size())
+    step = max(1, kmeans_memory_budget(z.device) // per_problem)
+    parts = [backend.kmeans(z[lo : lo + step], k, n_init=cfg.n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=seed,
+                            init=None if init is None else init[lo : lo + step])
+             for lo in range(0, p, step)]
+    if len(parts) == 1:
+        return parts[0]
+    return KMeansResult(*(torch.cat([getattr(r, f.name) for r in parts]) for f in fields(KMeansResult)))
 
 
 def null_permutations(seed: int, image_ids: list[str], scopes: list[str], tau: float, n: int) -> torch.Tensor:
@@ -88,7 +115,7 @@ def cluster_grid_point(z: torch.Tensor, b: int, m: int, k: int, cfg: AnalysisCon
     owner, encoder_ids = owners(b, m, p, z.device)
 
     def run(x: torch.Tensor, seed: int, init: torch.Tensor | None = None):
-        return backend.kmeans(x, k, n_init=cfg.n_init, max_iter=cfg.max_iter, tol=cfg.tol, seed=seed, init=init)
+        return kmeans_in_chunks(backend, x, k, cfg, seed, init)
 
     if cfg.kmeans_init == "independent":
         km = run(z, cfg.seed)

@@ -12,8 +12,9 @@ import pyarrow as pa
 import torch
 
 # Bump when a change alters what the rows of the same options hold (a run's identity
-# carries it, so `--resume` does not mix rows of two versions). 2: the flip-ratio controls and kmeans_init.
-ROWS_VERSION = 2
+# carries it, so `--resume` does not mix rows of two versions). 2: the flip-ratio controls and kmeans_init;
+# 3: DATR from factors (covariance algebra), last digits differ from built token sets.
+ROWS_VERSION = 3
 
 FLOAT_COLUMNS = ("flip_ratio", "flip_ratio_processed", "flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed",
                  "cos_distance", "datr_shift", "iou", "accuracy", "nmi", "ari",

@@ -55,3 +55,14 @@ def set_matmul_precision(device: str) -> None:
     if str(device).startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+
+
+CPU_KMEANS_BYTES = 128 * 2**20
+
+
+def kmeans_memory_budget(device: torch.device) -> int:
+    """Bytes one KMeans call of the analysis may take for its working tensors: 128 MiB on a CPU
+    (larger chunks buy no speed there), an eighth of the device's memory on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 8
+    return CPU_KMEANS_BYTES

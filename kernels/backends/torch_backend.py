@@ -6,7 +6,7 @@ import torch
 
 from kernels.eigh import eigh_function
 from kernels.kmeans import KMeansResult, kmeans
-from kernels.pca import PCAResult, pca_fit
+from kernels.pca import PCAResult, pca_fit, pca_from_moments
 
 
 class TorchBackend:
@@ -26,6 +26,10 @@ class TorchBackend:
 
     def pca_fit(self, x: torch.Tensor, n_components: int, weights: torch.Tensor | None = None) -> PCAResult:
         return pca_fit(x, n_components, weights=weights, eigh=self._eigh)
+
+    def pca_from_moments(self, mean, cov, total, n_components: int) -> PCAResult:
+        """PCA from moments (DATR token sets that are never built); see kernels.datr.datr_moments."""
+        return pca_from_moments(mean, cov, total, n_components, eigh=self._eigh)
 
     def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None) -> KMeansResult:
         return kmeans(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights)
