@@ -101,8 +101,9 @@ def simulated_batch(index, source: SimulatedSource, analysis: AnalysisConfig, ba
 
 def count_analysis_ops(index, run_cfg: RunConfig, batch_sizes: tuple[int, ...]) -> list[dict]:
     """aten ops and host syncs of one analyze_batch call at each batch size (CPU, torch backend), at the
-    default grid (one alpha, one tau) so that counts from different grids compare."""
-    analysis = AnalysisConfig(n_init=run_cfg.analysis.n_init)
+    default grid (one alpha, one tau) so that counts from different grids compare; without the flip-ratio
+    controls, as the timed analysis (they add the null problems' work and the reseed KMeans)."""
+    analysis = AnalysisConfig(n_init=run_cfg.analysis.n_init, controls=False)
     source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
     backend, _ = resolve_backend("torch", torch.device("cpu"))
     out = []
