@@ -361,3 +361,9 @@ def test_a_code_carrying_checkpoint_is_refused_not_called_corrupt(tmp_path):
         torch.save({"w": torch.zeros(2), "x": Payload()}, path, _use_new_zipfile_serialization=not legacy)
         with pytest.raises(CheckpointError, match="refused: holds pickled Python objects.*system.*nothing was executed"):
             read_checkpoint(path)
+
+
+def test_a_missing_checkpoint_is_named_before_the_run_identity_reads_it(scenes, tmp_path):
+    result = runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(tmp_path / "o"), *FAST, "--model", "sam3",
+                                     "--checkpoint", str(tmp_path / "sam3.pt")])
+    one_line_error(result, "sam3.pt: no such file; pass the path of SAM3's sam3.pt")

@@ -70,13 +70,19 @@ def _count(items, noun: str) -> str:
     return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
 
 
-def read_checkpoint(path: str | Path) -> CheckpointContents:
-    """Read a checkpoint without unpickling arbitrary objects; map every failure to one line."""
+def check_checkpoint_path(path: str | Path) -> Path:
+    """The checkpoint path, or a one-line CheckpointError when there is no file there."""
     path = Path(path)
     if not path.exists():
         raise _fail(path, "no such file; pass the path of SAM3's sam3.pt (gated download: huggingface.co/facebook/sam3)")
     if path.is_dir():
         raise _fail(path, "is a directory; pass the sam3.pt file itself")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> CheckpointContents:
+    """Read a checkpoint without unpickling arbitrary objects; map every failure to one line."""
+    path = check_checkpoint_path(path)
     size = path.stat().st_size
     if size == 0:
         raise _fail(path, "empty file (0 bytes); download it again")
@@ -179,7 +185,7 @@ def check_state_dict(contents: CheckpointContents, expected: dict[str, torch.Siz
 
 def checkpoint_fingerprint(path: str | Path) -> dict:
     """Cheap identity of a (multi-GB) checkpoint: sha256 of its first MiB, size, mtime."""
-    path = Path(path)
+    path = check_checkpoint_path(path)
     with path.open("rb") as f:
         digest = hashlib.sha256(f.read(1 << 20)).hexdigest()
     stat = path.stat()
