@@ -345,6 +345,7 @@ def run_distributed_sweep(
     """
     cluster.validate()
     check_run_config(cfg)
+    cfg.validate()  # a bad option is refused before --out is created
     with OutLock(cfg.out, echo):  # the workers write under the client's lock
         return distributed_sweep(cfg, cluster, echo, show_progress, shard_task)
 

@@ -38,7 +38,10 @@ class OutLock:
         self.held = False
 
     def __enter__(self) -> OutLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        out = self.path.parent
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         for _attempt in range(2):
             try:

@@ -114,6 +114,7 @@ def run_sweep(
     """
     if not record_run:
         return sweep(cfg, echo, show_progress, index, keep_figures, positions, source, record_run)
+    cfg.validate()  # a bad option is refused before --out is created
     with OutLock(cfg.out, echo):
         return sweep(cfg, echo, show_progress, index, keep_figures, positions, source, record_run)
 
