@@ -74,10 +74,11 @@ def check_resume(out: Path, previous: dict, identity: dict) -> None:
     if before is None:
         raise ConfigError(f"--resume {out}: its run.json records no run identity (written by an older datr, or missing), "
                           "so its rows cannot be matched to these options; start a new --out")
-    if previous.get("fingerprint") == fingerprint(identity) and before == json.loads(json.dumps(identity, default=str)):
+    now = json.loads(json.dumps(identity, default=str))  # as run.json holds it (lists, strings)
+    if before == now:
         return
-    keys = sorted(set(before) | set(identity), key=lambda k: list(OPTION_NAMES).index(k) if k in OPTION_NAMES else 99)
-    now = json.loads(json.dumps(identity, default=str))
+    order = {k: i for i, k in enumerate(OPTION_NAMES)}
+    keys = sorted(set(before) | set(now), key=lambda k: order.get(k, len(order)))
     differ = [k for k in keys if before.get(k) != now.get(k)]
     parts = [f"{OPTION_NAMES.get(k, k)} (run: {short(before.get(k))}, now: {short(now.get(k))})" for k in differ]
     raise ConfigError(f"--resume {out}: this run's rows were made with other options: {'; '.join(parts)}; resume with "

@@ -15,8 +15,9 @@ import subprocess
 from pathlib import Path
 
 from engine.core.config import RunConfig
-from engine.core.errors import DataError
+from engine.core.errors import DataError, DatrError, os_error_message
 from engine.core.versions import versions
+from engine.run.identity import fingerprint
 
 
 def now() -> str:
@@ -35,8 +36,6 @@ def git_commit() -> str | None:
 
 def run_header(cfg: RunConfig, identity: dict) -> dict:
     """The first fields of every run.json: status, start time, identity, resolved config, versions, commit."""
-    from engine.run.identity import fingerprint
-
     return {
         "status": "running",
         "started": now(),
@@ -79,15 +78,11 @@ def read_run_json(out: Path) -> dict:
 
 def failure(err: BaseException) -> tuple[str, str]:
     """run.json's (status, error) for an exception that ended a run."""
-    from engine.core.errors import DatrError
-
     if isinstance(err, KeyboardInterrupt):
         return "interrupted", "interrupted (Ctrl-C or a signal); rerun with --resume to continue"
     if isinstance(err, DatrError):
         return "failed", err.message
     if isinstance(err, OSError):
-        from engine.core.errors import os_error_message
-
         return "failed", os_error_message(err)
     return "failed", f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,8 +129,7 @@ def read_index(path: Path, option: str = "--from-cache") -> dict:
         value = meta.get(key)
         if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
             raise DataError(f"{path}: {key!r} is missing or not a list of {getattr(kind, '__name__', 'numbers')}; {fix}")
-    repeated = sorted({i for i in meta["image_ids"] if meta["image_ids"].count(i) > 1}) if \
-        len(set(meta["image_ids"])) != len(meta["image_ids"]) else []
+    repeated = sorted(i for i, n in Counter(meta["image_ids"]).items() if n > 1)
     if repeated:
         raise DataError(f"{path}: image ids listed more than once ({', '.join(repeated[:3])}); {fix}")
     if len(meta["prompts"]) != len(meta["class_ids"]):
