@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from engine.core.config import DataConfig
+from engine.core.config import DataConfig, SimulatedConfig
 from engine.core.errors import ConfigError, DataError
 from engine.data.classes import UDD5_CLASSES
 from engine.data.index import index_dataset
 from engine.data.loader import make_loader
 from engine.data.scenes import render_scene, write_scene_set
 from engine.sources.base import SourceBatch
-from engine.sources.simulated import SimulatedConfig, SimulatedSource
+from engine.sources.simulated import SimulatedSource
 from kernels.grid import pool_to_tokens
 
 torch.set_num_threads(1)

@@ -21,6 +21,51 @@ from engine.core.geometry import MODEL_SIDE
 DEFAULT_PROMPTS = ("vegetation", "building", "road", "vehicle", "other")
 
 
+MAX_FALSE_POSITIVES = 20  # false-positive blobs per (image, prompt) the simulated source may draw
+
+
+@dataclass(frozen=True)
+class SimulatedConfig:
+    """Knobs of the simulated SAM3 (engine/sources/simulated.py; run.toml's [simulated] table).
+
+    planted_effect / planted_class: a known decoder effect for calibrating the effect
+    statistics (the simulated module's docstring says how it is planted); 0 = none, and the
+    source is then bitwise what it was before the knob existed.
+    """
+
+    seed: int = 0
+    class_separation: float = 1.0  # per-channel std of each class mean mu_c
+    within_class: float = 0.5  # per-channel std of the smooth within-class variation
+    variation_rank: int = 4  # number of variation directions per class
+    feature_noise: float = 0.5  # per-channel std of the i.i.d. token noise (before smoothing)
+    feature_smoothing: float = 1.0  # Gaussian sigma of the feature-map blur, in tokens (0 = none)
+    colour_weight: float = 0.2  # per-channel std of the image-colour projection
+    mask_noise: float = 0.2  # 0 = masks are the exact GT regions; larger = blurrier, wobblier edges
+    miss_rate: float = 0.1  # probability that an instance's query gets a low (not kept) score
+    false_positive_rate: float = 0.5  # expected false-positive blobs per (image, prompt)
+    query_noise: float = 0.3  # std of the noise on instance query vectors (before LayerNorm)
+    min_instance_area: int = 3  # GT components smaller than this (288-grid pixels) get no query
+    planted_effect: float = 0.0  # strength of the planted decoder effect (0 = none)
+    planted_class: int = 0  # the GT class whose prompt carries it (0 = vegetation in UDD5)
+
+    def __post_init__(self) -> None:
+        for name in ("class_separation", "within_class", "feature_noise", "feature_smoothing", "colour_weight",
+                     "mask_noise", "false_positive_rate", "query_noise", "planted_effect"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"simulated.{name} must be a finite number >= 0, got {value!r}")
+        if not 0 <= self.miss_rate <= 1:
+            raise ConfigError(f"simulated.miss_rate must be in [0, 1], got {self.miss_rate!r}")
+        if self.false_positive_rate > MAX_FALSE_POSITIVES:
+            raise ConfigError(f"simulated.false_positive_rate must be <= {MAX_FALSE_POSITIVES}, got {self.false_positive_rate!r}")
+        if self.variation_rank < 1:
+            raise ConfigError(f"simulated.variation_rank must be >= 1, got {self.variation_rank!r}")
+        if self.min_instance_area < 1:
+            raise ConfigError(f"simulated.min_instance_area must be >= 1, got {self.min_instance_area!r}")
+        if not 0 <= self.planted_class < 255:
+            raise ConfigError(f"simulated.planted_class must be a GT class id in [0, 254], got {self.planted_class!r}")
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """Parameters of the clustering analysis; every list is a grid evaluated in one pass."""
@@ -40,6 +85,7 @@ class AnalysisConfig:
     dataset_sample: int = 0  # tokens in the dataset-level reservoir (0 = no dataset-level clustering)
     controls: bool = True  # the null and reseed controls of every flip ratio (engine.analysis.controls)
     kmeans_init: str = "independent"  # how DATR scopes start KMeans (engine.core.choices.KMeansInit)
+    seeds: int = 10  # KMeans seeds per scope for the effect statistics (the ensemble; README "Effects")
 
     def validate(self) -> AnalysisConfig:
         def need(ok: bool, option: str, msg: str) -> None:
@@ -52,6 +98,7 @@ class AnalysisConfig:
         need(len(self.dims) > 0 and all(1 <= d <= 256 for d in self.dims), "--dims", f"need values in [1, 256], got {list(self.dims)}")
         need(len(self.taus) > 0 and all(math.isfinite(t) and 0 < t <= 1 for t in self.taus), "--tau", f"need values in (0, 1], got {list(self.taus)}")
         need(self.n_init >= 1, "--n-init", f"need >= 1, got {self.n_init}")
+        need(isinstance(self.seeds, int) and self.seeds >= 2, "--seeds", f"need >= 2 (pairs of seeds), got {self.seeds}")
         need(self.max_iter >= 1, "--max-iter", f"need >= 1, got {self.max_iter}")
         need(math.isfinite(self.tol) and self.tol >= 0, "--tol", f"need a finite value >= 0, got {self.tol}")
         need(0 < self.effective_threshold <= 1, "effective_threshold", f"need (0, 1], got {self.effective_threshold}")
@@ -129,7 +176,7 @@ class RunConfig:
     cache_dtype: str = "float16"  # engine.core.choices.CacheDtype
     from_cache: Path | None = None
     figures: int = 0
-    simulated_seed: int = 0
+    simulated: SimulatedConfig = field(default_factory=SimulatedConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     def validate(self) -> RunConfig:
@@ -178,26 +225,30 @@ def parse_list(text: str | None, cast, option: str) -> tuple | None:
 
 
 def load_toml(path: Path) -> dict:
-    """Read a run.toml: top-level run options and an [analysis] table."""
+    """Read a run.toml: top-level run options, an [analysis] and a [simulated] table."""
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
-    run_keys = {f.name for f in fields(RunConfig)} - {"analysis"}
-    ana_keys = {f.name for f in fields(AnalysisConfig)}
-    unknown = [k for k in data if k not in run_keys and k != "analysis"]
-    unknown += [f"analysis.{k}" for k in data.get("analysis", {}) if k not in ana_keys]
+    tables = {"analysis": AnalysisConfig, "simulated": SimulatedConfig}
+    run_keys = {f.name for f in fields(RunConfig)} - set(tables)
+    for name in tables:
+        if name in data and not isinstance(data[name], dict):
+            raise ConfigError(f"--config {path}: {name} must be a table ([{name}]), got {type(data[name]).__name__}")
+    unknown = [k for k in data if k not in run_keys and k not in tables]
+    for name, owner in tables.items():
+        keys = {f.name for f in fields(owner)}
+        unknown += [f"{name}.{k}" for k in data.get(name, {}) if k not in keys]
     if unknown:
         raise ConfigError(f"--config {path}: unknown keys {unknown}")
-    if "analysis" in data and not isinstance(data["analysis"], dict):
-        raise ConfigError(f"--config {path}: analysis must be a table ([analysis]), got {type(data['analysis']).__name__}")
-    for owner, table, prefix in ((RunConfig, data, ""), (AnalysisConfig, data.get("analysis", {}), "analysis.")):
+    checks = [(RunConfig, {k: v for k, v in data.items() if k not in tables}, "")]
+    checks += [(owner, data.get(name, {}), f"{name}.") for name, owner in tables.items()]
+    for owner, table, prefix in checks:
         hints = typing.get_type_hints(owner)
         for key, value in table.items():
-            if key != "analysis" or owner is not RunConfig:
-                check_toml_type(path, prefix + key, value, hints[key])
+            check_toml_type(path, prefix + key, value, hints[key])
     return data
 
 
@@ -235,8 +286,9 @@ def describe_type(hint) -> str:
 
 
 def merge(base: RunConfig, overrides: dict) -> RunConfig:
-    """Apply a dict of run options (and an 'analysis' dict) onto a RunConfig."""
+    """Apply a dict of run options (and 'analysis' / 'simulated' dicts) onto a RunConfig."""
     analysis = overrides.pop("analysis", None) or {}
+    simulated = overrides.pop("simulated", None) or {}
     tuple_fields = {"alphas", "ks", "dims", "taus"}
     ana = replace(base.analysis, **{k: tuple(v) if k in tuple_fields else v for k, v in analysis.items()})
     path_fields = {"dataset", "out", "checkpoint", "bpe_path", "save_features", "from_cache"}
@@ -244,4 +296,4 @@ def merge(base: RunConfig, overrides: dict) -> RunConfig:
     for key in ("prompts", "class_ids"):
         if key in run:
             run[key] = tuple(run[key])
-    return replace(base, analysis=ana, **run)
+    return replace(base, analysis=ana, simulated=replace(base.simulated, **simulated), **run)

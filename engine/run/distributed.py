@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from engine.analysis.dataset import TokenReservoir
@@ -148,7 +148,7 @@ class WorkerState(WorkerPlugin):
     def source_for(self, cfg: RunConfig):
         """The feature source for cfg, built on first use and kept for the worker's lifetime."""
         key = json.dumps([cfg.model, str(cfg.checkpoint), str(cfg.bpe_path), cfg.device, list(cfg.prompts),
-                          list(cfg.class_ids), cfg.grid_chunk, cfg.simulated_seed])
+                          list(cfg.class_ids), cfg.grid_chunk, sorted(asdict(cfg.simulated).items())])
         if key not in self.sources:
             self.sources[key] = build_source(cfg, parse_device(cfg.device))
         return self.sources[key]

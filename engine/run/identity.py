@@ -28,7 +28,7 @@ OPTION_NAMES = {
     "alphas": "--alpha", "ks": "--clusters", "dims": "--dims", "taus": "--tau", "n_init": "--n-init",
     "max_iter": "--max-iter", "tol": "--tol", "seed": "--seed", "backend": "--backend", "eigh": "--eigh",
     "prompts": "--prompts", "class_ids": "class_ids (run.toml)", "model": "--model",
-    "checkpoint": "--checkpoint", "simulated_seed": "simulated_seed", "dataset": "DATASET", "split": "--split",
+    "checkpoint": "--checkpoint", "simulated": "[simulated] (run.toml)", "seeds": "--seeds", "dataset": "DATASET", "split": "--split",
     "mode": "--mode", "tile_overlap": "--tile-overlap", "dataset_kind": "--dataset", "from_cache": "--from-cache",
     "rows_version": "the datr version (row format)", "kmeans_init": "--kmeans-init", "controls": "--controls",
 }
@@ -53,7 +53,7 @@ def run_identity(cfg: RunConfig, index: DatasetIndex | None, cache: FeatureCache
         fp = checkpoint_fingerprint(cfg.checkpoint)
         identity["checkpoint"] = {"sha256_first_mib": fp["sha256_first_mib"], "bytes": fp["bytes"]}
     else:
-        identity["simulated_seed"] = cfg.simulated_seed
+        identity["simulated"] = asdict(cfg.simulated)
     identity.update(dataset=str(Path(index.root).resolve()), split=index.split, mode=index.mode,
                     tile_overlap=index.tile_overlap, dataset_kind=index.dataset)
     return identity

@@ -10,9 +10,9 @@ from engine.core.config import RunConfig
 def build_source(cfg: RunConfig, device: torch.device):
     """The simulated stand-in or SAM3 (checkpoint loaded strictly) on `device`, as cfg.model asks."""
     if cfg.model == "simulated":
-        from engine.sources.simulated import SimulatedConfig, SimulatedSource
+        from engine.sources.simulated import SimulatedSource
 
-        return SimulatedSource(cfg.prompts, cfg.class_ids, device, SimulatedConfig(seed=cfg.simulated_seed))
+        return SimulatedSource(cfg.prompts, cfg.class_ids, device, cfg.simulated)
     from engine.sources.sam3.source import Sam3Config, Sam3Source
 
     return Sam3Source.from_config(Sam3Config(checkpoint=cfg.checkpoint, bpe_path=cfg.bpe_path, device=str(device),

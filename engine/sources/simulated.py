@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from engine.core.config import MAX_FALSE_POSITIVES, SimulatedConfig
 from engine.core.errors import ConfigError, DataError
 from engine.core.geometry import FEATURE_DIM, MASK_GRID, NUM_QUERIES, TOKEN_GRID
 from engine.sources.base import SourceBatch
@@ -54,40 +55,6 @@ from kernels.grid import IGNORE, majority_downsample, pool_to_tokens
 
 NUM_LABELS = 256  # one class mean per possible uint8 label value (255 = ignore included)
 POOL = MASK_GRID // TOKEN_GRID
-MAX_FALSE_POSITIVES = 20
-
-
-@dataclass(frozen=True)
-class SimulatedConfig:
-    """Knobs of the simulated SAM3 (all recorded in run.json). See the module docstring."""
-
-    seed: int = 0
-    class_separation: float = 1.0  # per-channel std of each class mean mu_c
-    within_class: float = 0.5  # per-channel std of the smooth within-class variation
-    variation_rank: int = 4  # number of variation directions per class
-    feature_noise: float = 0.5  # per-channel std of the i.i.d. token noise (before smoothing)
-    feature_smoothing: float = 1.0  # Gaussian sigma of the feature-map blur, in tokens (0 = none)
-    colour_weight: float = 0.2  # per-channel std of the image-colour projection
-    mask_noise: float = 0.2  # 0 = masks are the exact GT regions; larger = blurrier, wobblier edges
-    miss_rate: float = 0.1  # probability that an instance's query gets a low (not kept) score
-    false_positive_rate: float = 0.5  # expected false-positive blobs per (image, prompt)
-    query_noise: float = 0.3  # std of the noise on instance query vectors (before LayerNorm)
-    min_instance_area: int = 3  # GT components smaller than this (288-grid pixels) get no query
-
-    def __post_init__(self) -> None:
-        for name in ("class_separation", "within_class", "feature_noise", "feature_smoothing", "colour_weight",
-                     "mask_noise", "false_positive_rate", "query_noise"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"simulated.{name} must be a finite number >= 0, got {value!r}")
-        if not 0 <= self.miss_rate <= 1:
-            raise ConfigError(f"simulated.miss_rate must be in [0, 1], got {self.miss_rate!r}")
-        if self.false_positive_rate > MAX_FALSE_POSITIVES:
-            raise ConfigError(f"simulated.false_positive_rate must be <= {MAX_FALSE_POSITIVES}, got {self.false_positive_rate!r}")
-        if self.variation_rank < 1:
-            raise ConfigError(f"simulated.variation_rank must be >= 1, got {self.variation_rank!r}")
-        if self.min_instance_area < 1:
-            raise ConfigError(f"simulated.min_instance_area must be >= 1, got {self.min_instance_area!r}")
 
 
 def image_generator(seed: int, image_id: str) -> torch.Generator:
