@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from html.parser import HTMLParser
-from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +24,7 @@ from engine.present.figures.draw import draw_image_figures
 from engine.present.figures.panels import new_figure, percentile_rgb, show_labels
 from engine.present.figures.view import FigureOptions, image_id_of
 from engine.present.palette import CLASS_COLOURS, cluster_palette
+from engine.present.style import save
 
 G = 72  # token grid
 PROMPTS = ("road", "vehicle")
@@ -153,9 +153,8 @@ def test_label_panel_pixels_equal_the_palette_colour_of_each_token(tmp_path):
     palette = cluster_palette(labels, 4)  # no GT: neutral colours
     fig, (ax,) = new_figure(1, FigureOptions(dpi=100, panel_inches=2.0))
     show_labels(ax, labels, palette)
-    buf = BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    rgb = np.asarray(Image.open(buf).convert("RGB"))
+    (name,) = save(fig, tmp_path, "labels", ("png",), dpi=100)  # laid out, composed and written as the figures are
+    rgb = read_rgb(tmp_path / name)
     x0, y0, x1, y1 = ax.get_window_extent().extents  # display pixels, origin bottom-left
     height = rgb.shape[0]
     for i in range(6):
@@ -280,26 +279,66 @@ def test_paper_numbers_cover_1_to_24_and_other_classes_have_none():
     assert paper_figure("class-other_flips") is None and paper_figure("mask-road-3") is None
 
 
-def test_every_figure_fits_its_canvas(tmp_path, monkeypatch):
-    """Nothing drawn (legend, title, colourbar) reaches past the canvas, at the default size and in PDF."""
+def layout_faults(fig, stem: str, dpi: float) -> list[str]:
+    """What a reader would see cut or colliding in a laid-out figure: anything past the canvas, two axes (with their
+    titles, tick labels and axis labels) overlapping, the suptitle or a legend on an axes, a title touching its panel."""
+    from engine.present.layout import arrange
+
+    arrange(fig, dpi)
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    tight = {ax: ax.get_tightbbox(renderer) for ax in axes}
+    blocks = [(f"legend {i}", leg.get_window_extent(renderer)) for i, leg in enumerate(fig.legends)]
+    if fig.grid.suptitle is not None:
+        blocks.append(("suptitle", fig.grid.suptitle.get_window_extent(renderer)))
+    faults = []
+    w, h = fig.get_size_inches() * px
+    for name, box in [(f"axes {i}", tight[ax]) for i, ax in enumerate(axes)] + blocks:
+        if box.x0 < -1 or box.y0 < -1 or box.x1 > w + 1 or box.y1 > h + 1:
+            faults.append(f"{stem}: {name} reaches past the canvas ({box.extents.round(1)} of {w:.0f} x {h:.0f} px)")
+    named = [(f"axes {i}", tight[ax]) for i, ax in enumerate(axes)] + blocks
+    for i, (a_name, a) in enumerate(named):
+        for b_name, b in named[i + 1:]:
+            if a.overlaps(b) and min(a.x1, b.x1) - max(a.x0, b.x0) > 0.5 and min(a.y1, b.y1) - max(a.y0, b.y0) > 0.5:
+                faults.append(f"{stem}: {a_name} overlaps {b_name}")
+    for i, ax in enumerate(axes):
+        box = ax.get_window_extent(renderer)
+        for title in (ax.title, ax._left_title, ax._right_title):
+            if title.get_text() and title.get_window_extent(renderer).y0 < box.y1 + 1:
+                faults.append(f"{stem}: the title of axes {i} touches its panel")
+    return faults
+
+
+def test_every_figure_fits_its_canvas_and_no_text_touches_another(tmp_path, monkeypatch):
+    """Nothing drawn (legend, title, colourbar) reaches past the canvas or into another element, at the default size."""
     import engine.present.figures.draw as draw
 
-    cut = []
+    faults = []
 
     def checked_save(fig, folder, stem, formats, dpi):
-        renderer = fig.canvas.get_renderer()
-        fig.draw_without_rendering()
-        box = fig.get_tightbbox(renderer)  # inches
-        w, h = fig.get_size_inches()
-        if box.x0 < -0.01 or box.y0 < -0.01 or box.x1 > w + 0.01 or box.y1 > h + 0.01:
-            cut.append((stem, tuple(round(v, 2) for v in box.extents), (w, h)))
+        faults.extend(layout_faults(fig, stem, dpi))
         return real_save(fig, folder, stem, formats, dpi)
 
     real_save = draw.save
     monkeypatch.setattr(draw, "save", checked_save)
     maps, result, cfg = hand_case(tmp_path, with_similarity=True)
-    draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", FigureOptions(formats=("png", "pdf"), dpi=40))
-    assert cut == []
+    records = draw_image_figures(maps, 0, result, cfg, tmp_path / "figures", FigureOptions(formats=("png", "pdf"), dpi=40))
+    assert EXPECTED <= {r.name for r in records} and faults == []
+
+
+def test_the_overlap_check_sees_a_title_in_its_panel_and_titles_that_collide():
+    from engine.present.figures.panels import panel_title
+
+    fig, (a, b) = new_figure(2, FigureOptions(panel_inches=2.0))
+    panel_title(a, 0, "a title")
+    panel_title(b, 1, "another")
+    assert layout_faults(fig, "clean", 100) == []
+    b._left_title.set_y(0.9)  # the title pushed down into its panel
+    a._left_title.set_text("a title far too long for its panel, unwrapped, running into the next one")
+    faults = layout_faults(fig, "broken", 100)
+    assert any("axes 1 touches its panel" in f for f in faults), faults
+    assert "broken: axes 0 overlaps axes 1" in faults
 
 
 def test_flip_map_counts_and_rings_a_single_changed_token(tmp_path):

@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from engine.present.figures.panels import (
-    EXTENT,
     changed_markers,
     class_legend,
     cluster_legend,
+    cmap_rgb,
     count_box,
     flip_count,
     heatmap,
     new_figure,
     outline,
+    paint,
     panel_title,
     percentile_rgb,
     show_image,
@@ -36,6 +37,7 @@ from engine.present.figures.view import (
     top_masks,
 )
 from engine.present.html import write_image_page
+from engine.present.layout import set_suptitle
 from engine.present.palette import (
     DECODER_COLOUR,
     ENCODER_COLOUR,
@@ -121,7 +123,7 @@ def fig_encoder_pca(view: ImageView, folder: Path, options: FigureOptions) -> Fi
     fig, (a, b) = new_figure(2, options)
     show_image(a, view.image)
     panel_title(a, 0, "input (1008×1008, as the model sees it)" if view.image is not None else "input (not kept)")
-    b.imshow(percentile_rgb(view.encoder_pca), extent=EXTENT, interpolation="nearest")
+    paint(b, percentile_rgb(view.encoder_pca))
     panel_title(b, 1, "encoder features, PCA 1–3 → RGB")
     suptitle(fig, view, "Encoder features")
     files = save(fig, folder, "encoder_pca", options.formats, options.dpi)
@@ -132,18 +134,18 @@ def fig_encoder_pca(view: ImageView, folder: Path, options: FigureOptions) -> Fi
 
 def fig_structural(view: ImageView, palette: ClusterPalette, folder: Path, options: FigureOptions) -> FigureRecord:
     n = 3 if view.gt is not None else 2
-    fig, axes = new_figure(n, options, legend_rows=2)
+    fig, axes = new_figure(n, options)
     show_labels(axes[0], view.labels_processed[0], palette)
     panel_title(axes[0], 0, "processed (3×3 plurality filter)")
     show_labels(axes[1], view.labels[0], palette)
     panel_title(axes[1], 1, "raw KMeans labels")
     extra = []
     if view.gt is not None:
-        axes[2].imshow(class_rgb(view.gt), extent=EXTENT, interpolation="nearest")
+        paint(axes[2], class_rgb(view.gt))
         panel_title(axes[2], 2, "ground truth (token grid)")
         extra = [("GT: " + class_name(c), class_colour(c)) for c in sorted(set(np.unique(view.gt).tolist()) - {IGNORE})]
     cluster_legend(fig, palette, [view.labels[0], view.labels_processed[0]], extra)
-    fig.suptitle(f"Encoder structural clustering (PCA d={view.d}, k={view.k}) — {view.image_id}")
+    set_suptitle(fig, f"Encoder structural clustering (PCA d={view.d}, k={view.k}) — {view.image_id}")
     files = save(fig, folder, "structural_clustering", options.formats, options.dpi)
     return FigureRecord("structural_clustering", files, "Encoder structural clustering",
                         "KMeans on the PCA-reduced encoder tokens, processed and raw. Cluster colours follow the GT class "
@@ -155,7 +157,7 @@ def fig_scope_clustering(view: ImageView, palette: ClusterPalette, j: int, folde
     """raw=None: the global figure (processed | raw of one scope); raw=True/False: encoder | DATR_p."""
     slot = view.slots[j]
     eff = view.effective[j]
-    fig, (a, b) = new_figure(2, options, legend_rows=2)
+    fig, (a, b) = new_figure(2, options)
     if raw is None:
         show_labels(a, view.labels_processed[j], palette)
         panel_title(a, 0, "global DATR clustering, processed")
@@ -190,11 +192,10 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
     eff = view.effective[j]
     weights = view.mask_weights[slot.tau_index, slot.scope_index]
     is_global = slot.kind == "global"
-    fig, axes = new_figure(4, options, legend_rows=2)
+    fig, axes = new_figure(4, options, sides=None if is_global and view.gt is not None else {0: "colorbar"})
     if is_global and view.gt is not None:
         show_image(axes[0], view.image, grey=view.image is not None)
-        axes[0].imshow(np.dstack([class_rgb(view.gt) / 255.0, np.where(view.gt == 255, 0.0, 0.6)]), extent=EXTENT,
-                       interpolation="nearest")
+        paint(axes[0], class_rgb(view.gt), np.where(view.gt == 255, 0.0, 0.6).astype(np.float32))
         outline(axes[0], eff)
         panel_title(axes[0], 0, "ground truth, effective region outlined")
     else:
@@ -211,7 +212,7 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
     agree = np.zeros(eff.shape + (4,), dtype=np.float32)
     agree[eff & ~changed] = (*to_unit(SAME_COLOUR), 0.55)
     agree[changed] = (*to_unit(FLIP_COLOUR), 0.95)
-    axes[3].imshow(agree, extent=EXTENT, interpolation="nearest")
+    paint(axes[3], agree)
     changed_markers(axes[3], changed, np.broadcast_to(np.array(FLIP_COLOUR, dtype=np.uint8), changed.shape + (3,)))
     panel_title(axes[3], 3, "agreement in E (raw)")
     count_box(axes[3], f"{int(changed.sum())} of {int(eff.sum())} changed")
@@ -231,7 +232,7 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
 def fig_flips(view: ImageView, palette: ClusterPalette, j: int, folder: Path, options: FigureOptions) -> FigureRecord:
     slot = view.slots[j]
     eff = view.effective[j]
-    fig, axes = new_figure(2, options, legend_rows=2)
+    fig, axes = new_figure(2, options)
     shown = []
     zoomed = False
     for index, (maps, kind) in enumerate(((view.labels, "raw"), (view.labels_processed, "processed"))):
@@ -260,7 +261,7 @@ def fig_flips(view: ImageView, palette: ClusterPalette, j: int, folder: Path, op
 
 def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau) -> FigureRecord:
     p_count = len(view.prompts)
-    fig, axes = new_figure(p_count + 1, options, legend_rows=1, ncols=min(p_count + 1, 3))
+    fig, axes = new_figure(p_count + 1, options, ncols=min(p_count + 1, 3))
     masks = view.decoder_masks()
     have_probs = masks is not None and view.scores is not None and tau is not None
     # (a) every prompt's kept masks in its class colour; later prompts drawn over earlier ones
@@ -276,7 +277,7 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
             overlay = np.zeros(union.shape + (4,), dtype=np.float32) if overlay is None else overlay
             overlay[union] = (*to_unit(class_colour(cid)), 0.7)
     if overlay is not None:
-        axes[0].imshow(overlay, extent=EXTENT, interpolation="nearest")
+        paint(axes[0], overlay)
     panel_title(axes[0], 0, "all prompts (mask prob. ≥ 0.5)" if have_probs else "all prompts (pooled weight ≥ 0.5)")
     for p, prompt in enumerate(view.prompts):
         ax = axes[p + 1]
@@ -298,14 +299,14 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
                 ax.text((xs.mean() + 0.5) / region.shape[1], (ys.mean() + 0.5) / region.shape[0], str(rank),
                         fontsize=6, ha="center", va="center", color="black",
                         bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
-            ax.imshow(overlay, extent=EXTENT, interpolation="nearest")
+            paint(ax, overlay)
             panel_title(ax, p + 1, f"{prompt}: {len(order)} masks (score ≥ {tau:g})")
         else:
             weights = view.mask_weights[0, 1 + p]
-            ax.imshow(weights, extent=EXTENT, cmap="magma", vmin=0, vmax=1, alpha=0.65, interpolation="nearest")
+            paint(ax, cmap_rgb(weights, "magma"), 0.65)
             panel_title(ax, p + 1, f"{prompt}: pooled mask weight")
     class_legend(fig, list(view.class_ids))
-    fig.suptitle(f"Decoder masks overview — {view.image_id}" + (f" (τ={tau:g})" if tau is not None else ""))
+    set_suptitle(fig, f"Decoder masks overview — {view.image_id}" + (f" (τ={tau:g})" if tau is not None else ""))
     files = save(fig, folder, "decoder_masks", options.formats, options.dpi)
     caption = ("Every kept decoder mask (score ≥ τ, probability ≥ 0.5) per prompt in the prompt's class colour, outlined "
                "and numbered by score rank (overlaps stack darker); panel (a) overlays all prompts.")
@@ -322,7 +323,7 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
     similarity = view.encoder_similarity[p, q] if view.has_similarity(p, q) else None
     region = probs >= 0.5
     if similarity is not None:
-        fig, (a, b, c) = new_figure(3, options, legend_rows=1)
+        fig, (a, b, c) = new_figure(3, options, sides={0: "colorbar", 1: "colorbar"})
         heatmap(fig, a, similarity, "viridis", "cosine similarity", -1.0, 1.0)
         panel_title(a, 0, "encoder similarity")
         heatmap(fig, b, probs, "magma", "mask probability", 0.0, 1.0, image=view.image)
@@ -332,7 +333,7 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
         sim_up = np.repeat(np.repeat(similarity, probs.shape[0] // similarity.shape[0], 0), probs.shape[1] // similarity.shape[1], 1)
         lo, hi = float(sim_up.min()), float(sim_up.max())
         composite = np.dstack([probs, (sim_up - lo) / max(hi - lo, 1e-12), probs])
-        c.imshow(np.clip(composite, 0, 1), extent=EXTENT, interpolation="nearest")
+        paint(c, np.clip(composite, 0, 1))
         outline(c, region, colour="orange", width=0.8)
         panel_title(c, 2, "comparison: decoder magenta, encoder green")
         class_legend(fig, [], [("decoder only", DECODER_COLOUR), ("encoder only", ENCODER_COLOUR),
@@ -341,10 +342,10 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
                    "decoder's mask probability over the image; (c) both at once: magenta = decoder only, green = encoder "
                    "only, white = both, black = neither; orange outline = mask probability ≥ 0.5.")
     else:
-        fig, (b, c) = new_figure(2, options)
+        fig, (b, c) = new_figure(2, options, sides={0: "colorbar"})
         heatmap(fig, b, probs, "magma", "mask probability", 0.0, 1.0, image=view.image)
         panel_title(b, 0, "decoder activation")
-        c.imshow(percentile_rgb(view.encoder_pca), extent=EXTENT, interpolation="nearest")
+        paint(c, percentile_rgb(view.encoder_pca))
         outline(c, region, colour="white", width=0.8)
         panel_title(c, 1, "mask on encoder PCA → RGB")
         caption = ("(a) the decoder's mask probability over the image; (b) the mask outline (probability ≥ 0.5) on the "
@@ -355,7 +356,7 @@ def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: 
     score = float(view.scores[p, q])
     stem = f"mask-{safe_name(prompt)}-{rank}"
     title = f"{prompt} mask {rank}: decoder attention"
-    fig.suptitle(f"{title} (query {q}, score {score:.3f}) — {view.image_id}")
+    set_suptitle(fig, f"{title} (query {q}, score {score:.3f}) — {view.image_id}")
     files = save(fig, folder, stem, options.formats, options.dpi)
     return FigureRecord(stem, files, title, caption)
 

@@ -4,55 +4,53 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.present.figures.raster import raster
 from engine.present.figures.view import FigureOptions, ImageView
+from engine.present.layout import fit_legend, grid_figure, set_suptitle, set_title
 from engine.present.palette import ClusterPalette, class_colour, class_name, to_unit
-from engine.present.style import new_canvas
 
-EXTENT = (0.0, 1.0, 1.0, 0.0)  # every panel in unit coordinates, origin top-left (image convention)
 PANEL_LETTERS = "abcdefghij"
+TITLE_SIZE = 9.0  # points, the panel titles
 
 
-def new_figure(n_panels: int, options: FigureOptions, legend_rows: int = 0, ncols: int | None = None):
-    """A figure of n_panels square panels (axes off), room below for the legend rows."""
+def new_figure(n_panels: int, options: FigureOptions, ncols: int | None = None, sides: dict[int, str] | None = None):
+    """A figure of n_panels square panels (axes off), laid out once when saved; sides: panel -> "colorbar" | "key"."""
     ncols = ncols or n_panels
     nrows = -(-n_panels // ncols)
     size = options.panel_inches
-    fig, axes = new_canvas(size * ncols, size * nrows + 0.35 + 0.22 * legend_rows, ncols=ncols, nrows=nrows)
-    for ax in axes:
+    fig = grid_figure(ncols, nrows, (size, size), sides=sides)
+    for ax in fig.grid.axes:
         ax.set_axis_off()
-    return fig, axes[:n_panels]
+    for ax in fig.grid.axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, fig.grid.axes[:n_panels]
 
 
 def panel_title(ax, index: int, text: str) -> None:
-    """"(a) text", wrapped to the panel's share of the figure width (a 9 pt title holds ~13 characters per inch)."""
-    import textwrap
-
-    columns = ax.get_subplotspec().get_gridspec().ncols
-    width = max(16, int(ax.get_figure().get_figwidth() / columns * 13))
-    lines = [textwrap.fill(line, width) for line in f"({PANEL_LETTERS[index]}) {text}".split("\n")]
-    ax.set_title("\n".join(lines), loc="left")
+    """"(a) text", wrapped between words to the panel's width."""
+    set_title(ax, f"({PANEL_LETTERS[index]}) {text}", TITLE_SIZE)
 
 
 def show_image(ax, image: np.ndarray | None, grey: bool = False) -> None:
     """The model's input as backdrop; greyed (and lightened) when colours are drawn on top."""
-    if image is None:
-        ax.imshow(np.full((2, 2, 3), 0.85), extent=EXTENT)
-        return
-    if grey:
-        lum = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        ax.imshow(0.35 + 0.5 * lum / 255.0, cmap="gray", vmin=0, vmax=1, extent=EXTENT, interpolation="antialiased")
-    else:
-        ax.imshow(image, extent=EXTENT, interpolation="antialiased")
+    raster(ax).backdrop(image, grey)
+
+
+def paint(ax, colours: np.ndarray, alpha=1.0) -> None:
+    """A layer over the panel: (h, w, 3) colours with opacity `alpha` (scalar or (h, w)), or (h, w, 4) RGBA."""
+    colours = np.asarray(colours)
+    if colours.shape[-1] == 4:
+        colours, alpha = colours[..., :3], colours[..., 3]
+    raster(ax).paint(colours, alpha)
 
 
 def show_labels(ax, labels: np.ndarray, palette: ClusterPalette, inside: np.ndarray | None = None, opacity: float = 1.0) -> None:
     """Cluster map with exact palette colours (nearest, no blending when opacity is 1)."""
     rgb = palette.rgb(labels)
-    if inside is None and opacity >= 1.0:
-        ax.imshow(rgb, extent=EXTENT, interpolation="nearest")
-        return
-    alpha = np.full(labels.shape, opacity, dtype=np.float32) if inside is None else np.where(inside, opacity, 0.0)
-    ax.imshow(np.dstack([rgb / 255.0, alpha]), extent=EXTENT, interpolation="nearest")
+    if inside is None:
+        paint(ax, rgb, opacity)
+    else:
+        paint(ax, rgb, np.where(inside, opacity, 0.0).astype(np.float32))
 
 
 def outline(ax, region: np.ndarray, colour: str = "white", width: float = 1.0) -> None:
@@ -65,16 +63,31 @@ def outline(ax, region: np.ndarray, colour: str = "white", width: float = 1.0) -
     ax.contour(xs, ys, region.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
 
 
+def cmap_rgb(values: np.ndarray, cmap: str, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """(h, w) values -> (h, w, 3) colours in [0, 1] of a matplotlib colour map."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    return ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap).to_rgba(np.asarray(values, dtype=np.float32))[..., :3]
+
+
 def heatmap(fig, ax, values: np.ndarray, cmap: str, label: str, vmin: float | None = None, vmax: float | None = None,
             image: np.ndarray | None = None, opacity: float = 0.65):
-    if image is not None:
+    """values over the panel in a colour map (over the greyed image when given), with its colour bar in the side axes."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(float(np.min(values)) if vmin is None else vmin, float(np.max(values)) if vmax is None else vmax)
+    mappable = ScalarMappable(norm=norm, cmap=cmap)
+    colours = mappable.to_rgba(np.asarray(values, dtype=np.float32))[..., :3]
+    if image is None:
+        paint(ax, colours)
+    else:  # near-zero values left transparent so the image stays readable
         show_image(ax, image, grey=True)
-    if image is not None:  # near-zero values left transparent so the image stays readable
-        values = np.ma.masked_less(values, (vmin if vmin is not None else float(np.min(values))) + 0.02)
-    handle = ax.imshow(values, extent=EXTENT, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest",
-                       alpha=opacity if image is not None else 1.0)
-    fig.colorbar(handle, ax=ax, fraction=0.046, pad=0.02, label=label, shrink=0.85)
-    return handle
+        paint(ax, colours, np.where(values < norm.vmin + 0.02, 0.0, opacity).astype(np.float32))
+    cax = fig.grid.side_axes[fig.grid.axes.index(ax)]
+    fig.colorbar(mappable, cax=cax, label=label, alpha=opacity if image is not None else None)
+    return mappable
 
 
 def cluster_legend(fig, palette: ClusterPalette, shown: list[np.ndarray], extra: list[tuple[str, tuple]] | None = None,
@@ -98,20 +111,8 @@ def class_legend(fig, class_ids: list[int], extra: list[tuple[str, tuple]] | Non
 
 
 def fitted_legend(fig, handles: list, title: str | None = None) -> None:
-    """A legend below the panels with as many columns as fit the figure's width; the figure grows by its extra rows."""
-    if not handles:
-        return
-    renderer = fig.canvas.get_renderer()
-    limit = 0.97 * fig.bbox.width
-    for ncols in range(min(len(handles), 6), 0, -1):
-        legend = fig.legend(handles=handles, loc="outside lower center", ncols=ncols, frameon=False, title=title,
-                            title_fontsize=8)
-        if legend.get_window_extent(renderer).width <= limit or ncols == 1:
-            break
-        legend.remove()
-    rows = -(-len(handles) // ncols)
-    if rows > 1:  # the canvas was sized for one legend row
-        fig.set_figheight(fig.get_figheight() + 0.22 * (rows - 1))
+    """A legend below the panels with as many columns as fit the figure's width."""
+    fit_legend(fig, handles, title)
 
 
 def changed_markers(ax, changed: np.ndarray, colours: np.ndarray, limit: int = 400) -> None:
@@ -200,8 +201,6 @@ def flip_count(view: ImageView, slot, changed: int, effective: int, processed: b
 
 
 def suptitle(fig, view: ImageView, text: str, slot=None) -> None:
-    import textwrap
-
     lines = [f"{text} — {view.image_id}"]
     if slot is not None:
         detail = metric_line(view, slot)
@@ -209,6 +208,4 @@ def suptitle(fig, view: ImageView, text: str, slot=None) -> None:
         row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
         if row.get("kept_queries") == 0:
             lines.append("no mask kept for this scope: DATR(F) = F, so nothing can change")
-    width = max(40, int(fig.get_figwidth() * 12))  # ~characters of a 10 pt title per inch
-    fig.suptitle("\n".join(textwrap.fill(line, width) for line in lines))
-
+    set_suptitle(fig, "\n".join(lines))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.present.html import ReportFigure
+from engine.present.layout import fit_legend, set_suptitle, set_title
 from engine.present.palette import scope_colour, to_unit
 from engine.present.report.rows import Reference, Rows, point_mask
 from engine.present.style import new_canvas, save
@@ -50,7 +51,7 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
     datr_scopes = [(s, c) for s, c in scopes if s != "encoder"]
     if not datr_scopes:
         return None
-    fig, (ax,) = new_canvas(max(4.5, 1.1 * len(datr_scopes) * max(1, len(series)) ** 0.5 + 1.5), 3.4)
+    fig, (ax,) = new_canvas(max(3.5, 1.1 * len(datr_scopes) * max(1, len(series)) ** 0.5 + 0.6), 2.5)
     width = 0.8 / len(series)
     hatches = ("", "///", "...", "xxx", "\\\\\\", "ooo")
     rng = np.random.default_rng(0)  # jitter of the points only
@@ -88,7 +89,7 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
         f"τ={ref.tau:g}" if series_param == "alpha" and ref.tau is not None else "",
         f"α={ref.alpha:g}" if series_param == "tau" and ref.alpha is not None else "",
         f"d={ref.d:g}, k={ref.k:g}" if metric in ALPHA_DEPENDENT else "") if x)
-    ax.set_title(f"{title} per class over images" + (f" ({fixed})" if fixed else ""))
+    set_title(ax, f"{title} per class over images" + (f" ({fixed})" if fixed else ""), 9.0, loc="center")
     if len(series) > 1:
         sym = "α" if series_param == "alpha" else "τ"
         handles = [Patch(facecolor="0.85", edgecolor="0.2", hatch=hatches[i % len(hatches)], label=f"{sym}={v:g}")
@@ -137,7 +138,7 @@ def controls_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> R
         return None
     base = point_mask(rows, ref)
     datr_scopes = [(s, c) for s, c in scopes if s != "encoder"]
-    fig, (ax,) = new_canvas(max(5.0, 1.3 * len(datr_scopes) + 1.5), 3.6)
+    fig, (ax,) = new_canvas(max(4.0, 1.3 * len(datr_scopes) + 0.6), 2.6)
     width = 0.8 / len(CONTROLS)
     rng = np.random.default_rng(0)
     top = 0.0
@@ -156,10 +157,10 @@ def controls_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> R
     ax.set_xlim(-0.6, len(datr_scopes) - 0.4)
     ax.set_ylabel("flip ratio (%)")
     value_axis(ax, "%", top)
-    ax.set_title(f"Flip ratio and its controls per class ({ref.label()})")
+    set_title(ax, f"Flip ratio and its controls per class ({ref.label()})", 9.0, loc="center")
     handles = [Patch(facecolor="0.55" if i == 0 else "0.8", edgecolor="0.2", hatch=h, label=lab)
                for i, (_, lab, h) in enumerate(CONTROLS)]
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    fit_legend(fig, handles, max_cols=3)
     files = save(fig, out, "dist_flip_controls", formats)
     return ReportFigure("dist_flip_controls", files, "Flip ratio beside its controls",
                         "Per class, the flip ratio (class colour), its null control (the scope's attended vectors permuted "
@@ -202,7 +203,7 @@ def quality_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> Re
     enc_acc = dict(zip(rows["image_id"][enc_keep], rows["accuracy"][enc_keep], strict=True))
     gain = np.array([a - enc_acc.get(i, np.nan) for i, a in zip(rows["image_id"], rows["accuracy"], strict=True)])
     panels = list(QUALITY) + [("accuracy_gain", "Accuracy gain over encoder")]
-    fig, axes = new_canvas(3.0 * len(panels), 3.4, ncols=len(panels))
+    fig, axes = new_canvas(2.3, 2.3, ncols=len(panels))
     iou = rows["iou"]
     for ax, (metric, label) in zip(axes, panels, strict=True):
         values = gain if metric == "accuracy_gain" else rows[metric]
@@ -219,11 +220,11 @@ def quality_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> Re
         ax.set_xlim(-0.02, 1.02)
         if metric == "accuracy_gain":
             ax.axhline(0, color="0.5", linewidth=0.8, linestyle="--")
-        ax.set_title(f"{label}\n{fmt_corr(r, rho, n)}", fontsize=8)
+        set_title(ax, f"{label}\n{fmt_corr(r, rho, n)}", 8.0, loc="center")
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
-    fig.suptitle(f"Clustering quality vs segmentation IoU per image and prompt ({ref.label()})")
+        fit_legend(fig, handles, labels=labels)
+    set_suptitle(fig, f"Clustering quality vs segmentation IoU per image and prompt ({ref.label()})")
     files = save(fig, out, "quality_vs_iou", formats)
     return ReportFigure("quality_vs_iou", files, "Clustering quality vs segmentation IoU",
                         "Each point is one image and prompt: the quality of the DATR clustering of that prompt's scope "
@@ -251,7 +252,7 @@ def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out:
         return None
     ncols = min(3, len(metrics))
     nrows = -(-len(metrics) // ncols)
-    fig, axes = new_canvas(3.2 * ncols, 2.9 * nrows + 0.6, ncols=ncols, nrows=nrows)
+    fig, axes = new_canvas(2.5, 2.1, ncols=ncols, nrows=nrows)
     for ax in axes[len(metrics):]:
         ax.set_axis_off()
     axes = axes[:len(metrics)]
@@ -284,7 +285,7 @@ def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out:
         ax.set_xlabel(symbol)
         ax.set_ylabel(label)
         ax.set_xticks(values)
-        ax.set_title(label)
+        set_title(ax, label, 9.0, loc="center")
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -292,9 +293,9 @@ def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out:
                 handles.append(h)
                 labels.append(lab)
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 7), frameon=False)
+        fit_legend(fig, handles, labels=labels, max_cols=7)
     fixed_text = ", ".join(f"{dict(GRID_PARAMS)[k].split()[-1]}={v:g}" for k, v in fixed.items())
-    fig.suptitle(f"Metrics against {symbol} (mean ± 95% t-interval over images; {fixed_text})")
+    set_suptitle(fig, f"Metrics against {symbol} (mean ± 95% t-interval over images; {fixed_text})")
     stem = f"grid_{name}"
     files = save(fig, out, stem, formats)
     return ReportFigure(stem, files, f"Parameter grid: {symbol}",

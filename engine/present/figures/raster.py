@@ -1,0 +1,123 @@
+"""Map panels composed in numpy and shown as one image each, at the pixels they are saved at.
+
+A panel's layers (the greyed input, cluster maps, heat maps, overlays) are kept as they
+come and composed once, when the figure is laid out (engine.present.layout.arrange): at
+the save resolution, over the part of the grid the panel shows (so a cropped panel is
+as sharp as a full one). One image per panel instead of one per layer, each already at
+its final size, is what keeps a figure's drawing cheap; the pixels are those of drawing
+the layers one by one (nearest-neighbour token cells, an antialiased backdrop).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EXTENT = (0.0, 1.0, 1.0, 0.0)  # every panel in unit coordinates, origin top-left (image convention)
+
+
+def panel_image(ax):
+    """An AxesImage over the whole panel (unit extent, origin top-left) that skips resampling when it can."""
+    from matplotlib.image import AxesImage
+    from matplotlib.transforms import IdentityTransform
+
+    class PanelImage(AxesImage):
+        """Pixels composed at the size they are drawn at go to the renderer as they are (raster output at the
+        resolution `Raster.render` composed for); anything else (PDF, SVG, another size) is resampled as usual."""
+
+        def make_image(self, renderer, magnification=1.0, unsampled=False):
+            data = self.get_array()
+            box = self.get_window_extent(renderer)
+            if (not unsampled and magnification == 1.0 and data.dtype == np.uint8 and data.shape[-1] == 4
+                    and round(box.width) == data.shape[1] and round(box.height) == data.shape[0]):
+                # the renderer takes the rows bottom-up, as matplotlib's own resampling hands them over
+                return np.ascontiguousarray(np.asarray(data)[::-1]), round(box.xmin), round(box.ymin), IdentityTransform()
+            return super().make_image(renderer, magnification, unsampled)
+
+    image = PanelImage(ax, interpolation="nearest", origin="upper")
+    image.set_data(np.full((1, 1, 4), 255, dtype=np.uint8))
+    ax.add_image(image)
+    image.set_extent(EXTENT)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(1.0, 0.0)
+    ax.set_aspect("equal")
+    return image
+
+
+class Raster:
+    """The layers of one map panel, composed into the panel's one AxesImage by `render`."""
+
+    def __init__(self, ax):
+        self.ax = ax
+        self.layers: list[tuple] = []
+        self.image = panel_image(ax)
+
+    def backdrop(self, image: np.ndarray | None, grey: bool) -> None:
+        """The model's input (S, S, 3) uint8, greyed and lightened when colours go on top; flat grey without one."""
+        self.layers.append(("image", image, grey))
+
+    def paint(self, colours: np.ndarray, alpha=1.0) -> None:
+        """A layer of (h, w, 3) colours (uint8, or floats in [0, 1]) over the whole panel, opacity scalar or (h, w)."""
+        colours = np.asarray(colours)
+        if colours.dtype == np.uint8:
+            colours = colours.astype(np.float32) / 255.0
+        self.layers.append(("grid", colours.astype(np.float32, copy=False), alpha))
+
+    def render(self, pixels: int) -> None:
+        """Compose the layers over the axes' current view at `pixels` x `pixels` and show them."""
+        x0, x1 = sorted(self.ax.get_xlim())
+        y0, y1 = sorted(self.ax.get_ylim())
+        window = (min(max(x0, 0.0), 1.0), min(max(x1, 0.0), 1.0), min(max(y0, 0.0), 1.0), min(max(y1, 0.0), 1.0))
+        out = np.ones((pixels, pixels, 3), dtype=np.float32)
+        for layer in self.layers:
+            if layer[0] == "image":
+                out = backdrop_pixels(layer[1], layer[2], window, pixels)
+                continue
+            colours, alpha = sample(layer[1], window, pixels), layer[2]
+            if np.ndim(alpha) == 0:
+                if alpha >= 1.0:
+                    out = colours
+                    continue
+                out = out * (1.0 - alpha) + colours * alpha
+            else:
+                a = sample(np.asarray(alpha, dtype=np.float32), window, pixels)[..., None]
+                out = out * (1.0 - a) + colours * a
+        rgba = np.empty((pixels, pixels, 4), dtype=np.uint8)
+        rgba[..., :3] = np.clip(out * 255.0 + 0.5, 0, 255)
+        rgba[..., 3] = 255
+        self.image.set_data(rgba)
+        self.image.set_extent((window[0], window[1], window[3], window[2]))
+
+
+def sample(grid: np.ndarray, window: tuple[float, float, float, float], pixels: int) -> np.ndarray:
+    """grid (h, w, ...) read at the centres of pixels x pixels over window (x0, x1, y0, y1): nearest neighbour."""
+    h, w = grid.shape[:2]
+    x0, x1, y0, y1 = window
+    centres = (np.arange(pixels) + 0.5) / pixels
+    ix = np.minimum(((x0 + centres * (x1 - x0)) * w).astype(np.int64), w - 1)
+    iy = np.minimum(((y0 + centres * (y1 - y0)) * h).astype(np.int64), h - 1)
+    return grid[iy][:, ix]
+
+
+def backdrop_pixels(image: np.ndarray | None, grey: bool, window, pixels: int) -> np.ndarray:
+    """The input over window at pixels x pixels (antialiased resize), as [0, 1] RGB; greyed: 0.35 + 0.5 luminance."""
+    if image is None:
+        return np.full((pixels, pixels, 3), 0.85, dtype=np.float32)
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    x0, x1, y0, y1 = window
+    box = (x0 * w, y0 * h, x1 * w, y1 * h)
+    resized = np.asarray(Image.fromarray(image).resize((pixels, pixels), Image.Resampling.HAMMING, box=box),
+                         dtype=np.float32) / 255.0
+    if not grey:
+        return resized
+    lum = resized @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.repeat((0.35 + 0.5 * lum)[..., None], 3, axis=-1)
+
+
+def raster(ax) -> Raster:
+    """The panel's Raster (made on first use; the figure's layout renders it when it is saved)."""
+    grid = ax.get_figure().grid
+    if ax not in grid.rasters:
+        grid.rasters[ax] = Raster(ax)
+    return grid.rasters[ax]

@@ -1,0 +1,209 @@
+"""Figures laid out once, in inches, just before they are saved: no layout engine.
+
+matplotlib's constrained layout draws a figure twice (once to measure, once to render) and
+measures every Axes on each pass. Here a figure is a grid of cells, measured once by
+`arrange` (called by engine.present.style.save) and then drawn once:
+
+    | left | axes box | side | right |   per column; the rows stacked from the top
+
+- the figure's width is fixed when it is made, so titles and legends are wrapped or
+  fitted to it at once (`wrap`, `fit_legend`); its height follows from what it holds;
+- above each axes its title block, below it its tick labels and x label, both measured;
+  to its right, optionally, a side axes (a colour bar or a colour key) in a side column;
+- the suptitle on top, the figure legends at the bottom, stacked, all measured.
+
+Map panels keep their boxes (square images fill them); plots (`flex=True`) give their
+boxes whatever width the measured tick labels leave.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from matplotlib.figure import Figure
+
+PAD = 0.08  # inches at the figure's edges
+GAP = 0.14  # inches between rows, columns and the blocks above and below them
+TITLE_PAD = 4.0  # points between an axes and its title
+# side columns: (gap before the side axes, its width, room for its tick labels and label), inches
+SIDES = {"colorbar": (0.08, 0.12, 0.62), "key": (0.42, 0.8, 0.08)}
+FLEX_GUESS = (0.7, 0.55)  # first guess of a plot's left and bottom margins, before they are measured
+
+
+@dataclass
+class Grid:
+    """The cells of a figure: ncols x nrows axes boxes of box (width, height) inches, and their side axes."""
+
+    ncols: int
+    nrows: int
+    box: tuple[float, float]
+    width: float  # the figure's width, inches
+    flex: bool = False
+    sides: dict[int, str] = field(default_factory=dict)  # cell index -> side kind (SIDES)
+    axes: list = field(default_factory=list)
+    side_axes: dict[int, object] = field(default_factory=dict)
+    suptitle: object = None
+    rasters: dict = field(default_factory=dict)  # axes -> its map panel's layers (engine.present.figures.raster)
+
+    def side_width(self, col: int) -> float:
+        kinds = [self.sides[i] for i in self.sides if i % self.ncols == col]
+        return max((sum(SIDES[k]) for k in kinds), default=0.0)
+
+    def column_width(self, col: int) -> float:
+        return self.box[0] + self.side_width(col)
+
+
+class LaidOutFigure(Figure):
+    """A Figure that carries its Grid; `arrange` places everything once, before saving."""
+
+    def __init__(self, grid: Grid, height: float):
+        super().__init__(figsize=(grid.width, height))
+        self.grid = grid
+
+
+def grid_figure(ncols: int, nrows: int, box: tuple[float, float], *, flex: bool = False, width: float | None = None,
+                sides: dict[int, str] | None = None) -> LaidOutFigure:
+    """A figure of ncols x nrows cells on an Agg canvas. width: the figure's (default: the cells' own)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    grid = Grid(ncols, nrows, box, 0.0, flex, dict(sides or {}))
+    natural = 2 * PAD + sum(grid.column_width(c) for c in range(ncols)) + GAP * (ncols - 1)
+    if flex:
+        natural += ncols * FLEX_GUESS[0]
+    grid.width = max(width or 0.0, natural)
+    fig = LaidOutFigure(grid, nrows * (box[1] + 0.8) + 0.6)
+    FigureCanvasAgg(fig)
+    for i in range(ncols * nrows):
+        grid.axes.append(fig.add_axes((0, 0, 0.1, 0.1)))
+        if i in grid.sides:
+            grid.side_axes[i] = fig.add_axes((0, 0, 0.01, 0.01))
+    place(fig, above=[0.5] * nrows, below=[FLEX_GUESS[1] if flex else 0.0] * nrows,
+          lefts=[FLEX_GUESS[0] if flex else 0.0] * ncols, rights=[0.0] * ncols, top=0.4, bottom=0.4)
+    return fig
+
+
+def text_width(fig: Figure, text: str, size: float) -> float:
+    """Width of one line of text in inches, at `size` points, in the figure's font."""
+    from matplotlib.font_manager import FontProperties
+
+    renderer = fig.canvas.get_renderer()
+    width, _, _ = renderer.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    return width / fig.dpi
+
+
+def wrap(fig: Figure, text: str, width: float, size: float) -> str:
+    """text with each line broken between words so that no line is wider than `width` inches."""
+    out = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and text_width(fig, trial, size) > width:
+                out.append(line)
+                line = word
+            else:
+                line = trial
+        out.append(line)
+    return "\n".join(out)
+
+
+def set_title(ax, text: str, size: float, loc: str = "left") -> None:
+    """The axes' title wrapped to its cell's width, at a fixed distance above the axes (never moved at draw time)."""
+    fig = ax.get_figure()
+    grid = fig.grid
+    col = grid.axes.index(ax) % grid.ncols if ax in grid.axes else 0
+    width = grid.column_width(col) if not grid.flex else grid.box[0] + FLEX_GUESS[0]
+    ax.set_title(wrap(fig, text, width, size), loc=loc, y=1.0, pad=TITLE_PAD, va="bottom", fontsize=size)
+
+
+def set_suptitle(fig: LaidOutFigure, text: str, size: float = 10.0) -> None:
+    """The figure's title, wrapped to its width; placed by `arrange`."""
+    fig.grid.suptitle = fig.suptitle(wrap(fig, text, fig.grid.width - 2 * PAD, size), fontsize=size, va="top")
+
+
+def fit_legend(fig: LaidOutFigure, handles: list, title: str | None = None, max_cols: int = 6, labels=None, **kwargs):
+    """A figure legend below the cells with as many columns as fit the figure's width; placed by `arrange`."""
+    if not handles:
+        return None
+    renderer = fig.canvas.get_renderer()
+    limit = (fig.grid.width - 2 * PAD) * fig.dpi
+    for ncols in range(min(len(handles), max_cols), 0, -1):
+        legend = fig.legend(handles=handles, **({"labels": labels} if labels is not None else {}), loc="upper center",
+                            ncols=ncols, frameon=False, title=title, title_fontsize=8, **kwargs)
+        if legend.get_window_extent(renderer).width <= limit or ncols == 1:
+            return legend
+        legend.remove()
+    return None
+
+
+def arrange(fig: Figure, dpi: float) -> None:
+    """Measure the titles, tick labels, side axes, suptitle and legends once, size the figure and place them;
+    compose the map panels at `dpi`, the resolution they are saved at."""
+    if not isinstance(fig, LaidOutFigure):
+        return
+    grid = fig.grid
+    for panel in grid.rasters.values():
+        panel.render(max(1, round(grid.box[0] * dpi)))
+    renderer = fig.canvas.get_renderer()
+    above, below = [0.0] * grid.nrows, [0.0] * grid.nrows
+    lefts, rights = [0.0] * grid.ncols, [0.0] * grid.ncols
+    for i, ax in enumerate(grid.axes):
+        if not ax.get_visible():
+            continue
+        row, col = divmod(i, grid.ncols)
+        box = ax.get_window_extent(renderer)
+        tight = ax.get_tightbbox(renderer) or box
+        boxes = [tight] + ([grid.side_axes[i].get_tightbbox(renderer)] if i in grid.side_axes else [])
+        above[row] = max([above[row]] + [(b.y1 - box.y1) / fig.dpi for b in boxes])
+        below[row] = max([below[row]] + [(box.y0 - b.y0) / fig.dpi for b in boxes])
+        if grid.flex:
+            lefts[col] = max(lefts[col], (box.x0 - tight.x0) / fig.dpi)
+            rights[col] = max(rights[col], (tight.x1 - box.x1) / fig.dpi)
+    top = 0.0
+    if grid.suptitle is not None:
+        top = grid.suptitle.get_window_extent(renderer).height / fig.dpi + GAP
+    bottom = sum(leg.get_window_extent(renderer).height / fig.dpi + GAP / 2 for leg in fig.legends)
+    place(fig, above, below, lefts, rights, top, bottom)
+
+
+def place(fig: LaidOutFigure, above, below, lefts, rights, top: float, bottom: float) -> None:
+    """Size the figure to its content and set every axes, side axes, the suptitle and the legends in place."""
+    grid = fig.grid
+    box_w, box_h = grid.box
+    if grid.flex:
+        free = grid.width - 2 * PAD - GAP * (grid.ncols - 1) - sum(lefts) - sum(rights)
+        box_w = max(0.5, free / grid.ncols)
+    height = PAD + top + sum(above) + grid.nrows * box_h + sum(below) + GAP * (grid.nrows - 1) + bottom + PAD
+    if not grid.flex:  # fixed boxes: centre the columns in the figure's width
+        used = sum(grid.column_width(c) for c in range(grid.ncols)) + GAP * (grid.ncols - 1)
+        lefts = [(grid.width - used) / 2 - PAD if c == 0 else 0.0 for c in range(grid.ncols)]
+    fig.set_size_inches(grid.width, height, forward=False)
+    xs, x = [], PAD
+    for c in range(grid.ncols):
+        xs.append(x + lefts[c])
+        x += lefts[c] + (box_w if grid.flex else grid.column_width(c)) + rights[c] + GAP
+    y = height - PAD - top
+    for row in range(grid.nrows):
+        y -= above[row] + box_h
+        for col in range(grid.ncols):
+            i = row * grid.ncols + col
+            if i >= len(grid.axes):
+                continue
+            grid.axes[i].set_position((xs[col] / grid.width, y / height, box_w / grid.width, box_h / height))
+            if i in grid.side_axes:
+                place_side(fig, grid.side_axes[i], grid.sides[i], xs[col] + box_w, y, box_h, height)
+        y -= below[row] + GAP
+    if grid.suptitle is not None:
+        grid.suptitle.set_y((height - PAD) / height)
+    y += GAP / 2
+    for legend in fig.legends:
+        legend.set_bbox_to_anchor((0.5, y / height), transform=fig.transFigure)
+        y -= legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + GAP / 2
+
+
+def place_side(fig: LaidOutFigure, cax, kind: str, x: float, y: float, box_h: float, height: float) -> None:
+    """A colour bar (85% of the box's height) or a square colour key, centred beside the box."""
+    gap, width, _ = SIDES[kind]
+    side_h = 0.85 * box_h if kind == "colorbar" else min(width, box_h)
+    bottom = y + (box_h - side_h) / 2
+    cax.set_position(((x + gap) / fig.grid.width, bottom / height, width / fig.grid.width, side_h / height))
