@@ -304,9 +304,9 @@ def layout_faults(fig, stem: str, dpi: float) -> list[str]:
                 faults.append(f"{stem}: {a_name} overlaps {b_name}")
     for i, ax in enumerate(axes):
         box = ax.get_window_extent(renderer)
-        for title in (ax.title, ax._left_title, ax._right_title):
-            if title.get_text() and title.get_window_extent(renderer).y0 < box.y1 + 1:
-                faults.append(f"{stem}: the title of axes {i} touches its panel")
+        title = fig.grid.titles.get(ax)
+        if title is not None and title.get_text() and title.get_window_extent(renderer).y0 < box.y1 + 1:
+            faults.append(f"{stem}: the title of axes {i} touches its panel")
     return faults
 
 
@@ -334,8 +334,8 @@ def test_the_overlap_check_sees_a_title_in_its_panel_and_titles_that_collide():
     panel_title(a, 0, "a title")
     panel_title(b, 1, "another")
     assert layout_faults(fig, "clean", 100) == []
-    b._left_title.set_y(0.9)  # the title pushed down into its panel
-    a._left_title.set_text("a title far too long for its panel, unwrapped, running into the next one")
+    fig.grid.titles[b].set_y(0.9)  # the title pushed down into its panel
+    fig.grid.titles[a].set_text("a title far too long for its panel, unwrapped, running into the next one")
     faults = layout_faults(fig, "broken", 100)
     assert any("axes 1 touches its panel" in f for f in faults), faults
     assert "broken: axes 0 overlaps axes 1" in faults

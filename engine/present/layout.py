@@ -18,6 +18,7 @@ boxes whatever width the measured tick labels leave.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from matplotlib.figure import Figure
@@ -44,6 +45,10 @@ class Grid:
     side_axes: dict[int, object] = field(default_factory=dict)
     suptitle: object = None
     rasters: dict = field(default_factory=dict)  # axes -> its map panel's layers (engine.present.figures.raster)
+    titles: dict = field(default_factory=dict)  # axes -> its title (a Text), set by `set_title`
+    colorbars: dict = field(default_factory=dict)  # side axes -> what its colour bar shows (kept while it is the same)
+    pool: dict | None = None  # where `save` hands the figure back for reuse, under `key` (and composed backdrops)
+    key: tuple = ()
 
     def side_width(self, col: int) -> float:
         kinds = [self.sides[i] for i in self.sides if i % self.ncols == col]
@@ -82,27 +87,72 @@ def grid_figure(ncols: int, nrows: int, box: tuple[float, float], *, flex: bool 
     return fig
 
 
-def text_width(fig: Figure, text: str, size: float) -> float:
-    """Width of one line of text in inches, at `size` points, in the figure's font."""
+def pooled_figure(pool: dict | None, ncols: int, nrows: int, box: tuple[float, float],
+                  sides: dict[int, str] | None = None) -> LaidOutFigure:
+    """A figure of this layout from the pool, emptied (its Axes, side axes and colour bars kept), or a new one.
+
+    Making a figure's Axes costs about as much as drawing them; map figures of the same layout come in
+    runs (every class has the same four figures), so a saved figure is emptied and used again.
+    """
+    key = (ncols, nrows, tuple(box), tuple(sorted((sides or {}).items())))
+    fig = pool.pop(key, None) if pool is not None else None
+    if fig is None:
+        fig = grid_figure(ncols, nrows, box, sides=sides)
+        fig.grid.pool, fig.grid.key = pool, key
+        return fig
+    grid = fig.grid
+    panels = {panel.image for panel in grid.rasters.values()}
+    for panel in grid.rasters.values():
+        panel.clear()
+    for ax in grid.axes:
+        for artist in (*ax.images, *ax.collections, *ax.texts, *ax.lines, *ax.patches):
+            if artist not in panels:
+                artist.remove()
+        for loc in ("left", "center", "right"):
+            ax.set_title("", loc=loc)
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(1.0, 0.0)
+    for legend in list(fig.legends):
+        legend.remove()
+    if grid.suptitle is not None:
+        grid.suptitle.set_text("")
+    grid.suptitle, grid.titles = None, {}
+    return fig
+
+
+def release(fig: Figure) -> None:
+    """Hand a saved figure back to its pool (figures made outside a pool are left to the garbage collector)."""
+    grid = getattr(fig, "grid", None)
+    if grid is not None and grid.pool is not None:
+        grid.pool[grid.key] = fig
+
+
+@functools.lru_cache(maxsize=8192)
+def text_width(text: str, size: float) -> float:
+    """Width of one line of text in inches at `size` points in the default font (a pure function: cached)."""
+    from matplotlib.backends.backend_agg import RendererAgg
     from matplotlib.font_manager import FontProperties
 
-    renderer = fig.canvas.get_renderer()
-    width, _, _ = renderer.get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
-    return width / fig.dpi
+    width, _, _ = RendererAgg(8, 8, 72).get_text_width_height_descent(text, FontProperties(size=size), ismath=False)
+    return width / 72.0
 
 
-def wrap(fig: Figure, text: str, width: float, size: float) -> str:
+def wrap(text: str, width: float, size: float) -> str:
     """text with each line broken between words so that no line is wider than `width` inches."""
     out = []
+    space = text_width("a a", size) - 2 * text_width("a", size)
     for paragraph in text.split("\n"):
-        line = ""
+        if text_width(paragraph, size) <= width:
+            out.append(paragraph)
+            continue
+        line, used = "", 0.0
         for word in paragraph.split(" "):
-            trial = f"{line} {word}" if line else word
-            if line and text_width(fig, trial, size) > width:
+            need = text_width(word, size)
+            if line and used + space + need > 0.97 * width:  # 3% for kerning across the words
                 out.append(line)
-                line = word
+                line, used = word, need
             else:
-                line = trial
+                line, used = (f"{line} {word}", used + space + need) if line else (word, need)
         out.append(line)
     return "\n".join(out)
 
@@ -113,12 +163,12 @@ def set_title(ax, text: str, size: float, loc: str = "left") -> None:
     grid = fig.grid
     col = grid.axes.index(ax) % grid.ncols if ax in grid.axes else 0
     width = grid.column_width(col) if not grid.flex else grid.box[0] + FLEX_GUESS[0]
-    ax.set_title(wrap(fig, text, width, size), loc=loc, y=1.0, pad=TITLE_PAD, va="bottom", fontsize=size)
+    grid.titles[ax] = ax.set_title(wrap(text, width, size), loc=loc, y=1.0, pad=TITLE_PAD, va="bottom", fontsize=size)
 
 
 def set_suptitle(fig: LaidOutFigure, text: str, size: float = 10.0) -> None:
     """The figure's title, wrapped to its width; placed by `arrange`."""
-    fig.grid.suptitle = fig.suptitle(wrap(fig, text, fig.grid.width - 2 * PAD, size), fontsize=size, va="top")
+    fig.grid.suptitle = fig.suptitle(wrap(text, fig.grid.width - 2 * PAD, size), fontsize=size, va="top")
 
 
 def fit_legend(fig: LaidOutFigure, handles: list, title: str | None = None, max_cols: int = 6, labels=None, **kwargs):
@@ -142,8 +192,9 @@ def arrange(fig: Figure, dpi: float) -> None:
     if not isinstance(fig, LaidOutFigure):
         return
     grid = fig.grid
+    backdrops = grid.pool.setdefault("backdrops", {}) if grid.pool is not None else None
     for panel in grid.rasters.values():
-        panel.render(max(1, round(grid.box[0] * dpi)))
+        panel.render(max(1, round(grid.box[0] * dpi)), backdrops)
     renderer = fig.canvas.get_renderer()
     above, below = [0.0] * grid.nrows, [0.0] * grid.nrows
     lefts, rights = [0.0] * grid.ncols, [0.0] * grid.ncols
@@ -152,13 +203,15 @@ def arrange(fig: Figure, dpi: float) -> None:
             continue
         row, col = divmod(i, grid.ncols)
         box = ax.get_window_extent(renderer)
+        if not grid.flex:  # map panels: only a title above; side axes sit within the box's height
+            if ax in grid.titles:
+                above[row] = max(above[row], (grid.titles[ax].get_window_extent(renderer).y1 - box.y1) / fig.dpi)
+            continue
         tight = ax.get_tightbbox(renderer) or box
-        boxes = [tight] + ([grid.side_axes[i].get_tightbbox(renderer)] if i in grid.side_axes else [])
-        above[row] = max([above[row]] + [(b.y1 - box.y1) / fig.dpi for b in boxes])
-        below[row] = max([below[row]] + [(box.y0 - b.y0) / fig.dpi for b in boxes])
-        if grid.flex:
-            lefts[col] = max(lefts[col], (box.x0 - tight.x0) / fig.dpi)
-            rights[col] = max(rights[col], (tight.x1 - box.x1) / fig.dpi)
+        above[row] = max(above[row], (tight.y1 - box.y1) / fig.dpi)
+        below[row] = max(below[row], (box.y0 - tight.y0) / fig.dpi)
+        lefts[col] = max(lefts[col], (box.x0 - tight.x0) / fig.dpi)
+        rights[col] = max(rights[col], (tight.x1 - box.x1) / fig.dpi)
     top = 0.0
     if grid.suptitle is not None:
         top = grid.suptitle.get_window_extent(renderer).height / fig.dpi + GAP

@@ -45,8 +45,10 @@ def new_canvas(box_width: float, box_height: float, ncols: int = 1, nrows: int =
 
 
 def save(fig, folder: Path, stem: str, formats: tuple[str, ...], dpi: int = DPI) -> list[str]:
-    """Lay the figure out (once) and write folder/stem.<format> for each format; returns the file names."""
-    from engine.present.layout import arrange
+    """Lay the figure out (once) and write folder/stem.<format> for each format; returns the file names.
+
+    The figure goes back to its pool (engine.present.layout.pooled_figure), if it came from one."""
+    from engine.present.layout import arrange, release
 
     arrange(fig, dpi)
     files = []
@@ -57,6 +59,7 @@ def save(fig, folder: Path, stem: str, formats: tuple[str, ...], dpi: int = DPI)
         else:
             fig.savefig(path, format=fmt, dpi=dpi)
         files.append(path.name)
+    release(fig)
     return files
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from engine.present.figures.raster import raster
 from engine.present.figures.view import FigureOptions, ImageView
-from engine.present.layout import fit_legend, grid_figure, set_suptitle, set_title
+from engine.present.layout import fit_legend, pooled_figure, set_suptitle, set_title
 from engine.present.palette import ClusterPalette, class_colour, class_name, to_unit
 
 PANEL_LETTERS = "abcdefghij"
@@ -18,7 +18,7 @@ def new_figure(n_panels: int, options: FigureOptions, ncols: int | None = None, 
     ncols = ncols or n_panels
     nrows = -(-n_panels // ncols)
     size = options.panel_inches
-    fig = grid_figure(ncols, nrows, (size, size), sides=sides)
+    fig = pooled_figure(options.pool, ncols, nrows, (size, size), sides=sides)
     for ax in fig.grid.axes:
         ax.set_axis_off()
     for ax in fig.grid.axes[n_panels:]:
@@ -54,13 +54,18 @@ def show_labels(ax, labels: np.ndarray, palette: ClusterPalette, inside: np.ndar
 
 
 def outline(ax, region: np.ndarray, colour: str = "white", width: float = 1.0) -> None:
-    """Contour of a boolean token-grid region, drawn on the cell edges' midpoints."""
+    """Contour of a boolean token-grid region, drawn on the cell edges' midpoints (matplotlib's contour at 0.5,
+    traced by contourpy, its own tracer, and drawn as one LineCollection without a ContourSet around it)."""
     if not region.any() or region.all():
         return
+    import contourpy
+    from matplotlib.collections import LineCollection
+
     h, w = region.shape
     xs = (np.arange(w) + 0.5) / w
     ys = (np.arange(h) + 0.5) / h
-    ax.contour(xs, ys, region.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
+    lines = contourpy.contour_generator(xs, ys, region.astype(np.float64)).lines(0.5)
+    ax.add_collection(LineCollection(lines, colors=[colour], linewidths=width, zorder=2), autolim=False)
 
 
 def cmap_rgb(values: np.ndarray, cmap: str, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
@@ -86,7 +91,14 @@ def heatmap(fig, ax, values: np.ndarray, cmap: str, label: str, vmin: float | No
         show_image(ax, image, grey=True)
         paint(ax, colours, np.where(values < norm.vmin + 0.02, 0.0, opacity).astype(np.float32))
     cax = fig.grid.side_axes[fig.grid.axes.index(ax)]
-    fig.colorbar(mappable, cax=cax, label=label, alpha=opacity if image is not None else None)
+    alpha = opacity if image is not None else None
+    shows = (cmap, norm.vmin, norm.vmax, label, alpha)
+    if fig.grid.colorbars.get(cax) != shows:  # a reused figure keeps a colour bar that shows the same
+        if cax in fig.grid.colorbars:
+            cax.cla()
+        bar = fig.colorbar(mappable, cax=cax, label=label, alpha=alpha)
+        bar.set_ticks([norm.vmin, (norm.vmin + norm.vmax) / 2, norm.vmax])  # three labelled values read a map
+        fig.grid.colorbars[cax] = shows
     return mappable
 
 

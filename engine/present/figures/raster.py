@@ -44,12 +44,18 @@ def panel_image(ax):
 
 
 class Raster:
-    """The layers of one map panel, composed into the panel's one AxesImage by `render`."""
+    """The layers of one map panel, composed into the panel's one AxesImage by `render`.
+
+    A reused figure (engine.present.layout.pooled_figure) keeps its panels' images; `clear` empties the layers.
+    """
 
     def __init__(self, ax):
         self.ax = ax
         self.layers: list[tuple] = []
         self.image = panel_image(ax)
+
+    def clear(self) -> None:
+        self.layers = []
 
     def backdrop(self, image: np.ndarray | None, grey: bool) -> None:
         """The model's input (S, S, 3) uint8, greyed and lightened when colours go on top; flat grey without one."""
@@ -62,28 +68,29 @@ class Raster:
             colours = colours.astype(np.float32) / 255.0
         self.layers.append(("grid", colours.astype(np.float32, copy=False), alpha))
 
-    def render(self, pixels: int) -> None:
-        """Compose the layers over the axes' current view at `pixels` x `pixels` and show them."""
+    def render(self, pixels: int, backdrops: dict | None = None) -> None:
+        """Compose the layers over the axes' current view at `pixels` x `pixels` and show them (nothing without layers).
+
+        backdrops: a cache of composed backdrops (the same greyed input sits under most panels of an image)."""
+        self.image.set_visible(bool(self.layers))
+        if not self.layers:
+            return
         x0, x1 = sorted(self.ax.get_xlim())
         y0, y1 = sorted(self.ax.get_ylim())
         window = (min(max(x0, 0.0), 1.0), min(max(x1, 0.0), 1.0), min(max(y0, 0.0), 1.0), min(max(y1, 0.0), 1.0))
-        out = np.ones((pixels, pixels, 3), dtype=np.float32)
-        for layer in self.layers:
-            if layer[0] == "image":
-                out = backdrop_pixels(layer[1], layer[2], window, pixels)
-                continue
-            colours, alpha = sample(layer[1], window, pixels), layer[2]
-            if np.ndim(alpha) == 0:
-                if alpha >= 1.0:
-                    out = colours
-                    continue
-                out = out * (1.0 - alpha) + colours * alpha
+        out = None
+        for kind, data, option in self.layers:
+            if kind == "image":
+                out = backdrop_pixels(data, option, window, pixels, backdrops).copy()
+            elif np.ndim(option) == 0 and option >= 1.0:
+                out = sample(data, window, pixels)
             else:
-                a = sample(np.asarray(alpha, dtype=np.float32), window, pixels)[..., None]
-                out = out * (1.0 - a) + colours * a
-        rgba = np.empty((pixels, pixels, 4), dtype=np.uint8)
+                out = np.ones((pixels, pixels, 3), dtype=np.float32) if out is None else out
+                a = option if np.ndim(option) == 0 else sample(np.asarray(option, dtype=np.float32), window, pixels)[..., None]
+                out *= 1.0 - a
+                out += sample(data, window, pixels) * a
+        rgba = np.full((pixels, pixels, 4), 255, dtype=np.uint8)
         rgba[..., :3] = np.clip(out * 255.0 + 0.5, 0, 255)
-        rgba[..., 3] = 255
         self.image.set_data(rgba)
         self.image.set_extent((window[0], window[1], window[3], window[2]))
 
@@ -98,10 +105,13 @@ def sample(grid: np.ndarray, window: tuple[float, float, float, float], pixels: 
     return grid[iy][:, ix]
 
 
-def backdrop_pixels(image: np.ndarray | None, grey: bool, window, pixels: int) -> np.ndarray:
+def backdrop_pixels(image: np.ndarray | None, grey: bool, window, pixels: int, cache: dict | None = None) -> np.ndarray:
     """The input over window at pixels x pixels (antialiased resize), as [0, 1] RGB; greyed: 0.35 + 0.5 luminance."""
     if image is None:
         return np.full((pixels, pixels, 3), 0.85, dtype=np.float32)
+    key = (id(image), grey, window, pixels)
+    if cache is not None and key in cache and cache[key][0] is image:
+        return cache[key][1]
     from PIL import Image
 
     h, w = image.shape[:2]
@@ -109,10 +119,14 @@ def backdrop_pixels(image: np.ndarray | None, grey: bool, window, pixels: int) -
     box = (x0 * w, y0 * h, x1 * w, y1 * h)
     resized = np.asarray(Image.fromarray(image).resize((pixels, pixels), Image.Resampling.HAMMING, box=box),
                          dtype=np.float32) / 255.0
-    if not grey:
-        return resized
-    lum = resized @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return np.repeat((0.35 + 0.5 * lum)[..., None], 3, axis=-1)
+    if grey:
+        lum = resized @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        resized = np.repeat((0.35 + 0.5 * lum)[..., None], 3, axis=-1)
+    if cache is not None:
+        if len(cache) >= 8:
+            cache.clear()
+        cache[key] = (image, resized)  # the image is kept with its key, so its id cannot be reused meanwhile
+    return resized
 
 
 def raster(ax) -> Raster:

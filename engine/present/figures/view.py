@@ -25,6 +25,9 @@ class FigureOptions:
     masks_per_prompt: int = 3  # per-mask figures for the top-scoring kept masks of each prompt
     panel_inches: float = 3.0
     only: tuple[str, ...] | None = None  # figure names to draw (e.g. ("structural_clustering",)); None: all
+    # saved figures kept for the next figure of the same layout (engine.present.layout.pooled_figure); `replace`
+    # hands the same pool on, so every figure one process draws with these options shares it
+    pool: dict = field(default_factory=dict, compare=False, repr=False)
 
     def validate(self) -> FigureOptions:
         check_formats(self.formats)
