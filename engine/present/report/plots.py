@@ -105,12 +105,23 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
 
 
 def box_and_points(ax, data: np.ndarray, x: float, width: float, colour, hatch: str, rng) -> None:
-    """A quartile box with every value as a point; under SMALL_N values only the points and a median tick."""
+    """A quartile box (whiskers to the furthest value within 1.5 IQR, as matplotlib's boxplot) with every value as a
+    point; under SMALL_N values only the points and a median tick. Drawn as one box, one set of lines and the points."""
+    from matplotlib.cbook import boxplot_stats
+    from matplotlib.collections import LineCollection
+    from matplotlib.patches import Rectangle
+
     if data.size >= SMALL_N:
-        box = ax.boxplot([data], positions=[x], widths=width * 0.85, patch_artist=True, showfliers=False,
-                         medianprops={"color": "white" if sum(colour) < 1.2 else "black", "linewidth": 1.2})
-        for patch in box["boxes"]:
-            patch.set(facecolor=(*colour, 0.75), edgecolor="0.2", hatch=hatch)
+        (stats,) = boxplot_stats(data, whis=1.5)
+        half = width * 0.85 / 2
+        ax.add_patch(Rectangle((x - half, stats["q1"]), 2 * half, stats["q3"] - stats["q1"], facecolor=(*colour, 0.75),
+                               edgecolor="0.2", hatch=hatch, linewidth=1.0, zorder=2))
+        cap = half / 2
+        whiskers = [[(x, stats["q1"]), (x, stats["whislo"])], [(x, stats["q3"]), (x, stats["whishi"])],
+                    [(x - cap, stats["whislo"]), (x + cap, stats["whislo"])], [(x - cap, stats["whishi"]), (x + cap, stats["whishi"])]]
+        ax.add_collection(LineCollection(whiskers, colors="0.2", linewidths=1.0, zorder=2))
+        ax.add_collection(LineCollection([[(x - half, stats["med"]), (x + half, stats["med"])]], linewidths=1.2, zorder=2.5,
+                                         colors="white" if sum(colour) < 1.2 else "black"))
         ax.scatter(x + rng.uniform(-width * 0.25, width * 0.25, data.size), data, s=6, color="0.15", alpha=0.5,
                    linewidths=0, zorder=3)
         return
