@@ -427,14 +427,13 @@ def show(
 ) -> None:
     """The per-class summary, fitted to the terminal.
 
-    Shares in %, with NMI; --csv writes the per-image table."""
+    Medians [interquartile ranges] over images, as the report; shares in %; --csv writes the per-image table."""
     from engine.present.report.rows import find_sweep
-    from engine.present.summary import render_summary, summarize, write_image_csv
-    from engine.run.store import read_rows
+    from engine.present.summary import write_image_csv
+    from engine.present.terminal import show_summary
 
     found = find_sweep(sweep_dir, echo=typer.echo)
-    rows = read_rows(found)
-    typer.echo(render_summary(summarize(rows), f"datr summary: {found}", width=width), nl=False)
+    rows = show_summary(found, width, typer.echo)
     if csv is not None:
         count = write_image_csv(found, rows, csv)
         typer.echo(f"wrote {csv} ({count} images)")

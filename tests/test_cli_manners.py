@@ -61,10 +61,55 @@ def test_show_fits_the_width_in_percent_with_nmi(tmp_path):
         assert result.exit_code == 0, result.output
         assert max(len(line) for line in result.stdout.splitlines()) <= width
         assert "NMI" in result.stdout and "%" in result.stdout
-    # vegetation at alpha 0.3: flip 0.03 * (i + 1) over 4 images -> mean 7.5%
+    # vegetation at alpha 0.3: flip = 0.03 * (i + 1) over 4 images -> median 7.5%, quartiles 5.25% and 9.75%
     table = render_summary(summarize(read_rows(sweep)), "t", width=200)
     veg = next(line for line in table.splitlines() if line.strip().startswith("vegetation") and " 0.3 " in line)
-    assert "7.5%" in veg
+    assert "7.5% [5.2–9.8%]" in veg
+
+
+@pytest.mark.parametrize("width", [60, 80])
+def test_show_drops_whole_columns_and_never_cuts_a_number(tmp_path, width):
+    sweep = add_synthetic_controls(write_sweep(tmp_path / "s"))
+    result = runner.invoke(app, ["show", str(sweep), "--width", str(width)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= width and "…" not in result.stdout
+    header = next(line for line in lines if line.strip().startswith("scope"))
+    assert "flip" in header and "null" in header  # the flip ratio and its control are the last to go
+    veg = next(line for line in lines if line.strip().startswith("vegetation") and " 0.3 " in line)
+    assert " 7.5%" in veg and " 3.8%" in veg  # whole medians: flip 7.5%, null 3.75% (-> 3.8%)
+    assert f"left out to fit {width} columns:" in result.stdout
+    assert "median" in result.stdout and "over images, as in the report" in result.stdout
+
+
+def test_show_prints_the_reports_statistic_and_says_so(tmp_path):
+    """`datr show` and the report agree: the median over images at the report's grid point (not the mean)."""
+    sweep = add_synthetic_controls(write_sweep(tmp_path / "s"))
+    runner.invoke(app, ["report", str(sweep)])
+    with (sweep / "report" / "summary.csv").open() as fh:
+        report = {r["scope"]: r for r in csv.DictReader(fh)}
+    summary = {(r["scope"], r["alpha"]): r for r in summarize(read_rows(sweep)).to_pylist()}
+    for metric in ("flip_ratio", "flip_ratio_null", "effective_tokens"):
+        assert summary["vegetation", 0.3][f"{metric}_median"] == pytest.approx(float(report["vegetation"][f"{metric}_median"]))
+        assert summary["vegetation", 0.3][f"{metric}_q3"] == pytest.approx(float(report["vegetation"][f"{metric}_q3"]))
+    result = runner.invoke(app, ["show", str(sweep), "--width", "200"])
+    assert "median [interquartile range] over images, as in the report" in result.stdout
+
+
+def test_show_says_simulated_on_its_first_line_and_only_for_simulated_runs(tmp_path):
+    simulated = runner.invoke(app, ["show", str(write_sweep(tmp_path / "sim")), "--width", "100"]).stdout
+    real = runner.invoke(app, ["show", str(write_sweep(tmp_path / "real", simulated=False)), "--width", "100"]).stdout
+    assert simulated.startswith("SIMULATED:") and "SIMULATED" not in real
+
+
+def test_analyze_summary_hides_the_papers_column_on_a_simulated_run_and_labels_it_one_seed_on_a_real_one(tmp_path):
+    from engine.present.summary import summary_text
+
+    rows = read_rows(write_sweep(tmp_path / "s"))
+    simulated = summary_text(rows, "t", simulated=True, paper=True, width=200)
+    real = summary_text(rows, "t", simulated=False, paper=True, width=200)
+    assert "34.2%" not in simulated and "left out because this run is SIMULATED" in simulated
+    assert "34.2% 0.7040 729/5184 17" in real and "paper (one image, one seed)" in real and "one KMeans seed" in real
 
 
 def test_show_puts_the_null_control_beside_the_flip_ratio(tmp_path):
@@ -73,9 +118,10 @@ def test_show_puts_the_null_control_beside_the_flip_ratio(tmp_path):
     table = render_summary(summary, "t", width=200)
     header = next(line for line in table.splitlines() if line.strip().startswith("scope"))
     assert header.index("flip") < header.index("null") < header.index("reseed")
-    # vegetation at alpha 0.3: null = flip / 2 for images 0-2 and 2 x flip for image 3 -> (0.015+0.03+0.045+0.24)/4
-    (null,) = [r["flip_ratio_null_mean"] for r in summary.to_pylist() if r["scope"] == "vegetation" and r["alpha"] == 0.3]
-    assert null == pytest.approx(0.0825)
+    # vegetation at alpha 0.3: null = flip / 2 for images 0-2 and 2 x flip for image 3 -> 0.015, 0.03, 0.045, 0.24:
+    # the median (the report's statistic) is 0.0375, the mean would be 0.0825
+    (null,) = [r["flip_ratio_null_median"] for r in summary.to_pylist() if r["scope"] == "vegetation" and r["alpha"] == 0.3]
+    assert null == pytest.approx(0.0375)
     veg = next(line for line in table.splitlines() if line.strip().startswith("vegetation") and " 0.3 " in line)
     assert f"{null:.1%}" in veg and "controls" in table
 

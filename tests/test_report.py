@@ -241,7 +241,7 @@ def test_controls_and_the_paper_column_show_when_the_rows_carry_them(tmp_path):
     assert summary["global"]["paper_masks"] == "" and summary["encoder"]["paper_effective_tokens"] == ""
     html = (sweep / "report" / "index.html").read_text(encoding="utf-8")
     assert "<th>flip &gt; null</th>" in html and "75% of 4" in html
-    assert "17 masks, 729 tokens, flip 34.2%, cos 0.7040" in html and "does not define these measures" in html
+    assert "17 masks, 729 tokens, flip 34.2%, cos 0.7040" in html and "greyed because this run is SIMULATED" in html
     assert (sweep / "report" / "dist_flip_controls.png").is_file()
 
 
@@ -251,3 +251,34 @@ def test_older_rows_without_controls_still_report(tmp_path):
     html = (sweep / "report" / "index.html").read_text(encoding="utf-8")
     assert "<th>flip &gt; null</th>" not in html and not (sweep / "report" / "dist_flip_controls.png").exists()
     assert "Key findings" in html and broken_links(sweep / "report" / "images.html") == []
+
+
+def test_every_output_of_a_simulated_run_says_so_and_a_real_run_does_not(tmp_path):
+    for simulated in (True, False):
+        sweep = write_sweep(tmp_path / f"s{simulated}", simulated=simulated)
+        build_report(sweep, echo=lambda _: None)
+        report = sweep / "report"
+        for name in ("summary.csv", "summary_grid.csv", "images.csv"):
+            with (report / name).open() as fh:
+                sources = {row["source"] for row in csv.DictReader(fh)}
+            assert sources == ({"SIMULATED"} if simulated else {"sam3"}), name
+        tex = (report / "summary.tex").read_text()
+        assert tex.startswith("% SIMULATED") == simulated
+        pages = sorted(report.glob("*.html"))
+        assert len(pages) > 2 and all(('id="simulated"' in p.read_text(encoding="utf-8")) == simulated for p in pages)
+
+
+def test_the_papers_column_is_greyed_with_the_reason_on_a_simulated_run_and_one_seeds_on_a_real_one(tmp_path):
+    sim = build_report(write_sweep(tmp_path / "sim"), echo=lambda _: None).read_text(encoding="utf-8")
+    real = build_report(write_sweep(tmp_path / "real", simulated=False), echo=lambda _: None).read_text(encoding="utf-8")
+    assert '<td class="paper off">' in sim and "not comparable: this run is SIMULATED" in sim
+    assert '<td class="paper">' in real and "paper (one image, one seed)" in real and "one KMeans seed" in real
+    assert "SIMULATED" not in real
+
+
+def test_wide_tables_scroll_in_their_own_box(tmp_path):
+    """At 800 px the summary, grid and per-image tables scroll sideways instead of running off the page."""
+    text = build_report(write_sweep(tmp_path / "s"), echo=lambda _: None).read_text(encoding="utf-8")
+    assert ".scroll{overflow-x:auto" in text
+    tables = text.count("<table")
+    assert tables >= 4 and text.count('<div class="scroll"><table') == tables

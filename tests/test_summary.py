@@ -26,6 +26,6 @@ def test_paper_column_matches_class_scopes_by_class_not_prompt():
     assert cells["car"] == "61.9% 0.6378 139/5184 30"
     assert cells["encoder"] == "-" and cells["other"] == "-"
     text = render_summary(table, "t", width=80)
-    assert "paper (one image)" in text and "34.2% 0.7040 729/5184 17" in text
-    assert "paper (one image): flip, cos dist, effective tokens, masks" in text
+    assert "paper (one image, one seed)" in text and "34.2% 0.7040 729/5184 17" in text
+    assert "paper (one image, one seed): flip, cos dist, effective tokens, masks" in text
     assert max(len(line) for line in text.splitlines()) <= 80

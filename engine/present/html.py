@@ -29,6 +29,9 @@ figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{f
 code{background:#f4f4f4;padding:0 .2em}
 nav.toc{font-size:.9em;margin:.6em 0;line-height:1.7}.note{font-size:.85em;color:#555}
 ul.findings>li{margin:.35em 0}table.images td:first-child{white-space:nowrap}
+.scroll{overflow-x:auto;max-width:100%;margin:.5em 0}.scroll>table{margin:0}
+th.paper.off,td.paper.off{color:#999;background:#fafafa}
+table.kv td.l{overflow-wrap:anywhere}
 """
 
 
@@ -62,7 +65,12 @@ def figure_html(fig: ReportFigure, prefix: str = "") -> str:
 def kv_table(pairs: list[tuple[str, object]]) -> str:
     rows = "".join(f"<tr><th class=\"l\">{esc(k)}</th><td class=\"l\">{v if isinstance(v, Raw) else esc(v)}</td></tr>"
                    for k, v in pairs if v not in (None, "", [], {}))
-    return f"<table>{rows}</table>"
+    return f"<table class=\"kv\">{rows}</table>"
+
+
+def scroll(table: str) -> str:
+    """A wide table in a box that scrolls sideways on a narrow screen (nothing cut at 800 px)."""
+    return f"<div class=\"scroll\">{table}</div>"
 
 
 class Raw(str):

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-PAPER_NOTE = ("paper (one image): the paper's single-image numbers; it does not define these measures, "
-              "the engine's definitions are DESIGN.md's")
+PAPER_NOTE = ("paper (one image, one seed): the paper's single-image numbers, one KMeans seed's; it does not define "
+              "these measures, the engine's definitions are DESIGN.md's")
 TOTAL_TOKENS = 5184  # the 72 x 72 grid
 
 

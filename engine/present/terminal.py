@@ -77,23 +77,32 @@ def print_next(out: Path, pages: list[Path], report: Path | None = None, echo=ty
 
 
 def print_summary(out: Path, echo, paper: bool = False) -> None:
-    """The per-scope summary; paper=True adds the paper's single-image numbers beside each scope."""
+    """The per-scope summary; paper=True adds the paper's single-image numbers beside each scope (real runs only)."""
     from engine.core.errors import DatrError
-    from engine.present.paper import PAPER_NOTE
-    from engine.present.summary import render_summary, summarize, with_paper_column
+    from engine.present.provenance import run_is_simulated
+    from engine.present.summary import summary_text
+    from engine.run.record import read_run_json
     from engine.run.store import read_rows
 
     try:
         rows = read_rows(out)
-        table = summarize(rows)
     except DatrError:
         echo("no rows were written")
         return
-    if paper:
-        table = with_paper_column(table, rows)
-    echo(render_summary(table, f"datr summary: {out}"))
-    if paper:
-        echo(PAPER_NOTE)
+    echo(summary_text(rows, f"datr summary: {out}", simulated=run_is_simulated(read_run_json(out)), paper=paper))
+
+
+def show_summary(sweep_dir: Path, width: int | None, echo) -> object:
+    """`datr show`: the summary fitted to `width`; returns the rows (for --csv)."""
+    from engine.present.provenance import run_is_simulated
+    from engine.present.summary import summary_text
+    from engine.run.record import read_run_json
+    from engine.run.store import read_rows
+
+    rows = read_rows(sweep_dir)
+    echo(summary_text(rows, f"datr summary: {sweep_dir}", simulated=run_is_simulated(read_run_json(sweep_dir)),
+                      width=width), nl=False)
+    return rows
 
 
 def figure_options(formats: str, figure_ids: str | None = None):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from engine.core.errors import DataError
 from engine.present.html import ReportFigure, write_image_page
+from engine.present.provenance import run_is_simulated
 from engine.present.report.page import render_index
 from engine.present.report.plots import (
     DISTRIBUTIONS,
@@ -74,6 +75,7 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         stale.unlink()  # a rerun must not leave figures of a grid that is gone
 
     rows = Rows.from_table(table) if table is not None else None
+    simulated = run_is_simulated(run)
     figures: list[ReportFigure] = []
     notes: list[str] = []
     summary: list[dict] = []
@@ -86,13 +88,13 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         echo(f"report: drawing the dataset figures of {rows.n} rows ...")
         figures, notes = draw_dataset_figures(rows, ref, scopes, out, formats)
         images = image_table(rows, ref, scopes)
-        write_csv(out / "images.csv", images)
-        write_image_pages(out, sweep_dir, images, sweep_dir.resolve().name)
+        write_csv(out / "images.csv", images, simulated=simulated)
+        write_image_pages(out, sweep_dir, images, sweep_dir.resolve().name, simulated=simulated)
         summary = summary_table(rows, ref, scopes)
         grid_summary = grid_table(rows, scopes)
-        write_csv(out / "summary.csv", summary)
-        write_csv(out / "summary_grid.csv", grid_summary)
-        write_latex(out / "summary.tex", summary, ref)
+        write_csv(out / "summary.csv", summary, simulated=simulated)
+        write_csv(out / "summary_grid.csv", grid_summary, simulated=simulated)
+        write_latex(out / "summary.tex", summary, ref, simulated=simulated)
     image_pages = find_image_pages(sweep_dir)
     index = out / "index.html"
     index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages,

@@ -6,8 +6,9 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from engine.present.html import Raw, ReportFigure, esc, figure_html, kv_table, page, simulated_banner
+from engine.present.html import Raw, ReportFigure, esc, figure_html, kv_table, page, scroll, simulated_banner
 from engine.present.palette import class_colour
+from engine.present.provenance import PAPER_HIDDEN, PAPER_SEED
 from engine.present.report.plots import DISTRIBUTION_ORDER
 from engine.present.report.rows import Reference, Rows
 from engine.present.report.story import PAPER_FOOTNOTE, image_table_html, key_findings_html, paper_cell
@@ -73,11 +74,13 @@ def run_facts(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | No
     ]
 
 
-def summary_html(summary: list[dict], ref: Reference) -> str:
+def summary_html(summary: list[dict], ref: Reference, simulated: bool) -> str:
     cols = [c for c in TABLE_COLUMNS if any(e[f"{c[0]}_mean"] is not None for e in summary)]
     above = any(e.get("flip_above_null") is not None for e in summary)
+    paper_head = ("paper (one image, one seed)<br><small>not comparable: this run is SIMULATED</small>" if simulated
+                  else "paper (one image, one seed)")
     head = ("<tr><th class=\"l\">scope</th><th>images</th>" + "".join(f"<th>{esc(label)}</th>" for _, label, _ in cols)
-            + ("<th>flip &gt; null</th>" if above else "") + "<th class=\"paper\">paper (one image)</th></tr>")
+            + ("<th>flip &gt; null</th>" if above else "") + f"<th class=\"paper{' off' if simulated else ''}\">{paper_head}</th></tr>")
     body = []
     for e in summary:
         swatch = ""
@@ -94,14 +97,15 @@ def summary_html(summary: list[dict], ref: Reference) -> str:
         if above:
             share, n = e.get("flip_above_null"), e.get("flip_above_null_n")
             cells.append(f"<td>{'—' if share is None else f'{share:.0%} of {n}'}</td>")
-        cells.append(f"<td class=\"paper\">{esc(paper_cell(e['scope']))}</td>")
+        cells.append(f"<td class=\"paper{' off' if simulated else ''}\">{esc(paper_cell(e['scope']))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f"<p>Median [interquartile range] over images at {esc(ref.label())}. <i>null</i> and <i>reseed</i> are the "
             "flip ratio's controls: the same clustering after a displacement of the same size with the token–query "
             "correspondence destroyed, and the encoder tokens clustered again with another seed; <i>flip &gt; null</i> is "
             "the share of images whose flip ratio exceeds its null. A dash means no image had a value (a class with no "
             "kept mask has no effective token and so no flip ratio; rows of older sweeps have no controls).</p>"
-            f"<table>{head}{''.join(body)}</table><p class=\"note\">{esc(PAPER_FOOTNOTE)}</p>"
+            f"<div class=\"scroll\"><table>{head}{''.join(body)}</table></div><p class=\"note\">"
+            + esc(PAPER_HIDDEN.replace("left out", "greyed") if simulated else f"{PAPER_FOOTNOTE} {PAPER_SEED}") + "</p>"
             "<p>Also as <a href=\"summary.csv\">CSV</a> (with means and standard deviations) and "
             "<a href=\"summary.tex\">LaTeX</a>; means at every grid point in <a href=\"summary_grid.csv\">summary_grid.csv"
             "</a>.</p>")
@@ -118,7 +122,7 @@ def grid_html(grid_summary: list[dict]) -> str:
         cells.append(f"<td>{e['images']}</td>")
         cells += [f"<td>{esc(fmt_cell(fmt, e[m]))}</td>" for m, _, fmt in cols]
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table>{head}{''.join(body)}</table>"
+    return scroll(f"<table>{head}{''.join(body)}</table>")
 
 
 def errors_html(errors: list[dict], limit: int = 200) -> str:
@@ -127,8 +131,9 @@ def errors_html(errors: list[dict], limit: int = 200) -> str:
     rows = "".join(f"<tr><td class=\"l\">{esc(e.get('image_id'))}</td><td class=\"l\">{esc(e.get('path'))}</td>"
                    f"<td class=\"l\">{esc(e.get('error'))}</td></tr>" for e in errors[:limit])
     more = f"<p>{len(errors) - limit} more in errors.parquet.</p>" if len(errors) > limit else ""
-    return (f"<p class=\"warn\">{len(errors)} item(s) were skipped; their images have no rows.</p><table><tr>"
-            f"<th class=\"l\">image</th><th class=\"l\">path</th><th class=\"l\">error</th></tr>{rows}</table>{more}")
+    return (f"<p class=\"warn\">{len(errors)} item(s) were skipped; their images have no rows.</p>"
+            + scroll(f"<table><tr><th class=\"l\">image</th><th class=\"l\">path</th><th class=\"l\">error</th></tr>{rows}"
+                     "</table>") + more)
 
 
 def dataset_clustering_html(sweep_dir: Path) -> str:
@@ -157,7 +162,7 @@ def dataset_clustering_html(sweep_dir: Path) -> str:
                 purity = (res.get("cluster_purity") or [None] * (c + 1))[c]
                 rows.append(f"<tr><td class=\"l\">{c}</td><td>{res['sizes'][c]}</td>" + "".join(f"<td>{v}</td>" for v in counts)
                             + f"<td>{'—' if purity is None else f'{purity:.3f}'}</td></tr>")
-            table = f"<table>{hrow}{''.join(rows)}</table>"
+            table = scroll(f"<table>{hrow}{''.join(rows)}</table>")
         parts.append(head + f"<p>{esc(line)}</p>" + table)
     return "".join(parts) or "<p>No results in dataset_clustering.json.</p>"
 
@@ -214,7 +219,7 @@ def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference |
         body.append("<p class=\"warn\">No result rows (rows/*.parquet): nothing to summarise.</p>")
     else:
         by_name = {f.name: f for f in figures}
-        body.append("<h2 id=\"summary\">Per-class summary</h2>" + summary_html(summary, ref))
+        body.append("<h2 id=\"summary\">Per-class summary</h2>" + summary_html(summary, ref, is_simulated(run)))
         body.append(f"<h2 id=\"images\">Per-image table</h2><p>The {min(10, len(images or []))} images with the largest "
                     f"global flip ratio of {len(images or [])}; the <a href=\"images.html\">full table</a> sorts by flip "
                     "ratio, IoU, accuracy and effective tokens.</p>" + image_table_html(sweep_dir, images or [], "flip_ratio", 10))
@@ -228,7 +233,7 @@ def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference |
             body.append(grid_html(grid_summary))
         body += [f"<p class=\"warn\">{esc(n)}</p>" for n in notes]
     body.append("<h2 id=\"dataset\">Dataset-level structural clustering</h2>" + dataset_clustering_html(sweep_dir))
-    body.append("<h2 id=\"run\">Run</h2>" + kv_table(run_facts(sweep_dir, run, rows, ref, errors)))
+    body.append("<h2 id=\"run\">Run</h2>" + scroll(kv_table(run_facts(sweep_dir, run, rows, ref, errors))))
     body.append("<h2 id=\"definitions\">Definitions</h2>" + DEFINITIONS)
     body.append("<h2 id=\"figures\">Per-image figures</h2>" + image_pages_html(pages))
     body.append("<h2 id=\"errors\">Errors</h2>" + errors_html(errors))

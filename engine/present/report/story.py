@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.present.figures.view import safe_name
-from engine.present.html import esc, page
+from engine.present.html import esc, page, scroll, simulated_banner
 from engine.present.paper import PAPER_NOTE, paper_scope
 from engine.present.report.tables import IMAGE_COLUMNS, fmt_quartiles
 
@@ -122,16 +122,17 @@ def image_table_html(sweep_dir: Path, images: list[dict], key: str, limit: int |
             v = r[col]
             cells.append(f"<td>{'—' if v is None else esc(fmt.format(v))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table class=\"images\"><tr>{''.join(head)}</tr>{''.join(body)}</table>"
+    return scroll(f"<table class=\"images\"><tr>{''.join(head)}</tr>{''.join(body)}</table>")
 
 
-def write_image_pages(out: Path, sweep_dir: Path, images: list[dict], title: str) -> list[Path]:
-    """DIR/report/images*.html: the per-image table, one page per sortable column."""
+def write_image_pages(out: Path, sweep_dir: Path, images: list[dict], title: str, *, simulated: bool) -> list[Path]:
+    """DIR/report/images*.html: the per-image table, one page per sortable column (with the SIMULATED banner)."""
     written = []
     for name, label, _, sortable in IMAGE_COLUMNS:
         if not sortable:
             continue
         body = [f"<p><a href=\"index.html\">← back to the report</a></p><h1>{esc(title)}: per-image table</h1>",
+                simulated_banner() if simulated else "",
                 f"<p>{len(images)} images at the report's grid point, sorted by {esc(label)} (largest first). Click a "
                 "column header to sort by it; an image name links to its figures where they were drawn.</p>",
                 image_table_html(sweep_dir, images, name)]

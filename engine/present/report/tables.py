@@ -32,7 +32,7 @@ def summary_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
         for metric, _, _ in TABLE_COLUMNS:
             data = rows[metric][keep]
             data = data[~np.isnan(data)]
-            q1, median, q3 = np.percentile(data, (25, 50, 75)).tolist() if data.size else (None, None, None)
+            q1, median, q3 = quartiles(data)
             entry.update({f"{metric}_median": median, f"{metric}_q1": q1, f"{metric}_q3": q3})
             entry[f"{metric}_mean"] = float(data.mean()) if data.size else None
             entry[f"{metric}_std"] = float(data.std(ddof=1)) if data.size > 1 else None
@@ -47,6 +47,18 @@ def summary_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
         entry["n_tokens"] = int(np.nanmax(n_tok)) if n_tok.size and not np.isnan(n_tok).all() else None
         table.append(entry)
     return table
+
+
+def quartiles(values: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    """(Q1, median, Q3) of the values that are not NaN (numpy's linear interpolation); Nones when there is none.
+
+    The one statistic of the report's tables and of the terminal summary."""
+    data = np.asarray(values, dtype=np.float64)
+    data = data[~np.isnan(data)]
+    if not data.size:
+        return None, None, None
+    q1, median, q3 = np.percentile(data, (25, 50, 75)).tolist()
+    return q1, median, q3
 
 
 def grid_table(rows: Rows, scopes) -> list[dict]:
@@ -93,21 +105,27 @@ def fmt_cell(fmt: str, mean, std=None) -> str:
     return text
 
 
-def write_csv(path: Path, table: list[dict]) -> None:
+def write_csv(path: Path, table: list[dict], *, simulated: bool) -> None:
+    """The table as CSV with a first column `source`: SIMULATED on every row of a simulated run, sam3 otherwise."""
+    from engine.present.provenance import csv_source
+
     with path.open("w", newline="") as fh:
         if not table:
             return
-        writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+        writer = csv.DictWriter(fh, fieldnames=["source", *table[0]])
         writer.writeheader()
-        writer.writerows(table)
+        writer.writerows({"source": csv_source(simulated), **row} for row in table)
 
 
-def write_latex(path: Path, table: list[dict], ref: Reference) -> None:
+def write_latex(path: Path, table: list[dict], ref: Reference, *, simulated: bool) -> None:
     """The per-class table as a booktabs tabular (median [interquartile range] over images)."""
+    from engine.present.provenance import SIMULATED_LINE
+
     cols = [c for c in TABLE_COLUMNS if any(e[f"{c[0]}_mean"] is not None for e in table)]
-    lines = [f"% sam3-datr per-class summary at {ref.label()}; median [interquartile range] over images",
-             "\\begin{tabular}{l" + "r" * (len(cols) + 1) + "}", "\\toprule",
-             " & ".join(["scope", "images"] + [c[1] for c in cols]) + " \\\\", "\\midrule"]
+    lines = ([f"% {SIMULATED_LINE}"] if simulated else []) + [
+        f"% sam3-datr per-class summary at {ref.label()}; median [interquartile range] over images",
+        "\\begin{tabular}{l" + "r" * (len(cols) + 1) + "}", "\\toprule",
+        " & ".join(["scope", "images"] + [c[1] for c in cols]) + " \\\\", "\\midrule"]
     for e in table:
         cells = [e["scope"], str(e["images"])]
         for metric, _, fmt in cols:
