@@ -282,3 +282,87 @@ def test_wide_tables_scroll_in_their_own_box(tmp_path):
     assert ".scroll{overflow-x:auto" in text
     tables = text.count("<table")
     assert tables >= 4 and text.count('<div class="scroll"><table') == tables
+
+
+def capture_saved_figures(monkeypatch) -> dict:
+    """stem -> figure, for every report figure saved while the patch holds (checked for layout faults first)."""
+    import engine.present.report.curves as curves
+    import engine.present.report.plots as plots
+    from tests.test_figures import layout_faults
+
+    saved, faults = {}, []
+
+    def keep(real):
+        def checked(fig, folder, stem, formats, dpi=150):
+            faults.extend(layout_faults(fig, stem, dpi))
+            saved[stem] = fig
+            return real(fig, folder, stem, formats, dpi)
+        return checked
+
+    monkeypatch.setattr(plots, "save", keep(plots.save))
+    monkeypatch.setattr(curves, "save", keep(curves.save))
+    saved["faults"] = faults
+    return saved
+
+
+def test_report_figures_fit_and_nothing_collides(tmp_path, monkeypatch):
+    saved = capture_saved_figures(monkeypatch)
+    build_report(add_synthetic_controls(write_sweep(tmp_path / "s")), echo=lambda _: None)
+    assert {"dist_flip_ratio", "dist_flip_controls", "quality_vs_iou", "grid_alpha"} <= set(saved)
+    assert saved["faults"] == []
+
+
+def test_share_axes_are_symmetric_log_with_ticks_from_a_tenth_to_a_hundred_percent():
+    from engine.present.report.plots import value_axis
+    from engine.present.style import new_canvas
+
+    fig, (ax,) = new_canvas(3, 2)
+    value_axis(ax, "%", 45.0)
+    assert ax.get_yscale() == "symlog"
+    assert list(ax.get_yticks()) == [0, 0.1, 0.3, 1, 3, 10, 30]  # 45% reads against 30, and 100 once values pass ~67%
+    value_axis(ax, "%", 90.0)
+    assert list(ax.get_yticks())[-1] == 100
+    value_axis(ax, "tokens", 2000.0)
+    assert list(ax.get_yticks()) == [0, 1, 3, 10, 30, 100, 300, 1000, 3000]
+
+
+def test_distributions_give_effective_tokens_and_mark_classes_with_too_few(tmp_path, monkeypatch):
+    saved = capture_saved_figures(monkeypatch)
+    build_report(write_sweep(tmp_path / "s"), echo=lambda _: None)
+    ax = saved["dist_flip_ratio"].grid.axes[0]
+    labels = {t.get_text().split("\n")[0]: t for t in ax.get_xticklabels()}
+    # vegetation: effective tokens 1000 + 100 i over 4 images -> median 1150; vehicle keeps no mask -> 0 tokens
+    assert labels["vegetation"].get_text() == "vegetation\nn=4, 1150 tok"
+    assert "too few tokens" in labels["vehicle"].get_text() and labels["vehicle"].get_color() == "#b00020"
+    assert labels["vegetation"].get_color() != "#b00020"
+
+
+def test_grid_curves_draw_each_flip_ratio_beside_its_controls_in_percent_within_0_and_100(tmp_path, monkeypatch):
+    saved = capture_saved_figures(monkeypatch)
+    build_report(add_synthetic_controls(write_sweep(tmp_path / "s")), echo=lambda _: None)
+    fig = saved["grid_alpha"]
+    panels = {ax.get_title(): ax for ax in fig.grid.axes if ax.get_visible()}
+    veg = panels["vegetation: flip ratio and controls"]
+    assert len(veg.containers) == 3  # flip ratio, null control, reseed control
+    flip = veg.containers[0]
+    # vegetation flip = 0.1 (i + 1) alpha over images i = 0..3: medians 7.5% at alpha 0.3 and 12.5% at 0.5
+    assert list(flip.lines[0].get_ydata()) == pytest.approx([7.5, 12.5])
+    for ax in panels.values():
+        for container in ax.containers:
+            for bar in container.lines[2]:
+                ends = np.concatenate([seg[:, 1] for seg in bar.get_segments()])
+                assert ends.min() >= 0.0 and (ax.get_ylabel() != "% of effective tokens" or ends.max() <= 100.0)
+
+
+def test_bootstrap_interval_of_the_median_matches_scipy_and_is_seeded():
+    from scipy.stats import bootstrap
+
+    from engine.present.report.curves import bootstrap_median
+
+    values = np.random.default_rng(5).normal(10.0, 2.0, size=60)
+    median, low, high = bootstrap_median(values, np.random.default_rng(0))
+    reference = bootstrap((values,), np.median, method="percentile", n_resamples=4000, random_state=1).confidence_interval
+    assert median == np.median(values)
+    assert low == pytest.approx(reference.low, abs=0.3) and high == pytest.approx(reference.high, abs=0.3)
+    assert bootstrap_median(values, np.random.default_rng(0)) == (median, low, high)
+    assert bootstrap_median(np.array([np.nan, 4.0]), np.random.default_rng(0)) == (4.0, 4.0, 4.0)

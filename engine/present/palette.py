@@ -11,7 +11,7 @@ is used for one thing only:
                     covers the road is drawn road-purple in every figure of an image;
                     unmatched clusters (and all of them without GT) take the Tol muted colours
     scopes          encoder black, global cyan (report plots); a prompt's scope takes its class colour
-    changed token   Tol red; an unchanged effective token is white
+    changed token   Tol red; an unchanged effective token is white; outside the effective region: darkened
     decoder/encoder magenta (decoder) and green (encoder) in the composite, white where both
 """
 
@@ -34,6 +34,7 @@ SCOPE_COLOURS = {"encoder": (0, 0, 0), "global": (102, 204, 238)}
 IGNORE_COLOUR = (255, 255, 255)  # GT cells with no valid pixel (255)
 FLIP_COLOUR = (238, 102, 119)  # changed tokens (Tol bright red)
 SAME_COLOUR = (255, 255, 255)  # unchanged effective tokens
+OUTSIDE_COLOUR = (96, 96, 96)  # the legend swatch of "outside the effective region" (those tokens darkened by half)
 DECODER_COLOUR = (255, 0, 255)  # composite: decoder activation (magenta = red + blue channels)
 ENCODER_COLOUR = (0, 255, 0)  # composite: encoder similarity (green channel); both at once read white
 

@@ -22,6 +22,9 @@ PAPER_SEED = ("The paper's numbers are one image clustered with one KMeans seed:
               "beside it are medians over images.")
 
 
+FEW_TOKENS = 50  # effective tokens under which a share is marked "too few tokens" (one token moves it by 2% or more)
+
+
 def run_is_simulated(run: dict) -> bool:
     """run.json's answer (engine.run.record.is_simulated); an empty record (no run.json) is not simulated."""
     return bool(run) and is_simulated(run)

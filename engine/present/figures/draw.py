@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.present.figures.masks import fig_decoder_masks, fig_mask
 from engine.present.figures.panels import (
     changed_markers,
-    class_legend,
     cluster_legend,
-    cmap_rgb,
     count_box,
     flip_count,
     heatmap,
@@ -37,11 +36,9 @@ from engine.present.figures.view import (
     top_masks,
 )
 from engine.present.html import write_image_page
-from engine.present.layout import set_suptitle
 from engine.present.palette import (
-    DECODER_COLOUR,
-    ENCODER_COLOUR,
     FLIP_COLOUR,
+    OUTSIDE_COLOUR,
     SAME_COLOUR,
     ClusterPalette,
     class_colour,
@@ -51,7 +48,6 @@ from engine.present.palette import (
     to_unit,
 )
 from engine.present.style import STYLE, save
-from engine.run.record import is_simulated, read_run_json
 from kernels.grid import IGNORE
 
 
@@ -122,7 +118,7 @@ def figure_plan(view: ImageView, folder: Path, options: FigureOptions) -> list[t
 def fig_encoder_pca(view: ImageView, folder: Path, options: FigureOptions) -> FigureRecord:
     fig, (a, b) = new_figure(2, options)
     show_image(a, view.image)
-    panel_title(a, 0, "input (1008×1008, as the model sees it)" if view.image is not None else "input (not kept)")
+    panel_title(a, 0, "input, as the model sees it" if view.image is not None else "input (not kept)")
     paint(b, percentile_rgb(view.encoder_pca))
     panel_title(b, 1, "encoder features, PCA 1–3 → RGB")
     suptitle(fig, view, "Encoder features")
@@ -145,7 +141,7 @@ def fig_structural(view: ImageView, palette: ClusterPalette, folder: Path, optio
         panel_title(axes[2], 2, "ground truth (token grid)")
         extra = [("GT: " + class_name(c), class_colour(c)) for c in sorted(set(np.unique(view.gt).tolist()) - {IGNORE})]
     cluster_legend(fig, palette, [view.labels[0], view.labels_processed[0]], extra)
-    set_suptitle(fig, f"Encoder structural clustering (PCA d={view.d}, k={view.k}) — {view.image_id}")
+    suptitle(fig, view, f"Encoder structural clustering (PCA d={view.d}, k={view.k})")
     files = save(fig, folder, "structural_clustering", options.formats, options.dpi)
     return FigureRecord("structural_clustering", files, "Encoder structural clustering",
                         "KMeans on the PCA-reduced encoder tokens, processed and raw. Cluster colours follow the GT class "
@@ -175,16 +171,32 @@ def fig_scope_clustering(view: ImageView, palette: ClusterPalette, j: int, folde
         panel_title(a, 0, f"encoder clustering, {kind}")
         show_labels(b, maps[j], palette)
         outline(b, eff)
+        changed = difference_overlay(b, maps[j] != maps[0], eff, palette.rgb(maps[j]))
         panel_title(b, 1, f"DATR clustering ({slot.scope}), {kind}")
         shown = [maps[0], maps[j]]
         stem = f"class-{safe_name(slot.scope)}_clustering" + ("_raw" if raw else "")
         title = f"{slot.scope}: encoder vs DATR clustering ({kind})"
+        extra = [("changed token in E (red tint)", FLIP_COLOUR)]
         caption = (f"Encoder clustering and the clustering of DATR_{slot.scope}(F) ({kind}); the white outline is the "
-                   f"effective region E (mask weight ≥ 0.5) of the '{slot.scope}' prompt.")
-    cluster_legend(fig, palette, shown)
+                   f"effective region E (mask weight ≥ 0.5) of the '{slot.scope}' prompt. In (b) the tokens of E whose "
+                   f"cluster differs from (a) are tinted red and outlined (ringed when few) and counted ({changed} here), "
+                   "so a pair that looks the same shows where it is not.")
+    cluster_legend(fig, palette, shown, extra if raw is not None else None)
     suptitle(fig, view, title, slot)
     files = save(fig, folder, stem, options.formats, options.dpi)
     return FigureRecord(stem, files, title, caption)
+
+
+def difference_overlay(ax, differs: np.ndarray, eff: np.ndarray, colours: np.ndarray) -> int:
+    """The tokens of E whose cluster differs from the encoder's: tinted the changed-token red and outlined, ringed
+    when few (a single token shows), counted in the panel; returns the count."""
+    changed = eff & differs
+    paint(ax, np.broadcast_to(np.array(FLIP_COLOUR, dtype=np.uint8), changed.shape + (3,)),
+          np.where(changed, 0.6, 0.0).astype(np.float32))
+    outline(ax, changed, colour="black", width=0.8)
+    changed_markers(ax, changed, colours, limit=40)
+    count_box(ax, f"{int(changed.sum())} of {int(eff.sum())} tokens in E changed")
+    return int(changed.sum())
 
 
 def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Path, options: FigureOptions) -> FigureRecord:
@@ -197,7 +209,7 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
         show_image(axes[0], view.image, grey=view.image is not None)
         paint(axes[0], class_rgb(view.gt), np.where(view.gt == 255, 0.0, 0.6).astype(np.float32))
         outline(axes[0], eff)
-        panel_title(axes[0], 0, "ground truth, effective region outlined")
+        panel_title(axes[0], 0, "ground truth, effective region E outlined")
     else:
         heatmap(fig, axes[0], weights, "magma", "mask weight W", 0.0, 1.0, image=view.image)
         outline(axes[0], eff, colour="white")
@@ -217,16 +229,23 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
     panel_title(axes[3], 3, "agreement in E (raw)")
     count_box(axes[3], f"{int(changed.sum())} of {int(eff.sum())} changed")
     shown = [view.labels[0], view.labels[j]] if is_global else [view.labels[0][eff], view.labels[j][eff]]
-    cluster_legend(fig, palette, shown, [("E: same cluster", SAME_COLOUR), ("E: changed cluster", FLIP_COLOUR)])
+    extra = [("E: same cluster", SAME_COLOUR), ("E: changed cluster", FLIP_COLOUR)]
+    caption = ("Where the decoder acts (mask weight / GT), the encoder and DATR clusters (raw, aligned) and the "
+               "tokens of the effective region E whose cluster changed.")
+    if is_global and not eff.all():  # every panel darkened outside E, so which side of the outline is E reads at once
+        shade = np.where(eff, 0.0, 0.5).astype(np.float32)
+        for ax in axes:
+            paint(ax, np.zeros(eff.shape + (3,), dtype=np.float32), shade)
+        extra.append(("outside E (darkened)", OUTSIDE_COLOUR))
+        caption += " Tokens outside E are darkened in every panel."
+    cluster_legend(fig, palette, shown, extra)
     if is_global:
         stem, title = "global_comparison", "Global comparison: encoder vs global DATR"
     else:
         stem, title = f"class-{safe_name(slot.scope)}_comparison", f"{slot.scope}: encoder vs DATR"
     suptitle(fig, view, title, slot)
     files = save(fig, folder, stem, options.formats, options.dpi)
-    return FigureRecord(stem, files, title,
-                        "Where the decoder acts (mask weight / GT), the encoder and DATR clusters (raw, aligned) and the "
-                        "tokens of the effective region E whose cluster changed.")
+    return FigureRecord(stem, files, title, caption)
 
 
 def fig_flips(view: ImageView, palette: ClusterPalette, j: int, folder: Path, options: FigureOptions) -> FigureRecord:
@@ -259,108 +278,6 @@ def fig_flips(view: ImageView, palette: ClusterPalette, j: int, folder: Path, op
                         + (" The panels are cropped to E's bounding box." if zoomed else ""))
 
 
-def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau) -> FigureRecord:
-    p_count = len(view.prompts)
-    fig, axes = new_figure(p_count + 1, options, ncols=min(p_count + 1, 3))
-    masks = view.decoder_masks()
-    have_probs = masks is not None and view.scores is not None and tau is not None
-    # (a) every prompt's kept masks in its class colour; later prompts drawn over earlier ones
-    show_image(axes[0], view.image, grey=True)
-    overlay = None
-    for p, cid in enumerate(view.class_ids):
-        if have_probs:
-            kept = view.scores[p] >= tau
-            union = (masks[p][kept] >= 0.5).any(0) if kept.any() else None
-        else:
-            union = view.mask_weights[0, 1 + p] >= 0.5
-        if union is not None and union.any():
-            overlay = np.zeros(union.shape + (4,), dtype=np.float32) if overlay is None else overlay
-            overlay[union] = (*to_unit(class_colour(cid)), 0.7)
-    if overlay is not None:
-        paint(axes[0], overlay)
-    panel_title(axes[0], 0, "all prompts (mask prob. ≥ 0.5)" if have_probs else "all prompts (pooled weight ≥ 0.5)")
-    for p, prompt in enumerate(view.prompts):
-        ax = axes[p + 1]
-        show_image(ax, view.image, grey=True)
-        if have_probs:
-            # every mask in the prompt's class colour (colour = class, in every figure); each mask outlined and
-            # numbered by score rank, so overlapping masks stack darker and stay apart
-            order = top_masks(view, p, tau, view.scores.shape[1])
-            overlay = np.zeros(masks.shape[-2:] + (4,), dtype=np.float32)
-            colour = to_unit(class_colour(view.class_ids[p]))
-            for rank, q in enumerate(order):
-                region = masks[p, q] >= 0.5
-                if not region.any():
-                    continue
-                overlay[region, :3] = colour
-                overlay[region, 3] = np.minimum(overlay[region, 3] + 0.35, 0.85)
-                outline(ax, region, colour="black", width=0.5)
-                ys, xs = np.nonzero(region)
-                ax.text((xs.mean() + 0.5) / region.shape[1], (ys.mean() + 0.5) / region.shape[0], str(rank),
-                        fontsize=6, ha="center", va="center", color="black",
-                        bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
-            paint(ax, overlay)
-            panel_title(ax, p + 1, f"{prompt}: {len(order)} masks (score ≥ {tau:g})")
-        else:
-            weights = view.mask_weights[0, 1 + p]
-            paint(ax, cmap_rgb(weights, "magma"), 0.65)
-            panel_title(ax, p + 1, f"{prompt}: pooled mask weight")
-    class_legend(fig, list(view.class_ids))
-    set_suptitle(fig, f"Decoder masks overview — {view.image_id}" + (f" (τ={tau:g})" if tau is not None else ""))
-    files = save(fig, folder, "decoder_masks", options.formats, options.dpi)
-    caption = ("Every kept decoder mask (score ≥ τ, probability ≥ 0.5) per prompt in the prompt's class colour, outlined "
-               "and numbered by score rank (overlaps stack darker); panel (a) overlays all prompts.")
-    if have_probs and view.mask_probs is None:
-        caption += " Full-resolution masks were not kept for this image: the masks pooled to the 72×72 token grid are shown."
-    if not have_probs:
-        caption = "No per-query masks were handed over for this image; the pooled mask weights W_p are shown instead."
-    return FigureRecord("decoder_masks", files, "Decoder masks overview", caption)
-
-
-def fig_mask(view: ImageView, p: int, q: int, rank: int, folder: Path, options: FigureOptions) -> FigureRecord:
-    prompt = view.prompts[p]
-    probs = view.decoder_masks()[p, q].astype(np.float32)  # (288, 288), or (72, 72) pooled
-    similarity = view.encoder_similarity[p, q] if view.has_similarity(p, q) else None
-    region = probs >= 0.5
-    if similarity is not None:
-        fig, (a, b, c) = new_figure(3, options, sides={0: "colorbar", 1: "colorbar"})
-        heatmap(fig, a, similarity, "viridis", "cosine similarity", -1.0, 1.0)
-        panel_title(a, 0, "encoder similarity")
-        heatmap(fig, b, probs, "magma", "mask probability", 0.0, 1.0, image=view.image)
-        panel_title(b, 1, "decoder activation")
-        # magenta (red + blue) = decoder activation, green = encoder similarity (min-max scaled): white where both
-        # are high -- the colour-blind-safe pair in place of red / green
-        sim_up = np.repeat(np.repeat(similarity, probs.shape[0] // similarity.shape[0], 0), probs.shape[1] // similarity.shape[1], 1)
-        lo, hi = float(sim_up.min()), float(sim_up.max())
-        composite = np.dstack([probs, (sim_up - lo) / max(hi - lo, 1e-12), probs])
-        paint(c, np.clip(composite, 0, 1))
-        outline(c, region, colour="orange", width=0.8)
-        panel_title(c, 2, "comparison: decoder magenta, encoder green")
-        class_legend(fig, [], [("decoder only", DECODER_COLOUR), ("encoder only", ENCODER_COLOUR),
-                               ("both", (255, 255, 255)), ("neither", (0, 0, 0))])
-        caption = ("(a) cosine similarity of every encoder token to the mask-weighted mean encoder feature; (b) the "
-                   "decoder's mask probability over the image; (c) both at once: magenta = decoder only, green = encoder "
-                   "only, white = both, black = neither; orange outline = mask probability ≥ 0.5.")
-    else:
-        fig, (b, c) = new_figure(2, options, sides={0: "colorbar"})
-        heatmap(fig, b, probs, "magma", "mask probability", 0.0, 1.0, image=view.image)
-        panel_title(b, 0, "decoder activation")
-        paint(c, percentile_rgb(view.encoder_pca))
-        outline(c, region, colour="white", width=0.8)
-        panel_title(c, 1, "mask on encoder PCA → RGB")
-        caption = ("(a) the decoder's mask probability over the image; (b) the mask outline (probability ≥ 0.5) on the "
-                   "encoder features' PCA → RGB. The encoder-similarity heatmap needs BatchMaps.encoder_similarity, "
-                   "which this run did not hand over.")
-    if view.mask_probs is None:
-        caption += " The decoder activation is the mask pooled to the 72×72 token grid (full resolution was not kept)."
-    score = float(view.scores[p, q])
-    stem = f"mask-{safe_name(prompt)}-{rank}"
-    title = f"{prompt} mask {rank}: decoder attention"
-    set_suptitle(fig, f"{title} (query {q}, score {score:.3f}) — {view.image_id}")
-    files = save(fig, folder, stem, options.formats, options.dpi)
-    return FigureRecord(stem, files, title, caption)
-
-
 # ----------------------------------------------------------------------------------------------
 # Manifest
 
@@ -382,7 +299,7 @@ def write_manifest(folder: Path, view: ImageView, records: list[FigureRecord], c
         "image_id": view.image_id,
         "d": view.d, "k": view.k,
         "prompts": list(view.prompts),
-        "simulated": is_simulated(read_run_json(cfg.out) or {"config": {"model": cfg.model}}),
+        "simulated": view.simulated,
         "has_gt": view.gt is not None,
         "has_encoder_similarity": view.encoder_similarity is not None,
         "figures": figures,

@@ -8,6 +8,7 @@ from engine.present.figures.raster import raster
 from engine.present.figures.view import FigureOptions, ImageView
 from engine.present.layout import fit_legend, pooled_figure, set_suptitle, set_title
 from engine.present.palette import ClusterPalette, class_colour, class_name, to_unit
+from engine.present.provenance import FEW_TOKENS
 
 PANEL_LETTERS = "abcdefghij"
 TITLE_SIZE = 9.0  # points, the panel titles
@@ -182,6 +183,10 @@ def point_label(view: ImageView, slot) -> str:
     return f"τ={slot.tau:g}, α={slot.alpha:g}, d={view.d}, k={view.k}"
 
 
+def pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
 def metric_line(view: ImageView, slot) -> str:
     """The paper's per-scope numbers, as stored in the rows (empty when rows are absent)."""
     row = view.metrics.get((slot.scope, slot.tau, slot.alpha))
@@ -190,11 +195,10 @@ def metric_line(view: ImageView, slot) -> str:
     n = row.get("n_tokens") or view.labels[0].size
     parts = []
     if row.get("kept_queries") is not None:
-        parts.append(f"{row['kept_queries']} masks")
+        parts.append(f"{row['kept_queries']} mask" + ("" if row["kept_queries"] == 1 else "s"))
     if row.get("effective_tokens") is not None:
-        parts.append(f"{row['effective_tokens']}/{n} effective tokens")
-    if row.get("flip_ratio") is not None:
-        parts.append(f"flip {100 * row['flip_ratio']:.1f}% (processed {100 * (row.get('flip_ratio_processed') or 0):.1f}%)")
+        few = " (too few tokens for a share to mean much)" if 0 < row["effective_tokens"] < FEW_TOKENS else ""
+        parts.append(f"{row['effective_tokens']}/{n} effective tokens{few}")
     if row.get("cos_distance") is not None:
         parts.append(f"cos distance {row['cos_distance']:.4f}")
     if row.get("iou") is not None:
@@ -202,21 +206,39 @@ def metric_line(view: ImageView, slot) -> str:
     return ", ".join(parts)
 
 
+def controls_line(view: ImageView, slot) -> str:
+    """The flip ratio with its controls, as stored in the rows: "flip 0.6% (processed 0.4%); null 1.2%, reseed 0.3%"."""
+    row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
+    if row.get("flip_ratio") is None:
+        return ""
+    text = f"flip {pct(row['flip_ratio'])} (processed {pct(row.get('flip_ratio_processed'))})"
+    controls = [f"{name} {pct(row[key])}" for key, name in (("flip_ratio_null", "null"), ("flip_ratio_reseed", "reseed"))
+                if row.get(key) is not None]
+    return text + (f"; controls: {', '.join(controls)}" if controls else "")
+
+
 def flip_count(view: ImageView, slot, changed: int, effective: int, processed: bool) -> str:
-    """"7 of 1220 effective tokens changed (0.6%)", the share as stored in the rows (the count from the maps)."""
+    """"7 of 1220 effective tokens changed (0.6%)" and the controls on a second line, as stored in the rows
+    (the count from the maps, the shares from the rows)."""
     if effective == 0:
         return "no effective tokens"
     row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
     share = row.get("flip_ratio_processed" if processed else "flip_ratio")
     share = changed / effective if share is None else share
-    return f"{changed} of {effective} effective tokens changed ({100 * share:.1f}%)"
+    text = f"{changed} of {effective} effective tokens changed ({100 * share:.1f}%)"
+    null = row.get("flip_ratio_null_processed" if processed else "flip_ratio_null")
+    controls = ([f"null {pct(null)}"] if null is not None else []) + (
+        [f"reseed {pct(row['flip_ratio_reseed'])}"] if row.get("flip_ratio_reseed") is not None and not processed else [])
+    return text + (f"\ncontrols: {', '.join(controls)}" if controls else "")
 
 
 def suptitle(fig, view: ImageView, text: str, slot=None) -> None:
-    lines = [f"{text} — {view.image_id}"]
+    lines = [("SIMULATED · " if view.simulated else "") + f"{text} — {view.image_id}"]
     if slot is not None:
         detail = metric_line(view, slot)
         lines.append(point_label(view, slot) + (f"; {detail}" if detail else ""))
+        if controls := controls_line(view, slot):
+            lines.append(controls)
         row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
         if row.get("kept_queries") == 0:
             lines.append("no mask kept for this scope: DATR(F) = F, so nothing can change")

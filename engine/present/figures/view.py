@@ -59,6 +59,7 @@ class ImageView:
     prompts: tuple[str, ...]
     class_ids: tuple[int, ...]
     metrics: dict = field(default_factory=dict)  # (scope, tau, alpha) -> row dict from DIR/rows
+    simulated: bool = False  # the run's numbers come from the simulated source (engine.run.record.is_simulated)
 
     def decoder_masks(self) -> np.ndarray | None:
         """(P, Q, h, w) mask probabilities: full resolution when kept, else pooled to the token grid."""
@@ -139,7 +140,15 @@ def image_view(maps, row: int, handed, cfg) -> ImageView:
     m = view.labels.shape[0]
     assert len(view.slots) == m, f"BatchMaps has {len(view.slots)} slots but labels carry {m}: got {tuple(maps.labels.shape)}"
     view.metrics = read_image_metrics(Path(cfg.out), image_id, view.d, view.k)
+    view.simulated = run_simulated(cfg)
     return view
+
+
+def run_simulated(cfg) -> bool:
+    """Whether the sweep's numbers are simulated: its run.json (written when the sweep started), else its config."""
+    from engine.run.record import is_simulated, read_run_json
+
+    return is_simulated(read_run_json(Path(cfg.out)) or {"config": {"model": cfg.model}})
 
 
 def image_id_of(maps, row: int) -> str:

@@ -8,7 +8,8 @@ lists DIR/figures/*/figures.json, the per-image figures, when present) and write
     DIR/report/quality_vs_iou.png     clustering accuracy / NMI / ARI (and the gain over the
                                       encoder clustering) against the prompt's mask IoU, with
                                       Pearson and Spearman correlations (needs GT)
-    DIR/report/grid_<param>.png       metric means against each parameter that the sweep varied
+    DIR/report/grid_<param>.png       medians (95% bootstrap intervals) against each parameter the sweep varied:
+                                      each scope's flip ratio beside its controls, then the other metrics
     DIR/report/dist_flip_controls.png the flip ratio beside its null and reseed controls (rows that carry them)
     DIR/report/summary.csv, .tex      the per-class table in the paper's form (median [IQR]; the CSV also
                                       has means and standard deviations)
@@ -21,7 +22,7 @@ lists DIR/figures/*/figures.json, the per-image figures, when present) and write
 Each per-image figure page (DIR/figures/<id>/index.html) is rewritten to link back here.
 
 Nothing here reruns the analysis: the figures draw the stored per-image values; the
-only numbers computed are summaries of them (means, spreads, correlations). The pieces:
+only numbers computed are summaries of them (medians, quartiles, bootstrap intervals, correlations). The pieces:
 rows (reading), plots (figures), tables (summary tables), story (key findings, per-image pages),
 page (the HTML).
 """
@@ -33,13 +34,12 @@ from pathlib import Path
 from engine.core.errors import DataError
 from engine.present.html import ReportFigure, write_image_page
 from engine.present.provenance import run_is_simulated
+from engine.present.report.curves import GRID_PARAMS, grid_figure
 from engine.present.report.page import render_index
 from engine.present.report.plots import (
     DISTRIBUTIONS,
-    GRID_PARAMS,
     controls_figure,
     distribution_figure,
-    grid_figure,
     quality_figure,
 )
 from engine.present.report.rows import (

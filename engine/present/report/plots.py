@@ -13,7 +13,9 @@ import numpy as np
 from engine.present.html import ReportFigure
 from engine.present.layout import fit_legend, set_suptitle, set_title
 from engine.present.palette import scope_colour, to_unit
+from engine.present.provenance import FEW_TOKENS
 from engine.present.report.rows import Reference, Rows, point_mask
+from engine.present.report.tables import quartiles
 from engine.present.style import new_canvas, save
 
 DISTRIBUTIONS = (
@@ -25,22 +27,19 @@ DISTRIBUTIONS = (
 )
 ALPHA_DEPENDENT = {"flip_ratio", "flip_ratio_processed", "datr_shift"}  # the rest depend on tau only
 DISTRIBUTION_ORDER = ("flip_ratio", "flip_controls", "flip_ratio_processed", "effective_tokens", "cos_distance", "datr_shift")
-# symmetric-log axes: linear below the threshold, logarithmic above, so 0.2% and 35% both read
-SYMLOG = {"%": 1.0, "tokens": 10.0}
+# symmetric-log axes: linear below the threshold, logarithmic above, so 0.2% and 35% both read; (threshold, ticks)
+SYMLOG = {"%": (0.1, (0.1, 0.3, 1, 3, 10, 30, 100)), "tokens": (1.0, (1, 3, 10, 30, 100, 300, 1000, 3000, 10000))}
+HATCHES = ("", "///", "...", "xxx", "\\\\\\", "ooo")
+FEW_COLOUR = "#b00020"  # the report's warning red: a class with too few effective tokens
 SMALL_N = 5  # fewer values than this: points and a median tick, no box
 CONTROLS = (("flip_ratio", "flip ratio", ""), ("flip_ratio_null", "null control", "///"),
             ("flip_ratio_reseed", "reseed control", "..."))
 QUALITY = (("accuracy", "Accuracy (matched)"), ("nmi", "NMI"), ("ari", "ARI"))
-GRID_METRICS = (("flip_ratio", "flip ratio"), ("flip_ratio_processed", "flip ratio (processed)"),
-                ("accuracy", "accuracy"), ("ari", "ARI"), ("datr_shift", "DATR shift"))
-GRID_PARAMS = (("alpha", "α"), ("tau", "τ"), ("d", "PCA dims d"), ("k", "clusters k"))
 
 
 def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: str, meaning: str, scale: float, unit: str,
                         out: Path, formats) -> ReportFigure | None:
     """Box + points per scope; one box per alpha (flip/shift) or per tau (effective tokens, cos distance)."""
-    from matplotlib.patches import Patch
-
     series_param = "alpha" if metric in ALPHA_DEPENDENT else "tau"
     series = ref.grid.get(series_param) or [None]
     base = rows.select(d=ref.d, k=ref.k)
@@ -53,55 +52,74 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
         return None
     fig, (ax,) = new_canvas(max(3.5, 1.1 * len(datr_scopes) * max(1, len(series)) ** 0.5 + 0.6), 2.5)
     width = 0.8 / len(series)
-    hatches = ("", "///", "...", "xxx", "\\\\\\", "ooo")
     rng = np.random.default_rng(0)  # jitter of the points only
     top = 0.0
     for si, value in enumerate(series):
         for xi, (scope, cid) in enumerate(datr_scopes):
-            keep = base & rows.select(scope=scope)
-            if value is not None:
-                keep &= rows.select(**{series_param: value})
+            keep = base & rows.select(scope=scope) & (rows.select(**{series_param: value}) if value is not None else True)
             data = rows[metric][keep] * scale
             data = data[~np.isnan(data)]
             x = xi - 0.4 + width * (si + 0.5)
-            colour = to_unit(scope_colour(scope, cid))
             if data.size == 0:
                 ax.text(x, 0, "no\ndata", ha="center", va="bottom", fontsize=7, color="0.4")
                 continue
             top = max(top, float(data.max()))
-            box_and_points(ax, data, x, width, colour, hatches[si % len(hatches)], rng)
-    ax.set_xticks(range(len(datr_scopes)))
-    ax.set_xlim(-0.6, len(datr_scopes) - 0.4)
-    counts = []
-    for scope, _ in datr_scopes:
-        keep = base & rows.select(scope=scope)
-        if series[0] is not None:
-            keep &= rows.select(**{series_param: series[0]})
-        counts.append(int((~np.isnan(rows[metric][keep])).sum()))
-    ax.set_xticklabels([f"{s}\n(n={n})" for (s, _), n in zip(datr_scopes, counts, strict=True)])
-    ax.set_ylabel(f"{title.lower()}" + (f" ({unit})" if unit else ""))
-    if metric == "effective_tokens":
-        n_tok = np.nanmax(rows["n_tokens"]) if rows.n else np.nan
-        if not np.isnan(n_tok):
-            ax.set_ylabel(f"effective tokens (of {n_tok:.0f})")
+            box_and_points(ax, data, x, width, to_unit(scope_colour(scope, cid)), HATCHES[si % len(HATCHES)], rng)
+    first = base & (rows.select(**{series_param: series[0]}) if series[0] is not None else True)
+    counts = [int((~np.isnan(rows[metric][first & rows.select(scope=s)])).sum()) for s, _ in datr_scopes]
+    label_scopes(ax, datr_scopes, counts, token_medians(rows, ref, datr_scopes))
+    n_tok = np.nanmax(rows["n_tokens"]) if rows.n and not np.isnan(rows["n_tokens"]).all() else None
+    ax.set_ylabel(f"effective tokens (of {n_tok:.0f})" if metric == "effective_tokens" and n_tok
+                  else f"{title.lower()}" + (f" ({unit})" if unit else ""))
     value_axis(ax, unit if unit else ("tokens" if metric == "effective_tokens" else ""), top)
     fixed = "; ".join(x for x in (
         f"τ={ref.tau:g}" if series_param == "alpha" and ref.tau is not None else "",
         f"α={ref.alpha:g}" if series_param == "tau" and ref.alpha is not None else "",
         f"d={ref.d:g}, k={ref.k:g}" if metric in ALPHA_DEPENDENT else "") if x)
     set_title(ax, f"{title} per class over images" + (f" ({fixed})" if fixed else ""), 9.0, loc="center")
-    if len(series) > 1:
-        sym = "α" if series_param == "alpha" else "τ"
-        handles = [Patch(facecolor="0.85", edgecolor="0.2", hatch=hatches[i % len(hatches)], label=f"{sym}={v:g}")
-                   for i, v in enumerate(series)]
-        ax.legend(handles=handles, frameon=False, loc="upper right")
-    stem = f"dist_{metric}"
-    files = save(fig, out, stem, formats)
-    return ReportFigure(stem, files, f"{title} per class", f"{meaning}. One point per image; boxes show the quartiles "
-                        f"(under {SMALL_N} images: the points and a median tick only); "
-                        "n = images with a value (scopes with no effective token have none)."
+    series_legend(ax, series_param, series)
+    files = save(fig, out, f"dist_{metric}", formats)
+    return ReportFigure(f"dist_{metric}", files, f"{title} per class", f"{meaning}. One point per image; boxes show the "
+                        f"quartiles (under {SMALL_N} images: the points and a median tick only); n = images with a value "
+                        f"(scopes with no effective token have none); tok = the median effective tokens per image, and a "
+                        f"class under {FEW_TOKENS} is marked too few tokens (one token moves its share by 2% or more)."
                         + (" Symmetric-log axis: linear near zero, logarithmic above, so small and large values both read."
                            if unit == "%" or metric == "effective_tokens" else ""))
+
+
+def series_legend(ax, series_param: str, series) -> None:
+    """The hatch of each alpha (or tau) when the figure draws more than one."""
+    from matplotlib.patches import Patch
+
+    if len(series) > 1:
+        sym = "α" if series_param == "alpha" else "τ"
+        handles = [Patch(facecolor="0.85", edgecolor="0.2", hatch=HATCHES[i % len(HATCHES)], label=f"{sym}={v:g}")
+                   for i, v in enumerate(series)]
+        fit_legend(ax.get_figure(), handles)  # below the axes, where it covers no point
+
+
+def token_medians(rows: Rows, ref: Reference, scopes) -> list[float | None]:
+    """Each scope's median effective tokens per image at the reference tau (they do not depend on alpha)."""
+    keep = rows.select(d=ref.d, k=ref.k)
+    if ref.tau is not None:
+        keep &= rows.select(tau=ref.tau)
+    if ref.alpha is not None:
+        keep &= rows.select(alpha=ref.alpha)
+    return [quartiles(rows["effective_tokens"][keep & rows.select(scope=s)])[1] for s, _ in scopes]
+
+
+def label_scopes(ax, scopes, counts: list[int], tokens: list[float | None]) -> None:
+    """Tick labels: the scope, its image count and median effective tokens; "too few tokens" in red under FEW_TOKENS."""
+    ax.set_xticks(range(len(scopes)))
+    ax.set_xlim(-0.6, len(scopes) - 0.4)
+    labels = []
+    for (scope, _), n, tok in zip(scopes, counts, tokens, strict=True):
+        few = tok is not None and tok < FEW_TOKENS
+        labels.append(f"{scope}\nn={n}" + ("" if tok is None else f", {tok:.0f} tok") + ("\ntoo few tokens" if few else ""))
+    ax.set_xticklabels(labels)
+    for text, tok in zip(ax.get_xticklabels(), tokens, strict=True):
+        if tok is not None and tok < FEW_TOKENS:
+            text.set_color(FEW_COLOUR)
 
 
 def box_and_points(ax, data: np.ndarray, x: float, width: float, colour, hatch: str, rng) -> None:
@@ -130,15 +148,22 @@ def box_and_points(ax, data: np.ndarray, x: float, width: float, colour, hatch: 
 
 
 def value_axis(ax, unit: str, top: float) -> None:
-    """A symmetric-log axis for shares (%) and token counts, linear otherwise; from zero to above the largest value."""
-    if unit in SYMLOG:
-        ax.set_yscale("symlog", linthresh=SYMLOG[unit], linscale=0.5)
-        ax.set_ylim(bottom=0, top=max(top * 1.5, SYMLOG[unit] * 2))
-        from matplotlib.ticker import FuncFormatter
+    """A symmetric-log axis for shares (%) and token counts with ticks at 0.1, 0.3, 1, 3, 10, 30, 100 (%) or 1, 3,
+    10, ... (tokens), linear otherwise; from zero to above the largest value."""
+    from matplotlib.ticker import NullLocator
 
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    else:
+    if unit not in SYMLOG:
         ax.set_ylim(bottom=0, top=top * 1.08 if top > 0 else 1)
+        return
+    linthresh, ticks = SYMLOG[unit]
+    upper = max(top * 1.5, linthresh * 3)
+    if unit == "%":
+        upper = min(upper, 150.0)
+    ax.set_yscale("symlog", linthresh=linthresh, linscale=0.3)
+    ax.set_ylim(bottom=0, top=upper)
+    shown = [0.0] + [t for t in ticks if t <= upper]
+    ax.set_yticks(shown, [f"{t:g}" for t in shown])
+    ax.yaxis.set_minor_locator(NullLocator())
 
 
 def controls_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> ReportFigure | None:
@@ -163,9 +188,8 @@ def controls_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> R
             top = max(top, float(data.max()))
             colour = to_unit(scope_colour(scope, cid)) if ci == 0 else (0.8, 0.8, 0.8)
             box_and_points(ax, data, xi - 0.4 + width * (ci + 0.5), width, colour, hatch, rng)
-    ax.set_xticks(range(len(datr_scopes)))
-    ax.set_xticklabels([s for s, _ in datr_scopes])
-    ax.set_xlim(-0.6, len(datr_scopes) - 0.4)
+    counts = [int((~np.isnan(rows["flip_ratio"][base & rows.select(scope=s)])).sum()) for s, _ in datr_scopes]
+    label_scopes(ax, datr_scopes, counts, token_medians(rows, ref, datr_scopes))
     ax.set_ylabel("flip ratio (%)")
     value_axis(ax, "%", top)
     set_title(ax, f"Flip ratio and its controls per class ({ref.label()})", 9.0, loc="center")
@@ -177,7 +201,8 @@ def controls_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> R
                         "Per class, the flip ratio (class colour), its null control (the scope's attended vectors permuted "
                         "across the tokens: same displacement sizes, no token–query correspondence) and its reseed control "
                         "(the encoder tokens clustered with seed + 1), each measured on the effective tokens. A flip ratio "
-                        "inside its controls' range is what any displacement of that size, or another KMeans start, does.")
+                        "inside its controls' range is what any displacement of that size, or another KMeans start, does. "
+                        f"tok = median effective tokens per image; under {FEW_TOKENS}: too few tokens.")
 
 
 def correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -242,75 +267,3 @@ def quality_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> Re
                         "(Hungarian-matched accuracy, NMI, ARI against the GT token grid, and its accuracy minus the encoder "
                         "clustering's) against the IoU of the prompt's kept masks with its GT class. Correlations pool "
                         "all points.")
-
-
-def t_quantile(dof: int) -> float:
-    """Two-sided 95% Student-t quantile (small image counts would make 1.96 too narrow)."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, dof))
-
-
-def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out: Path, formats) -> ReportFigure | None:
-    """Mean ± 95% t-interval (over images) of each metric against one varied parameter, the others fixed."""
-    name, symbol = param
-    values = ref.grid.get(name) or []
-    if len(values) < 2:
-        return None
-    fixed = {key: getattr(ref, key) for key in ("tau", "alpha", "d", "k") if key != name and getattr(ref, key) is not None}
-    metrics = [(m, lab) for m, lab in GRID_METRICS if not np.isnan(rows[m]).all()]
-    if not metrics:
-        return None
-    ncols = min(3, len(metrics))
-    nrows = -(-len(metrics) // ncols)
-    fig, axes = new_canvas(2.5, 2.1, ncols=ncols, nrows=nrows)
-    for ax in axes[len(metrics):]:
-        ax.set_axis_off()
-    axes = axes[:len(metrics)]
-    span = (max(values) - min(values)) or 1.0
-    for ax, (metric, label) in zip(axes, metrics, strict=True):
-        for si, (scope, cid) in enumerate(scopes):
-            colour = to_unit(scope_colour(scope, cid))
-            dodge = (si - (len(scopes) - 1) / 2) * 0.012 * span  # keeps the error bars of scopes apart
-            sel_fixed = rows.select(scope=scope)
-            for key, value in fixed.items():
-                if scope == "encoder" and key in ("tau", "alpha"):
-                    continue  # the encoder clustering has no tau/alpha
-                sel_fixed &= rows.select(**{key: value})
-            if scope == "encoder" and name in ("tau", "alpha"):
-                data = rows[metric][sel_fixed]
-                data = data[~np.isnan(data)]
-                if data.size:
-                    ax.axhline(data.mean(), color=colour, linestyle="--", linewidth=1, label="encoder")
-                continue
-            means, half = [], []
-            for v in values:
-                data = rows[metric][sel_fixed & rows.select(**{name: v})]
-                data = data[~np.isnan(data)]
-                means.append(data.mean() if data.size else np.nan)
-                half.append(t_quantile(data.size - 1) * data.std(ddof=1) / np.sqrt(data.size) if data.size > 1 else 0.0)
-            if np.isnan(means).all():
-                continue
-            ax.errorbar(np.asarray(values) + dodge, means, yerr=half, color=colour, marker="o", markersize=3,
-                        linewidth=1.2, elinewidth=0.8, capsize=2, label=scope, markeredgecolor="0.3", markeredgewidth=0.3)
-        ax.set_xlabel(symbol)
-        ax.set_ylabel(label)
-        ax.set_xticks(values)
-        set_title(ax, label, 9.0, loc="center")
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fit_legend(fig, handles, labels=labels, max_cols=7)
-    fixed_text = ", ".join(f"{dict(GRID_PARAMS)[k].split()[-1]}={v:g}" for k, v in fixed.items())
-    set_suptitle(fig, f"Metrics against {symbol} (mean ± 95% t-interval over images; {fixed_text})")
-    stem = f"grid_{name}"
-    files = save(fig, out, stem, formats)
-    return ReportFigure(stem, files, f"Parameter grid: {symbol}",
-                        f"Mean over images of each metric per scope as {symbol} varies, the other parameters at "
-                        f"{fixed_text}; error bars are 95% Student-t intervals of the mean over images. The encoder clustering does not "
-                        "depend on τ or α and is drawn dashed.")
-
