@@ -381,3 +381,97 @@ def test_a_figure_that_fails_in_a_worker_fails_the_drawing(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="figure broke"):
         draw_sweep_figures(SimpleNamespace(figures=handed), cfg, FAST, echo=lambda _: None, workers=2)
     assert not (cfg.out / "figures" / "img_one" / "figures.json").exists()  # no manifest for a half-drawn image
+
+
+def captured(monkeypatch) -> dict:
+    """stem -> figure, for every per-image figure saved while the patch holds."""
+    import engine.present.figures.draw as draw
+    import engine.present.figures.masks as masks
+
+    saved = {}
+
+    def keep(real):
+        def checked(fig, folder, stem, formats, dpi):
+            saved[stem] = fig
+            return real(fig, folder, stem, formats, dpi)
+        return checked
+
+    monkeypatch.setattr(draw, "save", keep(draw.save))
+    monkeypatch.setattr(masks, "save", keep(masks.save))
+    return saved
+
+
+def test_mask_numbers_are_kept_apart_and_one_mask_is_singular(tmp_path, monkeypatch):
+    from engine.present.figures.masks import LABEL_GAP, label_positions
+
+    centres = [(0.5, 0.5), (0.51, 0.5), (0.5, 0.52), (0.9, 0.1), (0.99, 0.99)]
+    placed = label_positions(centres)
+    assert placed[0] == centres[0] and placed[3] == centres[3]  # the best mask, and one with room, stay put
+    for i, (x, y) in enumerate(placed):
+        assert 0.0 <= x <= 1.0 and 0.0 <= y <= 1.0
+        assert all(np.hypot(x - u, y - v) >= LABEL_GAP - 1e-9 for u, v in placed[:i])
+    saved = captured(monkeypatch)
+    maps, result, cfg = hand_case(tmp_path)
+    maps.scores[0, 0, 2] = 0.1  # road keeps one mask
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "f", replace(FAST, only=("decoder_masks",)))
+    titles = [t.get_text().replace("\n", " ") for t in saved["decoder_masks"].grid.titles.values()]  # wrapped at 2 in
+    assert "(b) road: 1 mask (score ≥ 0.5)" in titles and "(c) vehicle: 0 masks (score ≥ 0.5)" in titles
+
+
+def test_flip_maps_carry_the_controls_from_the_rows(tmp_path, monkeypatch):
+    import engine.present.figures.view as view_module
+
+    row = {"scope": "road", "kept_queries": 2, "effective_tokens": 1080, "n_tokens": 5184, "flip_ratio": 0.0926,
+           "flip_ratio_processed": 0.08, "flip_ratio_null": 0.123, "flip_ratio_null_processed": 0.1,
+           "flip_ratio_reseed": 0.018}
+    monkeypatch.setattr(view_module, "read_image_metrics", lambda *a: {("road", 0.5, 0.3): row})
+    saved = captured(monkeypatch)
+    maps, result, cfg = hand_case(tmp_path)
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "f", replace(FAST, only=("class-road_flips",)))
+    fig = saved["class-road_flips"]
+    boxes = [t.get_text() for ax in fig.grid.axes for t in ax.texts]
+    assert "100 of 1080 effective tokens changed (9.3%)\ncontrols: null 12.3%, reseed 1.8%" in boxes
+    assert "100 of 1080 effective tokens changed (8.0%)\ncontrols: null 10.0%" in boxes  # processed: its own null
+    assert "controls: null 12.3%, reseed 1.8%" in fig.grid.suptitle.get_text().replace("\n", " ")
+
+
+def test_the_encoder_vs_datr_pair_marks_the_tokens_that_changed(tmp_path):
+    from engine.present.palette import FLIP_COLOUR
+
+    tint = np.round(0.4 * np.array(CLASS_COLOURS[QUADRANT_CLASS[3]]) + 0.6 * np.array(FLIP_COLOUR)).astype(np.uint8)
+    counts = []
+    for changed_block in (True, False):
+        maps, result, cfg = hand_case(tmp_path, changed_block=changed_block)
+        out = tmp_path / f"pair{changed_block}"
+        (record,) = draw_image_figures(maps, 0, result, cfg, out, replace(FAST, dpi=60, only=("class-road_clustering_raw",)))
+        rgb = read_rgb(out / "img_one" / "class-road_clustering_raw.png")
+        counts.append(int((np.abs(rgb.astype(int) - tint).max(-1) <= 1).sum()))
+        assert ("(100 here)" if changed_block else "(0 here)") in record.caption
+    assert counts[0] > 100 and counts[1] == 0
+
+
+def test_global_comparison_darkens_outside_the_effective_region(tmp_path):
+    maps, result, cfg = hand_case(tmp_path)
+    maps.effective[0, 1, :, 36:] = False  # the global scope acts on the left half only
+    out = tmp_path / "f"
+    draw_image_figures(maps, 0, result, cfg, out, replace(FAST, dpi=60, only=("global_comparison",)))
+    rgb = read_rgb(out / "img_one" / "global_comparison.png").astype(int)
+    for cluster, cls in ((1, QUADRANT_CLASS[1]), (3, QUADRANT_CLASS[3])):  # the right-hand quadrants: outside E
+        full, half = np.array(CLASS_COLOURS[cls]), np.round(0.5 * np.array(CLASS_COLOURS[cls]))
+        assert (np.abs(rgb - half).max(-1) <= 1).sum() > 100, cluster
+        assert (np.abs(rgb - full).max(-1) == 0).sum() < (np.abs(rgb - half).max(-1) <= 1).sum(), cluster
+
+
+def test_the_comparison_panel_has_a_two_dimensional_colour_key(tmp_path, monkeypatch):
+    saved = captured(monkeypatch)
+    maps, result, cfg = hand_case(tmp_path, with_similarity=True)
+    draw_image_figures(maps, 0, result, cfg, tmp_path / "f", replace(FAST, only=("mask-road-0",)))
+    fig = saved["mask-road-0"]
+    key = fig.grid.side_axes[2]
+    (image,) = key.images
+    rgb = np.asarray(image.get_array())
+    # decoder left to right (magenta), encoder bottom to top (green): black, magenta, green and white corners
+    assert np.allclose(rgb[0, 0], (0, 0, 0)) and np.allclose(rgb[0, -1], (1, 0, 1))
+    assert np.allclose(rgb[-1, 0], (0, 1, 0)) and np.allclose(rgb[-1, -1], (1, 1, 1))
+    assert key.get_xlabel() == "decoder" and key.get_ylabel() == "encoder"
+    assert not fig.legends  # the key replaces the categorical legend

@@ -47,7 +47,7 @@ class Grid:
     rasters: dict = field(default_factory=dict)  # axes -> its map panel's layers (engine.present.figures.raster)
     titles: dict = field(default_factory=dict)  # axes -> its title (a Text), set by `set_title`
     colorbars: dict = field(default_factory=dict)  # side axes -> what its colour bar shows (kept while it is the same)
-    pool: dict | None = None  # where `save` hands the figure back for reuse, under `key` (and composed backdrops)
+    pool: dict | None = field(default=None, repr=False)  # where `save` hands the figure back for reuse, under `key` (and composed backdrops)
     key: tuple = ()
 
     def side_width(self, col: int) -> float:
