@@ -25,6 +25,10 @@ from engine.sources.sam3.source import Sam3Config, Sam3Source
 
 DEFAULT_IMAGES_CPU = 1
 DEFAULT_IMAGES_GPU = 16
+# measured with `datr bench encoder --random-weights` at batch 1 on the project's 2-core CPU VM (issue 22)
+MEMORY_NOTE = ("bench encoder: full-size SAM3 needs about 6 GB of memory at batch 1 (6.1 GB peak measured on a CPU, "
+               "more per image at larger batches) and takes about 5 minutes on 2 CPU cores; stages: 1 build, "
+               "2 warm-up, 3 timed batches")
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,15 @@ def run_encoder_bench(cfg: EncoderBenchConfig, echo: Callable[[str], object] = p
     if cfg.batch_size < 1 or (cfg.images is not None and cfg.images < 1):
         raise ConfigError(f"--images and --batch-size must be >= 1, got {cfg.images} and {cfg.batch_size}")
     device = parse_device(cfg.device)
-    echo(f"building SAM3 ({'random weights' if cfg.random_weights else cfg.checkpoint}) on {device} ...")
+    echo(MEMORY_NOTE)
+    echo(f"stage 1/3: building SAM3 ({'random weights' if cfg.random_weights else cfg.checkpoint}) on {device} ...")
     begin = time.perf_counter()
     if cfg.random_weights:
         model = build_random_sam3_model(cfg.bpe_path, str(device), seed=cfg.seed, model_factory=cfg.model_factory)
     else:
         model = load_sam3_model(cfg.checkpoint, cfg.bpe_path, str(device), model_factory=cfg.model_factory)
     build_s = time.perf_counter() - begin
+    echo(f"stage 1/3: built in {build_s:.1f} s ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters)")
     source = Sam3Source(model, Sam3Config(checkpoint=cfg.checkpoint, bpe_path=cfg.bpe_path, device=str(device),
                                           prompts=cfg.prompts, grid_chunk=cfg.grid_chunk))
     reports = [time_encoder(source, replace(cfg, batch_size=b), device, echo) for b in (batch_sizes or (cfg.batch_size,))]
@@ -107,17 +113,19 @@ def time_encoder(source: Sam3Source, cfg: EncoderBenchConfig, device: torch.devi
     images = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, generator=gen).to(device)
     taus = (0.5,)
 
-    echo(f"warm-up: one batch of {batch} ...")
-    backbone_out = source.encode_images(images)
-    source.ground(backbone_out, taus)
+    echo(f"stage 2/3: warm-up, one batch of {batch} (not timed): backbone ...")
+    seconds, backbone_out = _timed(device, source.encode_images, images)
+    echo(f"stage 2/3: backbone done in {seconds:.1f} s; grounding over {len(cfg.prompts)} prompts ...")
+    seconds, _ = _timed(device, source.ground, backbone_out, taus)
+    echo(f"stage 2/3: grounding done in {seconds:.1f} s")
 
     backbone_s = grounding_s = 0.0
-    echo(f"timing {n_batches} batch(es) of {batch}: backbone, then grounding ...")
-    for _ in range(n_batches):
+    for i in range(n_batches):
         seconds, backbone_out = _timed(device, source.encode_images, images)
         backbone_s += seconds
-        seconds, _ = _timed(device, source.ground, backbone_out, taus)
-        grounding_s += seconds
+        ground_s, _ = _timed(device, source.ground, backbone_out, taus)
+        grounding_s += ground_s
+        echo(f"stage 3/3: timed batch {i + 1}/{n_batches} of {batch}: backbone {seconds:.1f} s, grounding {ground_s:.1f} s")
     timed_images = n_batches * batch
 
     results = []

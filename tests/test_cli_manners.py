@@ -159,3 +159,18 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, monkeypatch):
     assert result.exit_code == 130
     assert f"datr sweep {tmp_path} --out {tmp_path / 'o'} --alpha 0.3,0.5 --resume" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_bench_encoder_says_its_memory_need_first_and_reports_each_stage():
+    from bench.encoder import EncoderBenchConfig, run_encoder_bench
+    from tests.tiny_sam3 import TINY_SIDE, build_tiny_sam3
+
+    lines = []
+    cfg = EncoderBenchConfig(random_weights=True, device="cpu", images=2, batch_size=1, image_side=TINY_SIDE,
+                             model_factory=build_tiny_sam3)
+    run_encoder_bench(cfg, echo=lines.append)
+    assert "about 6 GB of memory" in lines[0] and "5 minutes" in lines[0]
+    stages = [line.split(":")[0] for line in lines if line.startswith("stage")]
+    assert stages[0] == "stage 1/3" and "stage 2/3" in stages and stages.count("stage 3/3") == 2  # one line per batch
+    assert any(line.startswith("stage 1/3: built in") for line in lines)
+    assert any("grounding done in" in line for line in lines)
