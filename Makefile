@@ -1,10 +1,14 @@
 # The README's two commands: `make demo` and `make test`. Each sets up .venv first.
+# `make show` / `make report` run datr from .venv on DIR (default: the demo's output), e.g.
+# `make show DIR=runs/udd5-val ARGS="--width 100"`; or `source .venv/bin/activate` and call `datr` directly.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-out
+DIR ?= $(DEMO_OUT)
+ARGS ?=
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo show report test bench lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sam3-datr needs Python 3.11+ (run.toml is read with tomllib), $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
@@ -16,8 +20,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
+# replaces an earlier $(DEMO_OUT) (datr demo says so); `make demo DEMO_OUT=other` keeps it
 demo: setup
 	$(VENV)/bin/datr demo --out $(DEMO_OUT)
+
+show: setup
+	$(VENV)/bin/datr show $(DIR) $(ARGS)
+
+report: setup
+	$(VENV)/bin/datr report $(DIR) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q

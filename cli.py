@@ -345,6 +345,8 @@ def demo(
 
         if not (out / "scenes").is_dir() and not (out / "sweep").is_dir():
             raise DatrError(f"--out {out}: exists and is not a previous demo folder; choose an empty or new folder")
+        typer.echo(f"demo: replacing the earlier demo output in {out} (scenes, sweep, figures, report); "
+                   "give --out DIR to keep it")
         shutil.rmtree(out)
     typer.echo(f"demo: writing {images} SIMULATED scenes to {out / 'scenes'}")
     root = write_scene_set(out / "scenes", images, seed=0)

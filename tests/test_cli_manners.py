@@ -174,3 +174,19 @@ def test_bench_encoder_says_its_memory_need_first_and_reports_each_stage():
     assert stages[0] == "stage 1/3" and "stage 2/3" in stages and stages.count("stage 3/3") == 2  # one line per batch
     assert any(line.startswith("stage 1/3: built in") for line in lines)
     assert any("grounding done in" in line for line in lines)
+
+
+def test_demo_says_that_it_replaces_an_earlier_demo_output(tmp_path, monkeypatch):
+    import engine.data.scenes
+    from engine.core.errors import DatrError
+
+    def stop(*args, **kwargs):
+        raise DatrError("stopped after the old output was handled")
+
+    monkeypatch.setattr(engine.data.scenes, "write_scene_set", stop)
+    old = tmp_path / "demo-out"
+    (old / "sweep").mkdir(parents=True)
+    (old / "sweep" / "old.txt").write_text("earlier run")
+    result = runner.invoke(app, ["demo", "--out", str(old)])
+    assert f"demo: replacing the earlier demo output in {old}" in result.stdout and "--out DIR to keep it" in result.stdout
+    assert not (old / "sweep" / "old.txt").exists()

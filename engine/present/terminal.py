@@ -73,7 +73,23 @@ def print_next(out: Path, pages: list[Path], report: Path | None = None, echo=ty
         echo(f"figures: {len(pages) - 5} more pages under {out / 'figures'}")
     if report is not None:
         echo(f"report:  {report}")
-    echo(f"next:    datr show {out}" + ("" if report is not None else f"   |   datr report {out}"))
+    datr = datr_command()
+    echo(f"next:    {datr} show {out}" + ("" if report is not None else f"   |   {datr} report {out}"))
+    if datr != "datr":
+        echo("         (datr is not on your PATH: `source .venv/bin/activate` puts it there, or use `make show`)")
+
+
+def datr_command() -> str:
+    """How to call datr from here: `datr` when it is on the PATH, else the path of the running one (e.g. .venv/bin/datr)."""
+    import shutil
+
+    running = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if shutil.which("datr") or running is None or running.name != "datr":
+        return "datr"
+    try:
+        return str(running.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(running)
 
 
 def print_summary(out: Path, echo, paper: bool = False) -> None:
