@@ -29,6 +29,19 @@ Decoder outputs, for each prompt p (targeting GT class c_p) and each image:
   The 200 query slots are shuffled. query_masks = pool_to_tokens(mask probabilities);
   union_masks[t, p] = OR over queries with score >= taus[t] of (probability >= 0.5).
 
+Planted effect (`[simulated] planted_effect = e > 0`, `planted_class = c`; for calibrating the
+effect statistics, README "Effects"). The known part of class c in an image is
+P = { tokens of class c whose first within-class variation coordinate a_1(j) > 0 }: a smooth,
+spatially coherent half of the class. Its prompt gets one more kept query (score 0.9, mask = P),
+in the slot of its last background query (no other draw changes):
+    Q_plant = LayerNorm(mean feature over P) + e * PLANT_SCALE * u
+where u is a unit direction orthogonal to every class mean, variation direction and the colour
+projection of the image's labels, so F . u is only noise: tokens choose Q_plant by how close they
+are to P's mean (P's tokens more than the rest of the class), and DATR then moves them along u,
+out of the class's cluster, by about alpha * e * PLANT_SCALE -- across the structural boundary
+that L_enc draws around the class, more as e grows. e = 0 adds nothing: the source is then
+bitwise what it is without the knob.
+
 Determinism: the output for an image depends only on (config, prompts/class ids, the
 image id, that image's GT and pixels) -- never on its batch or its position in it. Every
 random draw comes from a CPU generator seeded with (seed, crc32(image_id)), and all the
@@ -54,6 +67,8 @@ from engine.sources.base import SourceBatch
 from kernels.grid import IGNORE, majority_downsample, pool_to_tokens
 
 NUM_LABELS = 256  # one class mean per possible uint8 label value (255 = ignore included)
+PLANT_SCALE = 64.0  # the planted query's displacement per unit of planted_effect (4x a LayerNormed query's norm)
+PLANT_SCORE = 0.9
 POOL = MASK_GRID // TOKEN_GRID
 
 
@@ -109,6 +124,10 @@ class SimulatedSource:
             raise ConfigError(f"simulated model: need one GT class per prompt, got {len(prompts)} prompts and {len(class_ids)} class ids")
         if any(not 0 <= c < IGNORE for c in class_ids):
             raise ConfigError(f"simulated model: class ids must be in [0, 254], got {tuple(class_ids)}")
+        cfg = config or SimulatedConfig()
+        if cfg.planted_effect > 0 and cfg.planted_class not in class_ids:
+            raise ConfigError(f"simulated.planted_class = {cfg.planted_class} is no prompt's class (the prompts' classes are "
+                              f"{list(class_ids)}): plant the effect in one of them")
         self.prompts = tuple(prompts)
         self.class_ids = tuple(int(c) for c in class_ids)
         self.device = torch.device(device)
@@ -119,6 +138,7 @@ class SimulatedSource:
         self.class_means = torch.randn(NUM_LABELS, c, generator=gen) * cfg.class_separation  # mu_c
         self.variation = torch.randn(NUM_LABELS, cfg.variation_rank, c, generator=gen) * (cfg.within_class / math.sqrt(cfg.variation_rank))
         self.colour_projection = torch.randn(3, c, generator=gen) * cfg.colour_weight
+        self.plant_direction = self._plant_direction() if cfg.planted_effect > 0 else None
 
     def describe(self) -> dict:
         return {
@@ -192,16 +212,23 @@ class SimulatedSource:
     def _one_image(self, image_id: str, colour: torch.Tensor, gt_mask: torch.Tensor, gt_tokens: torch.Tensor,
                    taus: tuple[float, ...], keep_mask_probs: bool) -> dict[str, torch.Tensor]:
         gen = image_generator(self.config.seed, image_id)
-        features = self._features(gen, colour, gt_tokens)  # (C, 72, 72)
+        features, first_variation = self._features(gen, colour, gt_tokens)  # (C, 72, 72), a_1 (N,)
         token_features = features.flatten(1).T  # (N, C)
         gt = gt_mask.numpy()
         outs = [self._prompt(gen, gt, class_id, token_features, taus, keep_mask_probs) for class_id in self.class_ids]
+        if self.plant_direction is not None:
+            for out, class_id in zip(outs, self.class_ids, strict=True):
+                if class_id == self.config.planted_class:
+                    self._plant(out, gt, gt_tokens, token_features, first_variation, taus, keep_mask_probs)
+        for out in outs:
+            out.pop("spare_slot")
         merged = {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
         merged["union_masks"] = merged["union_masks"].transpose(0, 1).contiguous()  # (T, P, 288, 288)
         merged["features"] = features
         return merged
 
-    def _features(self, gen: torch.Generator, colour: torch.Tensor, gt_tokens: torch.Tensor) -> torch.Tensor:
+    def _features(self, gen: torch.Generator, colour: torch.Tensor, gt_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (C, 72, 72) and every token's first within-class variation coordinate a_1 (N,)."""
         cfg = self.config
         labels = gt_tokens.flatten().long()  # (N,)
         feats = self.class_means[labels]  # (N, C)
@@ -212,7 +239,7 @@ class SimulatedSource:
         feats += colour.flatten(1).T @ self.colour_projection
         feats = feats.T.reshape(FEATURE_DIM, TOKEN_GRID, TOKEN_GRID)
         feats = feats + cfg.feature_noise * torch.randn(FEATURE_DIM, TOKEN_GRID, TOKEN_GRID, generator=gen)
-        return blur_map(feats, cfg.feature_smoothing).contiguous()
+        return blur_map(feats, cfg.feature_smoothing).contiguous(), coeff[:, 0]
 
     def _prompt(self, gen: torch.Generator, gt: np.ndarray, class_id: int, token_features: torch.Tensor,
                 taus: tuple[float, ...], keep_mask_probs: bool) -> dict[str, torch.Tensor]:
@@ -266,7 +293,8 @@ class SimulatedSource:
             (binary & (scores_obj >= tau)[:, None, None]).any(0) if n_obj else torch.zeros(s, s, dtype=torch.bool)
             for tau in taus
         ])
-        out = {"queries": queries, "scores": scores, "query_masks": query_masks.half(), "union_masks": union}
+        out = {"queries": queries, "scores": scores, "query_masks": query_masks.half(), "union_masks": union,
+               "spare_slot": int(order[q - 1]) if n_bg > 0 else None}  # the last background query's slot
         if keep_mask_probs:
             full = torch.empty(q, s, s, dtype=torch.float16)
             full[order[:n_obj]] = probs.half()
@@ -274,6 +302,36 @@ class SimulatedSource:
             full[order[n_obj:]] = bg.half()
             out["mask_probs"] = full
         return out
+
+    def _plant_direction(self) -> torch.Tensor:
+        """A unit vector orthogonal to the means and variation directions of every label the prompts and
+        the ignore label use, and to the colour projection (so token . direction is only noise)."""
+        labels = sorted({*self.class_ids, IGNORE})
+        basis = torch.cat([self.class_means[labels], self.variation[labels].reshape(-1, FEATURE_DIM), self.colour_projection])
+        gen = torch.Generator().manual_seed(self.config.seed * 7919 + 104729)  # its own stream: no other draw moves
+        v = torch.randn(FEATURE_DIM, generator=gen, dtype=torch.float64)
+        q, _ = torch.linalg.qr(basis.double().T)  # (C, r) orthonormal basis of their span
+        v = v - q @ (q.T @ v)
+        return (v / v.norm()).float()
+
+    def _plant(self, out: dict, gt: np.ndarray, gt_tokens: torch.Tensor, token_features: torch.Tensor,
+               first_variation: torch.Tensor, taus: tuple[float, ...], keep_mask_probs: bool) -> None:
+        """Put the planted query into the prompt's spare (background) slot; see the module docstring."""
+        slot = out["spare_slot"]
+        part = (gt_tokens.flatten() == self.config.planted_class) & (first_variation > 0)  # (N,)
+        if slot is None or not bool(part.any()):
+            return
+        query = layer_norm(token_features[part].mean(0)) + self.config.planted_effect * PLANT_SCALE * self.plant_direction
+        region = part.reshape(TOKEN_GRID, TOKEN_GRID).repeat_interleave(POOL, 0).repeat_interleave(POOL, 1)
+        region = region & torch.from_numpy(gt == self.config.planted_class)  # (288, 288)
+        out["queries"][slot] = query
+        out["scores"][slot] = PLANT_SCORE
+        out["query_masks"][slot] = pool_to_tokens(region[None].float())[0].half()
+        for t, tau in enumerate(taus):
+            if PLANT_SCORE >= tau:
+                out["union_masks"][t] |= region
+        if keep_mask_probs:
+            out["mask_probs"][slot] = region.half()
 
     def _instances(self, gt: np.ndarray, class_id: int, limit: int) -> list[torch.Tensor]:
         """Boolean (288, 288) regions of the connected components of GT == class, largest first."""
