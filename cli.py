@@ -428,13 +428,16 @@ def show(
     """The per-class summary, fitted to the terminal.
 
     Shares in %, with NMI; --csv writes the per-image table."""
-    from engine.present.report.rows import find_sweep
+    from engine.analysis.effects import dataset_effects
+    from engine.present.effects import render_effects
+    from engine.present.report.rows import Rows, find_sweep
     from engine.present.summary import render_summary, summarize, write_image_csv
     from engine.run.store import read_rows
 
     found = find_sweep(sweep_dir, echo=typer.echo)
     rows = read_rows(found)
     typer.echo(render_summary(summarize(rows), f"datr summary: {found}", width=width), nl=False)
+    typer.echo(render_effects(dataset_effects(Rows.from_table(rows)), width=width), nl=False)
     if csv is not None:
         count = write_image_csv(found, rows, csv)
         typer.echo(f"wrote {csv} ({count} images)")

@@ -230,7 +230,8 @@ def cluster_point(z: torch.Tensor, index: PartIndex, part: Part, state: BatchSta
         reseed = None
         if cfg.controls and cfg.kmeans_init == "independent":
             reseed = controls.reseed_labels(z[index.encoder], labels, k, cfg, backend)
-        state.encoders[point] = EncoderClustering(labels=labels, members=clustering.members[index.encoder], reseed=reseed)
+        members = None if clustering.members is None else clustering.members[index.encoder]
+        state.encoders[point] = EncoderClustering(labels=labels, members=members, reseed=reseed)
     return clustering
 
 
@@ -253,10 +254,11 @@ def score_part(z: torch.Tensor, clustering: controls.PartClustering, index: Part
     if cfg.controls:
         for name, value in controls.control_columns(clustering.labels[index.null], encoder, datr_eff, k, inputs.grid).items():
             values[name] = pad_encoder(value, index)
-    ensemble = ensemble_measures(encoder.members, clustering.members[index.real],
-                                 None if index.null is None else clustering.members[index.null], datr_eff, k,
-                                 paired=cfg.kmeans_init == "encoder")
-    values.update({name: pad_encoder(getattr(ensemble, name), index) for name in ENSEMBLE_COLUMNS})
+    if cfg.seeds:
+        ensemble = ensemble_measures(encoder.members, clustering.members[index.real],
+                                     None if index.null is None else clustering.members[index.null], datr_eff, k,
+                                     paired=cfg.kmeans_init == "encoder")
+        values.update({name: pad_encoder(getattr(ensemble, name), index) for name in ENSEMBLE_COLUMNS})
     if state.maps is not None and point == next(iter(state.points)):
         keep_maps_of_part(state, slot_ids, aligned.reshape(b, j, n), aligned_f.reshape(b, j, n))
     return values

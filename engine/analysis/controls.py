@@ -125,12 +125,13 @@ def encoder_partition_centres(z: torch.Tensor, encoder_labels: torch.Tensor, k: 
 class EncoderClustering:
     """The encoder problems' KMeans at one grid point (d, k), kept for every part of the batch.
 
-    labels (B, N) L_enc; members (B, S, N) int8 the seed ensemble; reseed (B, N) the encoder
-    clustered with seed + 1, aligned to L_enc (None without controls or with encoder starts).
+    labels (B, N) L_enc; members (B, S, N) int8 the seed ensemble (None with --seeds 0); reseed
+    (B, N) the encoder clustered with seed + 1, aligned to L_enc (None without controls or with
+    encoder starts).
     """
 
     labels: torch.Tensor
-    members: torch.Tensor
+    members: torch.Tensor | None
     reseed: torch.Tensor | None
 
 
@@ -139,13 +140,13 @@ class PartClustering:
     """KMeans of every problem of a part at one grid point, in the part's problem order.
 
     labels (P, N), inertia (P,), n_iter (P,): the reported (paper's) clustering; members (P, S, N)
-    int8 the seed ensemble.
+    int8 the seed ensemble (None with --seeds 0).
     """
 
     labels: torch.Tensor
     inertia: torch.Tensor
     n_iter: torch.Tensor
-    members: torch.Tensor
+    members: torch.Tensor | None
 
 
 def encoder_fixed_points(z: torch.Tensor, k: int, cfg: AnalysisConfig, backend: ClusterBackend) -> KMeansResult:
@@ -174,18 +175,22 @@ def cluster_part(z: torch.Tensor, index: PartIndex, encoder: EncoderClustering |
     image = index.image_of[index.datr]
     z_datr = z[index.datr]
     run = kmeans_in_chunks(backend, z_datr, k, cfg, cfg.seed, init=encoder_partition_centres(z_datr, enc_labels[image], k))
-    starts = encoder_partition_centres(z_datr, enc_members[image], k)  # (P', S, k, d)
-    members = kmeans_in_chunks(backend, z_datr, k, cfg, cfg.seed, init=starts, keep_restarts=cfg.seeds).restart_labels
+    members = None
+    if cfg.seeds:
+        starts = encoder_partition_centres(z_datr, enc_members[image], k)  # (P', S, k, d)
+        members = kmeans_in_chunks(backend, z_datr, k, cfg, cfg.seed, init=starts, keep_restarts=cfg.seeds).restart_labels
     p, n = z.shape[:2]
     out = PartClustering(torch.empty(p, n, dtype=run.labels.dtype, device=z.device),
                          torch.empty(p, dtype=run.inertia.dtype, device=z.device),
                          torch.empty(p, dtype=run.n_iter.dtype, device=z.device),
-                         torch.empty(p, cfg.seeds, n, dtype=MEMBER_DTYPE, device=z.device))
-    for name, datr in (("labels", run.labels), ("inertia", run.inertia), ("n_iter", run.n_iter), ("members", members)):
+                         None if members is None else torch.empty(p, cfg.seeds, n, dtype=MEMBER_DTYPE, device=z.device))
+    fields = (("labels", run.labels, encoder.labels), ("inertia", run.inertia, encoder.inertia),
+              ("n_iter", run.n_iter, encoder.n_iter), ("members", members, enc_members))
+    for name, datr, enc in fields:
+        if datr is None:
+            continue
         getattr(out, name)[index.datr] = datr
-    if index.encoder is not None:
-        for name, enc in (("labels", encoder.labels), ("inertia", encoder.inertia), ("n_iter", encoder.n_iter),
-                          ("members", enc_members)):
+        if index.encoder is not None:
             getattr(out, name)[index.encoder] = enc
     return out
 

@@ -29,18 +29,21 @@ Decoder outputs, for each prompt p (targeting GT class c_p) and each image:
   The 200 query slots are shuffled. query_masks = pool_to_tokens(mask probabilities);
   union_masks[t, p] = OR over queries with score >= taus[t] of (probability >= 0.5).
 
-Planted effect (`[simulated] planted_effect = e > 0`, `planted_class = c`; for calibrating the
-effect statistics, README "Effects"). The known part of class c in an image is
-P = { tokens of class c whose first within-class variation coordinate a_1(j) > 0 }: a smooth,
-spatially coherent half of the class. Its prompt gets one more kept query (score 0.9, mask = P),
-in the slot of its last background query (no other draw changes):
-    Q_plant = LayerNorm(mean feature over P) + e * PLANT_SCALE * u
-where u is a unit direction orthogonal to every class mean, variation direction and the colour
-projection of the image's labels, so F . u is only noise: tokens choose Q_plant by how close they
-are to P's mean (P's tokens more than the rest of the class), and DATR then moves them along u,
-out of the class's cluster, by about alpha * e * PLANT_SCALE -- across the structural boundary
-that L_enc draws around the class, more as e grows. e = 0 adds nothing: the source is then
-bitwise what it is without the knob.
+Planted effect (`[simulated] planted_effect = e` in [0, 1], `planted_class = c`; for calibrating
+the effect statistics, README "Effects"). Two fixed unit directions per source: `select`, class
+c's first within-class variation direction made orthogonal to mu_c (token . select follows the
+smooth coordinate a_1(j) within the class), and `away`, orthogonal to every class mean,
+variation direction and the colour projection of the labels in use (token . away is noise only).
+In each image, the known part P of class c is its tokens with the largest token . select, a
+share e / 2 of the class (half at e = 1): a smooth, spatially coherent piece. The prompt of
+class c gets one more kept query (score 0.9, mask = P), in the slot of its last background
+query (no other draw changes):
+    Q_plant = LayerNorm(mean feature over P) + PLANT_SELECT * (select - b mu_c / |mu_c|^2) + PLANT_SCALE * away
+with b the threshold of token . select that defines P. A class-c token's logit for Q_plant then
+rises with (token . select - b), so P's tokens attend to it and the rest of the class does
+not; DATR moves them along `away`, out of the class's cluster (about alpha * PLANT_SCALE), across
+the structural boundary that L_enc draws around the class. A larger e moves a larger part.
+e = 0 adds nothing: the source is then bitwise what it is without the knob.
 
 Determinism: the output for an image depends only on (config, prompts/class ids, the
 image id, that image's GT and pixels) -- never on its batch or its position in it. Every
@@ -67,7 +70,8 @@ from engine.sources.base import SourceBatch
 from kernels.grid import IGNORE, majority_downsample, pool_to_tokens
 
 NUM_LABELS = 256  # one class mean per possible uint8 label value (255 = ignore included)
-PLANT_SCALE = 64.0  # the planted query's displacement per unit of planted_effect (4x a LayerNormed query's norm)
+PLANT_SCALE = 64.0  # the planted query's displacement along `away` (4x a LayerNormed query's norm)
+PLANT_SELECT = 32.0  # its weight on the selecting direction: 2 logits per unit of token . select
 PLANT_SCORE = 0.9
 POOL = MASK_GRID // TOKEN_GRID
 
@@ -212,14 +216,14 @@ class SimulatedSource:
     def _one_image(self, image_id: str, colour: torch.Tensor, gt_mask: torch.Tensor, gt_tokens: torch.Tensor,
                    taus: tuple[float, ...], keep_mask_probs: bool) -> dict[str, torch.Tensor]:
         gen = image_generator(self.config.seed, image_id)
-        features, first_variation = self._features(gen, colour, gt_tokens)  # (C, 72, 72), a_1 (N,)
+        features = self._features(gen, colour, gt_tokens)  # (C, 72, 72)
         token_features = features.flatten(1).T  # (N, C)
         gt = gt_mask.numpy()
         outs = [self._prompt(gen, gt, class_id, token_features, taus, keep_mask_probs) for class_id in self.class_ids]
         if self.plant_direction is not None:
             for out, class_id in zip(outs, self.class_ids, strict=True):
                 if class_id == self.config.planted_class:
-                    self._plant(out, gt, gt_tokens, token_features, first_variation, taus, keep_mask_probs)
+                    self._plant(out, gt, gt_tokens, token_features, taus, keep_mask_probs)
         for out in outs:
             out.pop("spare_slot")
         merged = {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
@@ -227,8 +231,7 @@ class SimulatedSource:
         merged["features"] = features
         return merged
 
-    def _features(self, gen: torch.Generator, colour: torch.Tensor, gt_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (C, 72, 72) and every token's first within-class variation coordinate a_1 (N,)."""
+    def _features(self, gen: torch.Generator, colour: torch.Tensor, gt_tokens: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         labels = gt_tokens.flatten().long()  # (N,)
         feats = self.class_means[labels]  # (N, C)
@@ -239,7 +242,7 @@ class SimulatedSource:
         feats += colour.flatten(1).T @ self.colour_projection
         feats = feats.T.reshape(FEATURE_DIM, TOKEN_GRID, TOKEN_GRID)
         feats = feats + cfg.feature_noise * torch.randn(FEATURE_DIM, TOKEN_GRID, TOKEN_GRID, generator=gen)
-        return blur_map(feats, cfg.feature_smoothing).contiguous(), coeff[:, 0]
+        return blur_map(feats, cfg.feature_smoothing).contiguous()
 
     def _prompt(self, gen: torch.Generator, gt: np.ndarray, class_id: int, token_features: torch.Tensor,
                 taus: tuple[float, ...], keep_mask_probs: bool) -> dict[str, torch.Tensor]:
@@ -303,27 +306,43 @@ class SimulatedSource:
             out["mask_probs"] = full
         return out
 
-    def _plant_direction(self) -> torch.Tensor:
-        """A unit vector orthogonal to the means and variation directions of every label the prompts and
-        the ignore label use, and to the colour projection (so token . direction is only noise)."""
+    def _plant_direction(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(select, away): select is the planted class's first variation direction made orthogonal to its
+        mean (token . select ~ a_1(j) within the class); away is a unit vector orthogonal to the means and
+        variation directions of every label the prompts and the ignore label use, and to the colour
+        projection (so token . away is only noise)."""
+        c = self.config.planted_class
         labels = sorted({*self.class_ids, IGNORE})
+        mean = self.class_means[c].double()
+        select = self.variation[c, 0].double()
+        select = select - mean * (mean @ select) / (mean @ mean)
         basis = torch.cat([self.class_means[labels], self.variation[labels].reshape(-1, FEATURE_DIM), self.colour_projection])
         gen = torch.Generator().manual_seed(self.config.seed * 7919 + 104729)  # its own stream: no other draw moves
-        v = torch.randn(FEATURE_DIM, generator=gen, dtype=torch.float64)
+        away = torch.randn(FEATURE_DIM, generator=gen, dtype=torch.float64)
         q, _ = torch.linalg.qr(basis.double().T)  # (C, r) orthonormal basis of their span
-        v = v - q @ (q.T @ v)
-        return (v / v.norm()).float()
+        away = away - q @ (q.T @ away)
+        return (select / select.norm()).float(), (away / away.norm()).float()
 
     def _plant(self, out: dict, gt: np.ndarray, gt_tokens: torch.Tensor, token_features: torch.Tensor,
-               first_variation: torch.Tensor, taus: tuple[float, ...], keep_mask_probs: bool) -> None:
+               taus: tuple[float, ...], keep_mask_probs: bool) -> None:
         """Put the planted query into the prompt's spare (background) slot; see the module docstring."""
+        c = self.config.planted_class
         slot = out["spare_slot"]
-        part = (gt_tokens.flatten() == self.config.planted_class) & (first_variation > 0)  # (N,)
-        if slot is None or not bool(part.any()):
+        in_class = gt_tokens.flatten() == c  # (N,)
+        if slot is None or int(in_class.sum()) < 2:
             return
-        query = layer_norm(token_features[part].mean(0)) + self.config.planted_effect * PLANT_SCALE * self.plant_direction
+        select, away = self.plant_direction
+        along = token_features[in_class] @ select
+        threshold = torch.quantile(along.double(), 1.0 - self.config.planted_effect / 2).float()
+        part = in_class.clone()
+        part[in_class] = along > threshold
+        if not bool(part.any()):
+            return
+        mean = self.class_means[c]
+        query = (layer_norm(token_features[part].mean(0)) + PLANT_SELECT * (select - threshold * mean / (mean @ mean))
+                 + PLANT_SCALE * away)
         region = part.reshape(TOKEN_GRID, TOKEN_GRID).repeat_interleave(POOL, 0).repeat_interleave(POOL, 1)
-        region = region & torch.from_numpy(gt == self.config.planted_class)  # (288, 288)
+        region = region & torch.from_numpy(gt == c)  # (288, 288)
         out["queries"][slot] = query
         out["scores"][slot] = PLANT_SCORE
         out["query_masks"][slot] = pool_to_tokens(region[None].float())[0].half()
