@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import textwrap
 
 from engine.analysis.effects import format_p, verdict
 
@@ -29,7 +30,7 @@ def render_effects(effects: list[dict], width: int | None = None) -> str:
         return "effects: no DATR rows with effective tokens\n"
     width = width or shutil.get_terminal_size((100, 24)).columns
     tests = sum(e["p_value"] is not None for e in effects)
-    lines = ["effects (seed ensembles): " + EFFECTS_NOTE.format(tests=tests)]
+    lines = textwrap.wrap("effects (seed ensembles): " + EFFECTS_NOTE.format(tests=tests), width=max(40, width))
     points: dict[tuple, dict[str, dict[str, dict]]] = {}
     for e in effects:
         points.setdefault((e["tau"], e["alpha"], e["d"], e["k"]), {}).setdefault(e["scope"], {})[e["contrast"]] = e
