@@ -29,12 +29,15 @@ from kernels.checks import check_finite
 class KMeansResult:
     """labels (P, N) int64 (-1 for a problem with no weighted token); centres (P, k, d);
     inertia (P,) weighted sum of squared distances; n_iter (P,) Lloyd iterations run
-    by the restart that was kept."""
+    by the restart that was kept; restart_labels (P, S, N) int64, the partition of each of
+    the first S restarts (each restart is one single-start run: the seed ensemble), None
+    unless asked for with keep_restarts = S."""
 
     labels: torch.Tensor
     centres: torch.Tensor
     inertia: torch.Tensor
     n_iter: torch.Tensor
+    restart_labels: torch.Tensor | None = None
 
 
 def kmeans_bytes_per_problem(n: int, d: int, k: int, n_init: int, element_size: int = 4) -> int:
@@ -55,11 +58,19 @@ def squared_distances(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor
     return d2.clamp_(min=0)
 
 
-def draw_uniforms(seed: int, n_init: int, k: int, n_local: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uniforms in [0, 1) for the first centre (n_init,) and the trials (n_init, k-1, n_local)."""
+def draw_uniforms(seed: int, n_init: int, k: int, n_local: int, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniforms in [0, 1) for the first centre (R,) and the trials (R, k-1, n_local), R = n_init + extra.
+
+    The first n_init restarts draw exactly what they draw without extra restarts (the extra
+    ones come after them from the same generator), so asking for more restarts never
+    changes the first n_init.
+    """
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     first = torch.rand(n_init, generator=gen, dtype=torch.float64)
     trials = torch.rand(n_init, max(k - 1, 0), n_local, generator=gen, dtype=torch.float64)
+    if extra > 0:
+        first = torch.cat([first, torch.rand(extra, generator=gen, dtype=torch.float64)])
+        trials = torch.cat([trials, torch.rand(extra, max(k - 1, 0), n_local, generator=gen, dtype=torch.float64)])
     return first, trials
 
 
@@ -71,13 +82,21 @@ def sample_by_weight(cdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans_plusplus(
-    x: torch.Tensor, w: torch.Tensor, k: int, n_init: int, seed: int, x_sq: torch.Tensor | None = None
+    x: torch.Tensor, w: torch.Tensor, k: int, n_init: int, seed: int, x_sq: torch.Tensor | None = None,
+    restart_range: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Greedy k-means++ for every problem and restart: x (P, N, d), w (P, N) -> (P, n_init, k, d)."""
+    """Greedy k-means++ for every problem and restart: x (P, N, d), w (P, N) -> (P, R, k, d).
+
+    restart_range (lo, hi): draw the starts of restarts lo..hi-1 of the seed's stream
+    (default (0, n_init)); restart r draws the same uniforms whatever the range (draw_uniforms).
+    """
     p, n, d = x.shape
     dt = x.dtype
     n_local = 2 + int(math.log(k))
-    u_first, u_trials = draw_uniforms(seed, n_init, k, n_local)
+    lo, hi = restart_range or (0, n_init)
+    u_first, u_trials = draw_uniforms(seed, n_init, k, n_local, max(0, hi - n_init))
+    u_first, u_trials = u_first[lo:hi], u_trials[lo:hi]
+    n_init = hi - lo
     u_first = u_first.to(x.device)
     u_trials = u_trials.to(x.device)
     if x_sq is None:
@@ -287,9 +306,12 @@ class Prepared:
 
 def prepare(
     x: torch.Tensor, k: int, *, n_init: int, max_iter: int, tol: float, seed: int,
-    init: torch.Tensor | None, weights: torch.Tensor | None,
+    init: torch.Tensor | None, weights: torch.Tensor | None, restart_range: tuple[int, int] | None = None,
 ) -> Prepared:
-    """Validate the arguments and build the common starting point of every backend."""
+    """Validate the arguments and build the common starting point of every backend.
+
+    restart_range (lo, hi): the k-means++ restarts of the seed's stream to start from (default
+    (0, n_init)); restarts past n_init are the seed ensemble's extra members."""
     assert x.ndim == 3, f"x must be (P, N, d), got {tuple(x.shape)}"
     p, n, d = x.shape
     if k < 1:
@@ -315,7 +337,7 @@ def prepare(
         assert centres.shape[0] == p and centres.shape[2:] == (k, d), f"init must be (P, [n_init,] k, d), got {tuple(init.shape)}"
         centres = centres - mean[:, None, None, :]
     else:
-        centres = kmeans_plusplus(xc, w.clamp(min=0) * has_tokens[:, None], k, n_init, seed, x_sq)
+        centres = kmeans_plusplus(xc, w.clamp(min=0) * has_tokens[:, None], k, n_init, seed, x_sq, restart_range)
     return Prepared(xc, x_sq, w, has_tokens, mean, var.mean(-1) * tol, centres)
 
 
@@ -329,6 +351,7 @@ def kmeans(
     seed: int = 0,
     init: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    keep_restarts: int = 0,
 ) -> KMeansResult:
     """Cluster every problem of x (P, N, d) into k clusters; keep the best restart each.
 
@@ -336,18 +359,39 @@ def kmeans(
     k-means++ (n_init is then taken from init). weights: optional (P, N) non-negative
     sample weights or boolean token mask; zero-weight tokens do not move centres or
     count in the inertia but still get the label of their nearest centre.
+    keep_restarts = S > 0 also returns the partitions of the first S restarts of the seed's
+    stream (restart_labels, the seed ensemble). Restarts past n_init run in a second call, so
+    the best of the first n_init -- `labels` and every other field -- is bitwise what it is
+    without the ensemble. With init, the ensemble is the given starts (S <= their number).
     Raises ValueError on NaN/inf input, k < 1, or k larger than N.
     """
-    prep = prepare(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights)
+    args = dict(max_iter=max_iter, tol=tol, seed=seed, weights=weights)
+    best, members = _kmeans_call(x, k, n_init=n_init, init=init, restart_range=None, **args)
+    if keep_restarts <= 0:
+        return best
+    if keep_restarts > members.shape[1]:
+        assert init is None, f"keep_restarts = {keep_restarts} but init holds {members.shape[1]} starts"
+        _, extra = _kmeans_call(x, k, n_init=n_init, init=None, restart_range=(n_init, keep_restarts), **args)
+        members = torch.cat([members, extra], 1)
+    best.restart_labels = members[:, :keep_restarts]
+    return best
+
+
+def _kmeans_call(x: torch.Tensor, k: int, *, n_init: int, max_iter: int, tol: float, seed: int,
+                 init: torch.Tensor | None, weights: torch.Tensor | None,
+                 restart_range: tuple[int, int] | None) -> tuple[KMeansResult, torch.Tensor]:
+    """One batched run of the given restarts: the best of them and every restart's labels (P, R, N)."""
+    prep = prepare(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights,
+                   restart_range=restart_range)
     xc, x_sq, w, has_tokens, mean, tol_abs, centres = (prep.xc, prep.x_sq, prep.w, prep.has_tokens, prep.mean,
                                                        prep.tol_abs, prep.centres)
     p, n, d = xc.shape
-    n_init = centres.shape[1]
+    restarts = centres.shape[1]
     xt = xc.transpose(1, 2).contiguous()  # (P, d, N)
     n_iter, centres = lloyd(xc, xt, x_sq, w, centres, has_tokens, tol_abs, max_iter, unit_weights=weights is None)
     labels, d2min = assign(xt, x_sq, centres)
     pidx = torch.arange(p, device=x.device)
-    if n_init > 1:
+    if restarts > 1:
         best = (d2min * w[:, None, :]).sum(-1).argmin(dim=1)  # first minimum on ties
     else:
         best = torch.zeros(p, dtype=torch.long, device=x.device)
@@ -357,9 +401,10 @@ def kmeans(
     diff = xc - torch.gather(best_centres, 1, out_labels[:, :, None].expand(p, n, d))
     inertia = ((diff * diff).sum(-1) * w).sum(-1)
     out_labels = torch.where(has_tokens[:, None], out_labels, torch.full_like(out_labels, -1))
+    members = torch.where(has_tokens[:, None, None], labels, torch.full_like(labels, -1))
     return KMeansResult(
         labels=out_labels,
         centres=best_centres + mean[:, None, :],
         inertia=torch.where(has_tokens, inertia, torch.zeros_like(inertia)),
         n_iter=torch.where(has_tokens, n_iter[pidx, best], torch.zeros_like(n_iter[:, 0])),
-    )
+    ), members

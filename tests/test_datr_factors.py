@@ -7,7 +7,15 @@ import pytest
 import torch
 
 import engine.analysis.batch as batch_mod
-from engine.analysis.batch import analyze_batch, build_problems, build_slots, fit_and_project
+from engine.analysis.batch import (
+    BatchState,
+    ScopeMeasures,
+    analyze_batch,
+    batch_inputs,
+    build_part,
+    fit_and_project,
+)
+from engine.analysis.layout import ProblemLayout
 from engine.core.config import AnalysisConfig, DataConfig
 from engine.data.index import index_dataset
 from engine.data.loader import make_loader
@@ -52,10 +60,9 @@ def grid_batch(tmp_path_factory):
 
 def test_factored_pca_and_labels_match_the_built_reference(grid_batch):
     src, _, cfg = grid_batch
-    tokens = src.features.float().flatten(2).transpose(1, 2).contiguous()
-    slots = build_slots(cfg, PROMPTS, CLASSES)
-    scope_names = [slot.scope for slot in slots[1 : 2 + len(PROMPTS)]]
-    factors, _ = build_problems(tokens, src, cfg, len(slots), CLASSES, None, scope_names)  # with the null controls
+    layout = ProblemLayout.build(cfg, PROMPTS, CLASSES)
+    state = BatchState(layout, cfg, ScopeMeasures.empty(2, layout.m, 2, 6, 5184, torch.device("cpu")), False)
+    factors = build_part(batch_inputs(src, CLASSES, 5, None, None), layout.parts()[1], state, cfg)  # with the null controls
     backend = TorchBackend()
     fit, z = fit_and_project(factors, backend, 16)
     ref_fit, ref_z = fit_and_project(factors, backend, 16, materialise=True)

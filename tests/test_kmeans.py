@@ -132,3 +132,25 @@ def test_bad_arguments_are_clear_errors():
     x[1, 2, 0] = float("nan")
     with pytest.raises(ValueError, match=r"NaN or inf.*\[1\]"):
         kmeans(x, 2)
+
+
+def test_seed_ensemble_keeps_the_best_of_n_init_and_holds_single_start_runs():
+    """keep_restarts = S: labels bitwise as without it; member r is the single-start run from restart r's
+    k-means++ start; with S >= n_init the kept partition is one of the members."""
+    from kernels.kmeans import kmeans_plusplus
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 400, 6, generator=gen)
+    x[:, :150] += 3.0
+    x[2, ::4] -= 4.0
+    plain = kmeans(x, 5, n_init=3, seed=11)
+    ens = kmeans(x, 5, n_init=3, seed=11, keep_restarts=6)
+    for name in ("labels", "centres", "inertia", "n_iter"):
+        assert torch.equal(getattr(plain, name), getattr(ens, name)), name
+    assert ens.restart_labels.shape == (4, 6, 400)
+    xc = x - x.mean(1, keepdim=True)
+    starts = kmeans_plusplus(xc, torch.ones(4, 400), 5, 3, 11, restart_range=(0, 6)) + x.mean(1)[:, None, None, :]
+    for r in range(6):
+        single = kmeans(x, 5, n_init=1, seed=0, init=starts[:, r])
+        assert torch.equal(single.labels, ens.restart_labels[:, r]), r
+    assert all(any(torch.equal(ens.labels[p], ens.restart_labels[p, r]) for r in range(3)) for p in range(4))

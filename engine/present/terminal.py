@@ -106,6 +106,17 @@ def print_summary(out: Path, echo, paper: bool = False) -> None:
         echo("no rows were written")
         return
     echo(summary_text(rows, f"datr summary: {out}", simulated=run_is_simulated(read_run_json(out)), paper=paper))
+    if not paper:  # across images: the effect statistics (one image has no test)
+        echo(effects_text(rows).rstrip("\n"))
+
+
+def effects_text(rows, width: int | None = None) -> str:
+    """The effects table of a sweep's rows (the numbers of DIR/report/effects.csv)."""
+    from engine.analysis.effects import dataset_effects
+    from engine.present.effects import render_effects
+    from engine.present.report.rows import Rows
+
+    return render_effects(dataset_effects(Rows.from_table(rows)), width=width)
 
 
 def show_summary(sweep_dir: Path, width: int | None, echo) -> object:
@@ -118,6 +129,7 @@ def show_summary(sweep_dir: Path, width: int | None, echo) -> object:
     rows = read_rows(sweep_dir)
     echo(summary_text(rows, f"datr summary: {sweep_dir}", simulated=run_is_simulated(read_run_json(sweep_dir)),
                       width=width), nl=False)
+    echo(effects_text(rows, width), nl=False)
     return rows
 
 

@@ -66,7 +66,7 @@ class CumlBackend:
             n_samples=torch.tensor(count, dtype=x.dtype, device=x.device),
         )
 
-    def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None) -> KMeansResult:
+    def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None, keep_restarts=0) -> KMeansResult:
         from cuml.cluster import KMeans
 
         assert x.ndim == 3, f"x must be (P, N, d), got {tuple(x.shape)}"
@@ -84,6 +84,7 @@ class CumlBackend:
         centres = torch.zeros(p, k, d, dtype=x.dtype, device=x.device)
         inertia = torch.zeros(p, dtype=x.dtype, device=x.device)
         n_iter = torch.zeros(p, dtype=torch.long, device=x.device)
+        ensemble = torch.full((p, keep_restarts, n), -1, dtype=torch.long, device=x.device)
         with self._device(x):
             for i in range(p):
                 if not bool(w[i].sum() > 0):
@@ -101,4 +102,11 @@ class CumlBackend:
                     if best is None or bool(obj < best[0]):
                         best = (obj, lab, cen, int(km.n_iter_))
                 inertia[i], labels[i], centres[i], n_iter[i] = best
-        return KMeansResult(labels=labels, centres=centres, inertia=inertia, n_iter=n_iter)
+                for r in range(keep_restarts):  # the seed ensemble: single-start runs, seed + r or the given starts
+                    start = "k-means++" if starts is None else self._to_cupy(starts[i, r])
+                    km = KMeans(n_clusters=k, init=start, n_init=1, max_iter=max_iter, tol=tol,
+                                random_state=seed + r, output_type="cupy", verbose=False)
+                    km.fit(xi, sample_weight=wi)
+                    ensemble[i, r] = torch.from_dlpack(km.labels_).long()
+        return KMeansResult(labels=labels, centres=centres, inertia=inertia, n_iter=n_iter,
+                            restart_labels=ensemble if keep_restarts else None)

@@ -114,13 +114,15 @@ class FaissBackend:
         clus.train(xi, index, wi)
         return faiss.vector_to_array(clus.centroids).reshape(k, d)
 
-    def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None) -> KMeansResult:
+    def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None, keep_restarts=0) -> KMeansResult:
         x32 = x.detach().to("cpu", torch.float32)
         prep = prepare(x32, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init,
-                       weights=None if weights is None else weights.detach().cpu())
+                       weights=None if weights is None else weights.detach().cpu(), restart_range=None if init is not None else (0, max(n_init, keep_restarts)))
         xc, w, has_tokens, mean, tol_abs, start = prep.xc, prep.w, prep.has_tokens, prep.mean, prep.tol_abs, prep.centres
         p, n, d = xc.shape
         restarts = start.shape[1]
+        best_of = restarts if init is not None else n_init  # the ensemble's extra restarts are not candidates
+        ensemble = torch.full((p, keep_restarts, n), -1, dtype=torch.long)
 
         labels = torch.full((p, n), -1, dtype=torch.long)
         centres = torch.zeros(p, k, d, dtype=torch.float32)
@@ -149,6 +151,10 @@ class FaissBackend:
                 _, assigned = index.search(xi, 1)
                 lab = torch.as_tensor(assigned[:, 0].astype(np.int64))
                 cen = torch.as_tensor(c)
+                if r < keep_restarts:
+                    ensemble[i, r] = lab
+                if r >= best_of:
+                    continue
                 obj = float(exact_inertia(xc[i].double(), cen.double(), lab, w[i].double()))
                 if best is None or obj < best[0]:  # first minimum on ties, as the torch backend
                     best = (obj, lab, cen, steps)
@@ -159,4 +165,5 @@ class FaissBackend:
             centres=(centres + mean[:, None, :]).to(dev, x.dtype),
             inertia=inertia.to(dev, x.dtype),
             n_iter=n_iter.to(dev),
+            restart_labels=ensemble.to(dev) if keep_restarts else None,
         )
