@@ -424,16 +424,20 @@ def test_flip_maps_carry_the_controls_from_the_rows(tmp_path, monkeypatch):
 
     row = {"scope": "road", "kept_queries": 2, "effective_tokens": 1080, "n_tokens": 5184, "flip_ratio": 0.0926,
            "flip_ratio_processed": 0.08, "flip_ratio_null": 0.123, "flip_ratio_null_processed": 0.1,
-           "flip_ratio_reseed": 0.018}
+           "flip_ratio_reseed": 0.018, "flip_between": 0.10, "flip_within": 0.12, "flip_null_between": 0.09,
+           "effect_instability": -0.02, "effect_instability_se": 0.004, "effect_null": 0.01, "effect_null_se": 0.003}
     monkeypatch.setattr(view_module, "read_image_metrics", lambda *a: {("road", 0.5, 0.3): row})
     saved = captured(monkeypatch)
     maps, result, cfg = hand_case(tmp_path)
     draw_image_figures(maps, 0, result, cfg, tmp_path / "f", replace(FAST, only=("class-road_flips",)))
     fig = saved["class-road_flips"]
     boxes = [t.get_text() for ax in fig.grid.axes for t in ax.texts]
-    assert "100 of 1080 effective tokens changed (9.3%)\ncontrols: null 12.3%, reseed 1.8%" in boxes
+    assert ("100 of 1080 effective tokens changed (9.3%)\ncontrols: null 12.3%, reseed 1.8%\n"
+            "effect -2.0 pp vs instability, +1.0 pp vs null (unstable seeds)") in boxes  # within 12% >= between 10%
     assert "100 of 1080 effective tokens changed (8.0%)\ncontrols: null 10.0%" in boxes  # processed: its own null
-    assert "controls: null 12.3%, reseed 1.8%" in fig.grid.suptitle.get_text().replace("\n", " ")
+    title = fig.grid.suptitle.get_text().replace("\n", " ")
+    assert "controls: null 12.3%, reseed 1.8%" in title
+    assert "effect -2.0 ± 0.4 pp vs KMeans instability, +1.0 ± 0.3 pp vs null; unstable" in title
 
 
 def test_the_encoder_vs_datr_pair_marks_the_tokens_that_changed(tmp_path):

@@ -366,3 +366,83 @@ def test_bootstrap_interval_of_the_median_matches_scipy_and_is_seeded():
     assert low == pytest.approx(reference.low, abs=0.3) and high == pytest.approx(reference.high, abs=0.3)
     assert bootstrap_median(values, np.random.default_rng(0)) == (median, low, high)
     assert bootstrap_median(np.array([np.nan, 4.0]), np.random.default_rng(0)) == (4.0, 4.0, 4.0)
+
+
+def add_synthetic_ensemble(sweep: Path) -> Path:
+    """Seed-ensemble columns with made-up values over the images of write_sweep(images=10):
+
+    vegetation moves the clustering (effect +4 pp vs instability, +3 pp vs null on every image, a little noise),
+    global does not (effects 0) although its one-seed flip ratio is three times vegetation's; vegetation has 30
+    effective tokens per image (too few); image 9's vegetation flip ratio is an outlier whose seeds are unstable.
+    """
+    path = sweep / "rows" / "part-000000.parquet"
+    t = pq.read_table(path).to_pydict()
+    for r in range(len(t["image_id"])):
+        i, scope = int(t["image_id"][r].split("_")[1]), t["scope"][r]
+        if scope not in ("global", "vegetation"):
+            continue
+        veg = scope == "vegetation"
+        noise = 0.001 * i
+        t["effect_instability"][r] = 0.04 + noise if veg else 0.0
+        t["effect_null"][r] = 0.03 + noise if veg else 0.0
+        t["effect_instability_se"][r] = t["effect_null_se"][r] = 0.005
+        t["flip_between"][r] = 0.06 if veg else 0.02
+        t["flip_within"][r] = 0.5 if veg and i == 9 else 0.02
+        t["flip_null_between"][r] = 0.03
+        if veg:
+            t["effective_tokens"][r] = 30
+            t["flip_ratio"][r] = 0.9 if i == 9 else t["flip_ratio"][r]
+        else:
+            t["flip_ratio"][r] *= 3
+    pq.write_table(pa.Table.from_pydict(t, schema=ROW_SCHEMA), path)
+    return sweep
+
+
+def findings_text(index: Path) -> str:
+    import html
+    import re
+
+    text = index.read_text(encoding="utf-8")
+    section = text[text.index('id="findings"'):text.index('id="effects"')]
+    return html.unescape(re.sub(r"<[^>]+>", "", section.replace("<li>", "\n")))
+
+
+def test_key_findings_put_each_class_effects_first_and_rank_the_largest_by_effect(tmp_path):
+    sweep = add_synthetic_ensemble(write_sweep(tmp_path / "s", images=10))
+    text = findings_text(build_report(sweep, echo=lambda _: None))
+    veg = next(line for line in text.splitlines() if line.startswith("vegetation:"))
+    # median of 0.04 + 0.001 i over i = 0..9 is 4.45 pp; 10 images, all positive: Wilcoxon p 0.002, Holm over 8 tests
+    assert veg.startswith("vegetation: +4.5 pp [") and "vs KMeans instability (p_adj 0.016)" in veg
+    assert "+3.5 pp [" in veg and "vs the null (p_adj 0.016) over 10 images: an effect beyond both" in veg
+    assert "30 effective tokens per image — too few tokens" in veg and "one seed's flip ratio" in veg
+    glob = next(line for line in text.splitlines() if line.startswith("global:"))
+    assert "+0.0 pp [+0.0, +0.0] vs KMeans instability (p_adj 1)" in glob and "no effect beyond KMeans instability" in glob
+    largest = next(line for line in text.splitlines() if line.startswith("Largest effect"))
+    assert "vegetation (too few tokens to read), +4.5 pp" in largest  # not global, whose raw flip ratio is larger
+    outliers = next(line for line in text.splitlines() if line.startswith("Outliers"))
+    assert "img_9 (vegetation 90.0% on 30 tokens; unstable" in outliers
+
+
+def test_effects_section_and_too_few_tokens_in_the_summary_table(tmp_path):
+    sweep = add_synthetic_ensemble(write_sweep(tmp_path / "s", images=10))
+    text = build_report(sweep, echo=lambda _: None).read_text(encoding="utf-8")
+    effects = text[text.index('id="effects"'):text.index('id="summary"')]
+    assert "<td class=\"l\">an effect beyond both</td>" in effects and 'href="effects.csv"' in effects
+    summary = text[text.index('id="summary"'):text.index('id="images"')]
+    assert "vegetation<br><small class=\"few\">too few tokens</small>" in summary
+    assert "global<br><small" not in summary and "<th>effect vs instability</th>" in summary
+    with (sweep / "report" / "images.csv").open() as fh:
+        image9 = next(r for r in csv.DictReader(fh) if r["image_id"] == "img_9")
+    assert image9["class_flip_max_scope"] == "vegetation" and image9["class_flip_max_seeds"] == "unstable"
+    assert image9["class_flip_max_tokens"] == "30"
+
+
+def test_grid_curves_carry_the_effects(tmp_path, monkeypatch):
+    saved = capture_saved_figures(monkeypatch)
+    build_report(add_synthetic_ensemble(write_sweep(tmp_path / "s", images=10)), echo=lambda _: None)
+    panels = {ax.get_title(): ax for ax in saved["grid_alpha"].grid.axes if ax.get_visible()}
+    effect = panels["effect vs KMeans instability"]
+    lines = {c.get_label(): c.lines[0].get_ydata() for c in effect.containers}
+    assert list(lines["vegetation"]) == pytest.approx([4.45, 4.45]) and list(lines["global"]) == [0.0, 0.0]
+    assert effect.get_ylabel() == "percentage points" and "effect vs null" in panels
+    assert saved["faults"] == []

@@ -30,7 +30,7 @@ code{background:#f4f4f4;padding:0 .2em}
 nav.toc{font-size:.9em;margin:.6em 0;line-height:1.7}.note{font-size:.85em;color:#555}
 ul.findings>li{margin:.35em 0}table.images td:first-child{white-space:nowrap}
 .scroll{overflow-x:auto;max-width:100%;margin:.5em 0}.scroll>table{margin:0}
-th.paper.off,td.paper.off{color:#999;background:#fafafa}
+th.paper.off,td.paper.off{color:#999;background:#fafafa}.few{color:#b00020}
 table.kv td.l{overflow-wrap:anywhere}
 """
 

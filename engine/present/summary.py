@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from engine.data.classes import UDD5_CLASSES
 from engine.present.paper import TOTAL_TOKENS, paper_scope
-from engine.present.provenance import PAPER_HIDDEN, PAPER_LEGEND, PAPER_SEED, SIMULATED_LINE
+from engine.present.provenance import FEW_TOKENS, PAPER_HIDDEN, PAPER_LEGEND, PAPER_SEED, SIMULATED_LINE
 
 SUMMARY_COLUMNS = ("kept_queries", "effective_tokens", "flip_ratio", "flip_ratio_processed", "flip_ratio_null",
                    "flip_ratio_null_processed", "flip_ratio_reseed", "cos_distance", "datr_shift", "iou", "accuracy",
@@ -129,12 +129,16 @@ def render_summary(table: pa.Table, title: str, *, width: int | None = None, sim
     if dropped:
         console.print(f"left out to fit {width} columns: {', '.join(dropped)} (the report has them)")
     if any(m.startswith(("flip_ratio_null", "flip_ratio_reseed")) for m in metrics):
-        console.print("flip, null, reseed: % of effective tokens; null and reseed are the flip ratio's controls")
+        console.print("flip, null, reseed: one seed's numbers (best of n_init at --seed) in % of effective tokens; null and "
+                      "reseed are the flip ratio's single-draw controls")
     else:
         console.print("flip: % of effective tokens (these rows carry no null / reseed controls)")
     if PAPER_COLUMN in metrics and PAPER_COLUMN not in [c for c in dropped]:
         console.print(PAPER_LEGEND)
         console.print(PAPER_SEED)
+    if any((r.get("effective_tokens_median") or FEW_TOKENS) < FEW_TOKENS for r in records):
+        console.print(f"* too few tokens: a median under {FEW_TOKENS} effective tokens per image (one token moves a share "
+                      "by 2% or more)")
     for note in notes or []:
         console.print(note)
     return console.file.getvalue()
@@ -222,7 +226,8 @@ def text_table(records: list[dict], title: str, varied: list[str], columns: list
         header = DISPLAY.get(name.removesuffix("_median"), (name, ""))[0]
         out.add_column(header, justify="left" if name == PAPER_COLUMN else "right", no_wrap=True)
     for r in records:
-        cells = [str(r["scope"])] + ["-" if r[key] is None else f"{r[key]:g}" for key in varied]
+        few = (r.get("effective_tokens_median") or FEW_TOKENS) < FEW_TOKENS
+        cells = [str(r["scope"]) + (" *" if few else "")] + ["-" if r[key] is None else f"{r[key]:g}" for key in varied]
         out.add_row(*cells, *(cell(r, name, ranges) for name in columns))
     return out
 

@@ -206,15 +206,37 @@ def metric_line(view: ImageView, slot) -> str:
     return ", ".join(parts)
 
 
+def pp(value, se=None) -> str:
+    """A difference of shares in percentage points, with its standard error: "+1.2 ± 0.4 pp"."""
+    return f"{100 * value:+.1f}" + ("" if se is None else f" ± {100 * se:.1f}") + " pp"
+
+
 def controls_line(view: ImageView, slot) -> str:
     """The flip ratio with its controls, as stored in the rows: "flip 0.6% (processed 0.4%); null 1.2%, reseed 0.3%"."""
     row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
     if row.get("flip_ratio") is None:
         return ""
-    text = f"flip {pct(row['flip_ratio'])} (processed {pct(row.get('flip_ratio_processed'))})"
+    text = f"one seed: flip {pct(row['flip_ratio'])} (processed {pct(row.get('flip_ratio_processed'))})"
     controls = [f"{name} {pct(row[key])}" for key, name in (("flip_ratio_null", "null"), ("flip_ratio_reseed", "reseed"))
                 if row.get(key) is not None]
     return text + (f"; controls: {', '.join(controls)}" if controls else "")
+
+
+def effects_line(view: ImageView, slot) -> str:
+    """The row's seed-ensemble effects with their standard errors, and "unstable" where flip_within >= flip_between."""
+    row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
+    if row.get("effect_instability") is None:
+        return ""
+    parts = [f"effect {pp(row['effect_instability'], row.get('effect_instability_se'))} vs KMeans instability"]
+    if row.get("effect_null") is not None:
+        parts.append(f"{pp(row['effect_null'], row.get('effect_null_se'))} vs null")
+    unstable = unstable_seeds(row)
+    return ", ".join(parts) + ("; unstable: the encoder's own seeds disagree as much" if unstable else "")
+
+
+def unstable_seeds(row: dict) -> bool:
+    within, between = row.get("flip_within"), row.get("flip_between")
+    return within is not None and between is not None and within >= between
 
 
 def flip_count(view: ImageView, slot, changed: int, effective: int, processed: bool) -> str:
@@ -229,7 +251,12 @@ def flip_count(view: ImageView, slot, changed: int, effective: int, processed: b
     null = row.get("flip_ratio_null_processed" if processed else "flip_ratio_null")
     controls = ([f"null {pct(null)}"] if null is not None else []) + (
         [f"reseed {pct(row['flip_ratio_reseed'])}"] if row.get("flip_ratio_reseed") is not None and not processed else [])
-    return text + (f"\ncontrols: {', '.join(controls)}" if controls else "")
+    text += f"\ncontrols: {', '.join(controls)}" if controls else ""
+    if not processed and row.get("effect_instability") is not None:  # the seed ensemble measures the raw labels
+        text += f"\neffect {pp(row['effect_instability'])} vs instability"
+        text += f", {pp(row['effect_null'])} vs null" if row.get("effect_null") is not None else ""
+        text += " (unstable seeds)" if unstable_seeds(row) else ""
+    return text
 
 
 def suptitle(fig, view: ImageView, text: str, slot=None) -> None:
@@ -237,8 +264,7 @@ def suptitle(fig, view: ImageView, text: str, slot=None) -> None:
     if slot is not None:
         detail = metric_line(view, slot)
         lines.append(point_label(view, slot) + (f"; {detail}" if detail else ""))
-        if controls := controls_line(view, slot):
-            lines.append(controls)
+        lines += [line for line in (controls_line(view, slot), effects_line(view, slot)) if line]
         row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
         if row.get("kept_queries") == 0:
             lines.append("no mask kept for this scope: DATR(F) = F, so nothing can change")

@@ -82,6 +82,7 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
     summary: list[dict] = []
     grid_summary: list[dict] = []
     images: list[dict] = []
+    effects: list[dict] = []
     ref = None
     if rows is not None:
         ref = reference_point(rows, run)
@@ -96,11 +97,12 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         write_csv(out / "summary.csv", summary, simulated=simulated)
         write_csv(out / "summary_grid.csv", grid_summary, simulated=simulated)
         write_latex(out / "summary.tex", summary, ref, simulated=simulated)
-        write_effects_csv(out / "effects.csv", dataset_effects(rows), comment=SIMULATED_LINE if simulated else None)
+        effects = dataset_effects(rows)
+        write_effects_csv(out / "effects.csv", effects, comment=SIMULATED_LINE if simulated else None)
     image_pages = find_image_pages(sweep_dir)
     index = out / "index.html"
     index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages,
-                                  images), encoding="utf-8")
+                                  images, effects), encoding="utf-8")
     for p in image_pages:  # now that the report is there, each figure page links back to it
         write_image_page(sweep_dir / "figures" / p["folder"])
     echo(f"drew {len(figures)} dataset figures, linked {len(image_pages)} per-image figure sets, listed {len(errors)} errors")

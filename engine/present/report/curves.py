@@ -3,7 +3,8 @@
 The report's statistic (the median over images) at every grid value, its interval a
 seeded percentile bootstrap over images (shares in %, clipped to [0, 100] %). First one
 panel per scope with the flip ratio beside its null and reseed controls on one shared
-percent axis, then the other metrics, a line per scope. Only summaries of stored values.
+percent axis, then the effects (percentage points) and the other metrics, a line per
+scope. Only summaries of stored values.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from engine.present.report.rows import Reference, Rows
 from engine.present.style import new_canvas, save
 
 GRID_PARAMS = (("alpha", "α"), ("tau", "τ"), ("d", "PCA dims d"), ("k", "clusters k"))
-GRID_METRICS = (("flip_ratio_processed", "flip ratio (processed)", 100.0), ("accuracy", "accuracy", 1.0),
-                ("ari", "ARI", 1.0), ("datr_shift", "DATR shift", 1.0))
+# (column, title, kind): a share (%, symmetric-log, within [0, 100]), a difference of shares (percentage points,
+# linear, zero marked) or a plain number
+GRID_METRICS = (("effect_instability", "effect vs KMeans instability", "pp"), ("effect_null", "effect vs null", "pp"),
+                ("flip_ratio_processed", "flip ratio (processed)", "share"), ("accuracy", "accuracy", "plain"),
+                ("ari", "ARI", "plain"), ("datr_shift", "DATR shift", "plain"))
+SCALE = {"share": 100.0, "pp": 100.0, "plain": 1.0}
+YLABEL = {"share": "% of effective tokens", "pp": "percentage points"}
 # the flip ratio and its controls in each scope's panel: (column, label, line style, colour: None = the scope's)
 CONTROL_LINES = (("flip_ratio", "flip ratio", "-", None), ("flip_ratio_null", "null control", "--", "black"),
                  ("flip_ratio_reseed", "reseed control", ":", "0.45"))
@@ -45,11 +51,11 @@ def bootstrap_median(values: np.ndarray, rng: np.random.Generator) -> tuple[floa
     return median, float(low), float(high)
 
 
-def curve(rows: Rows, keep: np.ndarray, metric: str, name: str, values, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Medians and (2, n) interval half-widths of `metric` * scale at each value of the varied parameter `name`."""
+def curve(rows: Rows, keep: np.ndarray, metric: str, name: str, values, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Medians and (2, n) interval half-widths of `metric` (in its kind's unit) at each value of the parameter `name`."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    stats = np.array([bootstrap_median(rows[metric][keep & rows.select(**{name: v})] * scale, rng) for v in values])
-    if scale == 100.0:
+    stats = np.array([bootstrap_median(rows[metric][keep & rows.select(**{name: v})] * SCALE[kind], rng) for v in values])
+    if kind == "share":
         stats = np.clip(stats, 0.0, 100.0)
     return stats[:, 0], np.abs(np.stack([stats[:, 0] - stats[:, 1], stats[:, 2] - stats[:, 0]]))
 
@@ -67,7 +73,7 @@ def controls_panel(ax, rows: Rows, keep: np.ndarray, name: str, values, colour, 
     """One scope's flip ratio and its controls (%) against the varied parameter; returns the largest value drawn."""
     top = 0.0
     for i, (metric, label, style, line_colour) in enumerate(CONTROL_LINES):
-        medians, half = curve(rows, keep, metric, name, values, 100.0)
+        medians, half = curve(rows, keep, metric, name, values, "share")
         if np.isnan(medians).all():
             continue
         x = np.asarray(values, dtype=float) + (i - 1) * 0.015 * span  # keeps the three intervals apart
@@ -77,18 +83,20 @@ def controls_panel(ax, rows: Rows, keep: np.ndarray, name: str, values, colour, 
     return top
 
 
-def metric_panel(ax, rows: Rows, scopes, fixed: dict, name: str, values, metric: str, scale: float, span: float) -> float:
+def metric_panel(ax, rows: Rows, scopes, fixed: dict, name: str, values, metric: str, kind: str, span: float) -> float:
     """One metric, a line per scope (the encoder dashed where it does not depend on the parameter)."""
     top = 0.0
+    if kind == "pp":
+        ax.axhline(0.0, color="0.6", linewidth=0.8)
     for si, (scope, cid) in enumerate(scopes):
         colour = to_unit(scope_colour(scope, cid))
         keep = scope_rows(rows, scope, fixed)
         if scope == "encoder" and name in ("tau", "alpha"):
-            data = rows[metric][keep] * scale
+            data = rows[metric][keep] * SCALE[kind]
             if (~np.isnan(data)).any():
                 ax.axhline(float(np.nanmedian(data)), color=colour, linestyle="--", linewidth=1, label="encoder")
             continue
-        medians, half = curve(rows, keep, metric, name, values, scale)
+        medians, half = curve(rows, keep, metric, name, values, kind)
         if np.isnan(medians).all():
             continue
         x = np.asarray(values, dtype=float) + (si - (len(scopes) - 1) / 2) * 0.012 * span
@@ -122,11 +130,11 @@ def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out:
     for ax, (scope, _) in zip(axes, datr, strict=False):
         value_axis(ax, "%", max(tops))
         finish_panel(ax, f"{scope}: flip ratio and controls", symbol, "% of effective tokens", values)
-    for ax, (metric, label, scale) in zip(axes[len(datr):], metrics, strict=False):
-        top = metric_panel(ax, rows, scopes, fixed, name, values, metric, scale, span)
-        if scale == 100.0:
+    for ax, (metric, label, kind) in zip(axes[len(datr):], metrics, strict=False):
+        top = metric_panel(ax, rows, scopes, fixed, name, values, metric, kind, span)
+        if kind == "share":
             value_axis(ax, "%", top)
-        finish_panel(ax, label, symbol, "% of effective tokens" if scale == 100.0 else label, values)
+        finish_panel(ax, label, symbol, YLABEL.get(kind, label), values)
     grid_legend(fig, axes[:panels])
     fixed_text = ", ".join(f"{dict(GRID_PARAMS)[k].split()[-1]}={v:g}" for k, v in fixed.items())
     set_suptitle(fig, f"Medians against {symbol} with 95% bootstrap intervals over images ({fixed_text})")
@@ -134,9 +142,11 @@ def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out:
     return ReportFigure(f"grid_{name}", files, f"Parameter grid: {symbol}",
                         f"The median over images as {symbol} varies, the other parameters at {fixed_text}; error bars are "
                         f"95% percentile-bootstrap intervals of the median ({RESAMPLES} resamples of the images, seeded), "
-                        "shares in % and within [0, 100] %. One panel per scope puts its flip ratio beside its null "
-                        "control (dashed) and reseed control (dotted) on one shared axis: a flip ratio means something "
-                        "only where it stands above both. The encoder clustering does not depend on τ or α and is "
+                        "shares in % and within [0, 100] %. One panel per scope puts its flip ratio (one seed's) beside its "
+                        "null control (dashed) and reseed control (dotted) on one shared axis. The effects (seed ensembles: "
+                        "the per-image flip_between minus flip_within, or minus flip_null_between) are in percentage "
+                        "points around 0: a scope moves the clustering beyond KMeans instability and beyond a random "
+                        "displacement where both stand above 0. The encoder clustering does not depend on τ or α and is "
                         "drawn dashed in the other panels.")
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from engine.present.html import Raw, ReportFigure, esc, figure_html, kv_table, page, scroll, simulated_banner
 from engine.present.palette import class_colour
-from engine.present.provenance import PAPER_HIDDEN, PAPER_SEED
+from engine.present.provenance import FEW_TOKENS, PAPER_HIDDEN, PAPER_SEED
+from engine.present.report.findings import effect_text, effects_at, key_findings_html
 from engine.present.report.plots import DISTRIBUTION_ORDER
 from engine.present.report.rows import Reference, Rows
-from engine.present.report.story import PAPER_FOOTNOTE, image_table_html, key_findings_html, paper_cell
+from engine.present.report.story import PAPER_FOOTNOTE, figure_link, image_table_html, paper_cell
 from engine.present.report.tables import TABLE_COLUMNS, fmt_cell, fmt_quartiles
 from engine.run.record import is_simulated
 
@@ -87,7 +88,9 @@ def summary_html(summary: list[dict], ref: Reference, simulated: bool) -> str:
         if e["class_id"] is not None:
             r, g, b = class_colour(e["class_id"])
             swatch = f"<span class=\"swatch\" style=\"background:rgb({r},{g},{b})\"></span>"
-        cells = [f"<td class=\"l\">{swatch}{esc(e['scope'])}</td>", f"<td>{e['images']}</td>"]
+        tokens = e.get("effective_tokens_median")
+        few = "<br><small class=\"few\">too few tokens</small>" if tokens is not None and tokens < FEW_TOKENS else ""
+        cells = [f"<td class=\"l\">{swatch}{esc(e['scope'])}{few}</td>", f"<td>{e['images']}</td>"]
         for metric, _, fmt in cols:
             text = fmt_quartiles(fmt, e[f"{metric}_median"], e[f"{metric}_q1"], e[f"{metric}_q3"])
             if metric == "effective_tokens" and e["n_tokens"] and e[f"{metric}_median"] is not None:
@@ -103,12 +106,38 @@ def summary_html(summary: list[dict], ref: Reference, simulated: bool) -> str:
             "flip ratio's controls: the same clustering after a displacement of the same size with the token–query "
             "correspondence destroyed, and the encoder tokens clustered again with another seed; <i>flip &gt; null</i> is "
             "the share of images whose flip ratio exceeds its null. A dash means no image had a value (a class with no "
-            "kept mask has no effective token and so no flip ratio; rows of older sweeps have no controls).</p>"
+            "kept mask has no effective token and so no flip ratio; rows of older sweeps have no controls). The effects are "
+            f"in percentage points; a class with a median under {FEW_TOKENS} effective tokens is marked too few tokens: "
+            "one token moves its shares by 2% or more.</p>"
             f"<div class=\"scroll\"><table>{head}{''.join(body)}</table></div><p class=\"note\">"
             + esc(PAPER_HIDDEN.replace("left out", "greyed") if simulated else f"{PAPER_FOOTNOTE} {PAPER_SEED}") + "</p>"
             "<p>Also as <a href=\"summary.csv\">CSV</a> (with means and standard deviations) and "
             "<a href=\"summary.tex\">LaTeX</a>; means at every grid point in <a href=\"summary_grid.csv\">summary_grid.csv"
             "</a>.</p>")
+
+
+def effects_html(effects: list[dict], ref: Reference) -> str:
+    """The effects at the report's grid point, a row per scope (every grid point is in effects.csv)."""
+    from engine.analysis.effects import verdict
+
+    tested = effects_at(effects, ref)
+    if not tested:
+        return ("<p>These rows carry no seed ensemble (a sweep with <code>--seeds 0</code>, or an older one), so no "
+                "effect is tested; the flip ratios below are single seeds' numbers.</p>")
+    body = []
+    for scope, tests in tested.items():
+        n = (tests.get("instability") or tests.get("null"))["n_images"]
+        body.append(f"<tr><td class=\"l\">{esc(scope)}</td><td>{n}</td>"
+                    f"<td>{esc(effect_text(tests.get('instability')))}</td>"
+                    f"<td>{esc(effect_text(tests.get('null')))}</td>"
+                    f"<td class=\"l\">{esc(verdict(tests.get('instability'), tests.get('null')))}</td></tr>")
+    return (f"<p>At {esc(ref.label())}, per scope over images: the median per-image effect in percentage points "
+            "(flip_between minus flip_within against KMeans instability, minus flip_null_between against the null), "
+            "its 95% bootstrap interval and the Wilcoxon p after Holm's correction over every test of "
+            "<a href=\"effects.csv\">effects.csv</a> (every grid point). Images are the unit; seeds make each "
+            "image's value precise.</p>"
+            + scroll("<table><tr><th class=\"l\">scope</th><th>images</th><th>vs KMeans instability</th>"
+                     f"<th>vs null</th><th class=\"l\">verdict</th></tr>{''.join(body)}</table>"))
 
 
 def grid_html(grid_summary: list[dict]) -> str:
@@ -198,7 +227,7 @@ def what_ran(run: dict, rows: Rows | None, ref: Reference | None, errors: list[d
 
 def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | None, figures: list[ReportFigure],
                  notes: list[str], summary: list[dict], grid_summary: list[dict], errors: list[dict], pages: list[dict],
-                 images: list[dict] | None = None) -> str:
+                 images: list[dict] | None = None, effects: list[dict] | None = None) -> str:
     title = f"sam3-datr report — {sweep_dir.resolve().name}"
     body = [f"<h1>{esc(title)}</h1>"]
     if is_simulated(run):
@@ -208,17 +237,19 @@ def render_index(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference |
     if not run:
         body.append("<p class=\"warn\">No run.json in this folder: the model, parameters and versions are unknown.</p>")
     body.append("<nav class=\"toc\">" + " · ".join(f"<a href=\"#{a}\">{t}</a>" for a, t in (
-        ("findings", "key findings"), ("summary", "per-class summary"), ("images", "per-image table"),
+        ("findings", "key findings"), ("effects", "effects"), ("summary", "per-class summary"), ("images", "per-image table"),
         ("distributions", "distributions"), ("quality", "quality vs IoU"), ("grid", "parameter grid"),
         ("dataset", "dataset-level clustering"), ("run", "run"), ("definitions", "definitions"),
         ("figures", "per-image figures"), ("errors", "errors"))) + "</nav>")
     if rows is not None:
         body.append("<h2 id=\"findings\">Key findings</h2>"
-                    + key_findings_html(sweep_dir, summary, images or [], errors, what_ran(run, rows, ref, errors)))
+                    + key_findings_html(sweep_dir, summary, images or [], errors, what_ran(run, rows, ref, errors),
+                                        effects or [], ref, figure_link))
     if rows is None:
         body.append("<p class=\"warn\">No result rows (rows/*.parquet): nothing to summarise.</p>")
     else:
         by_name = {f.name: f for f in figures}
+        body.append("<h2 id=\"effects\">Effects</h2>" + effects_html(effects or [], ref))
         body.append("<h2 id=\"summary\">Per-class summary</h2>" + summary_html(summary, ref, is_simulated(run)))
         body.append(f"<h2 id=\"images\">Per-image table</h2><p>The {min(10, len(images or []))} images with the largest "
                     f"global flip ratio of {len(images or [])}; the <a href=\"images.html\">full table</a> sorts by flip "

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.analysis.rows import CONTROL_COLUMNS, ENSEMBLE_COLUMNS
 from engine.core.errors import DataError
 from engine.run.store import read_rows
 
-# columns that rows of older sweeps lack: read as all-null
-OPTIONAL_COLUMNS = ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed")
+# columns that rows of older sweeps lack (the controls, the seed ensemble's): read as all-null
+OPTIONAL_COLUMNS = (*CONTROL_COLUMNS, *ENSEMBLE_COLUMNS)
 
 
 @dataclass

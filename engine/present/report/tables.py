@@ -14,6 +14,7 @@ TABLE_COLUMNS = (
     ("kept_queries", "masks", "{:.1f}"), ("effective_tokens", "effective tokens", "{:.0f}"),
     ("flip_ratio", "flip ratio", "{:.1%}"), ("flip_ratio_null", "null", "{:.1%}"), ("flip_ratio_reseed", "reseed", "{:.1%}"),
     ("flip_ratio_processed", "flip (processed)", "{:.1%}"), ("flip_ratio_null_processed", "null (processed)", "{:.1%}"),
+    ("effect_instability", "effect vs instability", "pp"), ("effect_null", "effect vs null", "pp"),
     ("cos_distance", "cos distance", "{:.4f}"), ("datr_shift", "DATR shift", "{:.4f}"), ("iou", "mask IoU", "{:.3f}"),
     ("accuracy", "accuracy", "{:.3f}"), ("nmi", "NMI", "{:.3f}"), ("ari", "ARI", "{:.3f}"),
 )
@@ -86,22 +87,33 @@ def _num(text: str) -> float | None:
     return None if np.isnan(value) else value
 
 
+PP = "pp"  # the format of a difference of two shares: percentage points, signed ("+1.2 pp")
+
+
+def fmt_value(fmt: str, value) -> str:
+    """value in a column's format: a str.format pattern, or PP for percentage points."""
+    if fmt == PP:
+        return f"{100 * value:+.1f} pp"
+    return fmt.format(value)
+
+
 def fmt_quartiles(fmt: str, median, q1=None, q3=None) -> str:
     """"34.2% [20.1–40.3%]": the median and, over more than one value, the interquartile range."""
     if median is None:
         return "—"
-    text = fmt.format(median)
+    text = fmt_value(fmt, median)
     if q1 is not None and q3 is not None and q3 > q1:
-        text += f" [{fmt.format(q1).rstrip('%')}–{fmt.format(q3)}]"
+        unit = " pp" if fmt == PP else ""
+        text += f" [{fmt_value(fmt, q1).rstrip('%').removesuffix(unit)}–{fmt_value(fmt, q3)}]"
     return text
 
 
 def fmt_cell(fmt: str, mean, std=None) -> str:
     if mean is None:
         return "—"
-    text = fmt.format(mean)
+    text = fmt_value(fmt, mean)
     if std is not None:
-        text += " ± " + fmt.format(std).rstrip("%") + ("%" if fmt.endswith("%}") else "")
+        text += " ± " + fmt_value(fmt, std).rstrip("%").lstrip("+") + ("%" if fmt.endswith("%}") else "")
     return text
 
 
@@ -145,28 +157,29 @@ IMAGE_COLUMNS = (
     ("class_flip_mean", "flip ratio (mean over classes)", "{:.1%}", True),
     ("class_flip_max", "largest class flip", "{:.1%}", True),
     ("class_flip_max_scope", "in class", "{}", False),
+    ("class_flip_max_tokens", "its effective tokens", "{:.0f}", False),
+    ("class_flip_max_seeds", "its seeds", "{}", False),
     ("iou_mean", "mask IoU (mean over prompts)", "{:.3f}", True),
     ("accuracy_encoder", "accuracy (encoder)", "{:.3f}", True),
     ("accuracy_global", "accuracy (global DATR)", "{:.3f}", False),
 )
+UNSTABLE = "unstable"  # flip_within >= flip_between: the encoder's own seeds disagree as much as the decoder moves
 
 
 def image_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
-    """One row per image at the reference point: the global scope's numbers, the classes' flips and IoU, accuracies."""
+    """One row per image at the reference point: the global scope's numbers, the classes' flips and IoU, accuracies.
+
+    The largest class flip comes with that class's effective tokens and whether its seeds are stable
+    (`class_flip_max_seeds`: "unstable" where flip_within >= flip_between, "stable" where below, None
+    without the seed ensemble).
+    """
     kinds = {scope: ("class" if cid is not None and scope not in ("encoder", "global") else scope) for scope, cid in scopes}
     at_point = point_mask(rows, ref)
     encoder = point_mask(rows, ref, tau=False, alpha=False) & rows.select(scope="encoder")
-    has = set(rows.columns)
-
-    def value(name: str, i: int):
-        if name not in has:
-            return None
-        v = rows[name][i]
-        return None if np.isnan(v) else float(v)
-
+    value = row_value(rows)
     per_image: dict[str, dict] = {}
     for i in np.flatnonzero(at_point | encoder):
-        entry = per_image.setdefault(rows["image_id"][i], {"flips": {}, "ious": []})
+        entry = per_image.setdefault(rows["image_id"][i], {"classes": {}, "ious": []})
         kind = kinds.get(rows["scope"][i], "class")
         if kind == "encoder" and encoder[i]:
             entry["accuracy_encoder"] = value("accuracy", i)
@@ -175,20 +188,40 @@ def image_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
                 entry[name] = value(name, i)
             entry["accuracy_global"] = value("accuracy", i)
         elif kind == "class" and at_point[i]:
-            if (flip := value("flip_ratio", i)) is not None:
-                entry["flips"][rows["scope"][i]] = flip
+            if value("flip_ratio", i) is not None:
+                entry["classes"][rows["scope"][i]] = {name: value(name, i) for name in
+                                                      ("flip_ratio", "effective_tokens", "flip_within", "flip_between")}
             if (iou := value("iou", i)) is not None:
                 entry["ious"].append(iou)
-    table = []
-    for image_id in sorted(per_image):
-        entry = per_image[image_id]
-        flips, ious = entry.pop("flips"), entry.pop("ious")
-        worst = max(flips, key=flips.get) if flips else None
-        row = {"image_id": image_id, **{key: entry.get(key) for key, *_ in IMAGE_COLUMNS}}
-        if row["effective_tokens"] is not None:
-            row["effective_tokens"] = int(row["effective_tokens"])
-        row.update(class_flip_mean=float(np.mean(list(flips.values()))) if flips else None,
-                   class_flip_max=flips[worst] if worst else None, class_flip_max_scope=worst,
-                   iou_mean=float(np.mean(ious)) if ious else None)
-        table.append(row)
-    return table
+    return [image_row(image_id, per_image[image_id]) for image_id in sorted(per_image)]
+
+
+def row_value(rows: Rows):
+    """value(name, i): row i's value of column `name` as a float, None where null or absent."""
+    has = set(rows.columns)
+
+    def value(name: str, i: int):
+        if name not in has:
+            return None
+        v = rows[name][i]
+        return None if np.isnan(v) else float(v)
+
+    return value
+
+
+def image_row(image_id: str, entry: dict) -> dict:
+    classes, ious = entry.pop("classes"), entry.pop("ious")
+    flips = {scope: c["flip_ratio"] for scope, c in classes.items()}
+    worst = max(flips, key=flips.get) if flips else None
+    row = {"image_id": image_id, **{key: entry.get(key) for key, *_ in IMAGE_COLUMNS}}
+    if row["effective_tokens"] is not None:
+        row["effective_tokens"] = int(row["effective_tokens"])
+    top = classes.get(worst) or {}
+    within, between = top.get("flip_within"), top.get("flip_between")
+    row.update(class_flip_mean=float(np.mean(list(flips.values()))) if flips else None,
+               class_flip_max=flips[worst] if worst else None, class_flip_max_scope=worst,
+               class_flip_max_tokens=None if top.get("effective_tokens") is None else int(top["effective_tokens"]),
+               class_flip_max_seeds=None if within is None or between is None else
+               (UNSTABLE if within >= between else "stable"),
+               iou_mean=float(np.mean(ious)) if ious else None)
+    return row
