@@ -13,7 +13,7 @@ from engine.present.report.findings import effect_text, effects_at, key_findings
 from engine.present.report.plots import DISTRIBUTION_ORDER
 from engine.present.report.rows import Reference, Rows
 from engine.present.report.story import PAPER_FOOTNOTE, figure_link, image_table_html, paper_cell
-from engine.present.report.tables import TABLE_COLUMNS, fmt_cell, fmt_quartiles
+from engine.present.report.tables import PAGE_LEFT_OUT, TABLE_COLUMNS, fmt_cell, fmt_quartiles
 from engine.run.record import is_simulated
 
 DEFINITIONS = """<dl>
@@ -29,6 +29,14 @@ re-aligned. No value when E is empty.</dd>
 permuted across the image's tokens (same displacement sizes, no token–query correspondence); <i>reseed</i>: the encoder
 tokens clustered again with seed + 1. Both aligned to the encoder clusters and measured on E like the flip ratio: a
 flip ratio means something only where it exceeds them.</dd>
+<dt>Effects (seed ensembles)</dt><dd>Every scope is also clustered with S seeds. Per image, on E:
+<i>flip_between</i> = the mean flip between the encoder's and the scope's partitions of different seeds,
+<i>flip_within</i> = the mean flip between the encoder's own partitions of different seeds (its instability),
+<i>flip_null_between</i> = the same with the null's partitions. The effect against instability is flip_between −
+flip_within, against the null flip_between − flip_null_between, in percentage points. Across images: the median
+effect, its 95% bootstrap interval, a two-sided Wilcoxon signed-rank test, Holm's correction over every test of
+effects.csv. An image is <i>unstable</i> for a scope where flip_within ≥ flip_between. The flip ratio and its
+controls are one seed's numbers (the paper's).</dd>
 <dt>Cosine distance / DATR shift</dt><dd>Cosine distance (the paper's number) = mean over E of 1 − cos(F_j, A_j) with
 A_j the attended query vector; DATR shift = mean over E of 1 − cos(F_j, DATR(F)_j).</dd>
 <dt>Accuracy, NMI, ARI</dt><dd>Clustering against the GT downsampled to the token grid by majority vote;
@@ -76,7 +84,7 @@ def run_facts(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | No
 
 
 def summary_html(summary: list[dict], ref: Reference, simulated: bool) -> str:
-    cols = [c for c in TABLE_COLUMNS if any(e[f"{c[0]}_mean"] is not None for e in summary)]
+    cols = [c for c in TABLE_COLUMNS if c[0] not in PAGE_LEFT_OUT and any(e[f"{c[0]}_mean"] is not None for e in summary)]
     above = any(e.get("flip_above_null") is not None for e in summary)
     paper_head = ("paper (one image, one seed)<br><small>not comparable: this run is SIMULATED</small>" if simulated
                   else "paper (one image, one seed)")
@@ -107,8 +115,9 @@ def summary_html(summary: list[dict], ref: Reference, simulated: bool) -> str:
             "correspondence destroyed, and the encoder tokens clustered again with another seed; <i>flip &gt; null</i> is "
             "the share of images whose flip ratio exceeds its null. A dash means no image had a value (a class with no "
             "kept mask has no effective token and so no flip ratio; rows of older sweeps have no controls). The effects are "
-            f"in percentage points; a class with a median under {FEW_TOKENS} effective tokens is marked too few tokens: "
-            "one token moves its shares by 2% or more.</p>"
+            "in the section above (and with the processed null in summary.csv); a class with a median under "
+            f"{FEW_TOKENS} effective tokens is marked too few tokens: one token moves its shares by 2% or more. A table "
+            "wider than the page scrolls sideways.</p>"
             f"<div class=\"scroll\"><table>{head}{''.join(body)}</table></div><p class=\"note\">"
             + esc(PAPER_HIDDEN.replace("left out", "greyed") if simulated else f"{PAPER_FOOTNOTE} {PAPER_SEED}") + "</p>"
             "<p>Also as <a href=\"summary.csv\">CSV</a> (with means and standard deviations) and "
@@ -141,7 +150,7 @@ def effects_html(effects: list[dict], ref: Reference) -> str:
 
 
 def grid_html(grid_summary: list[dict]) -> str:
-    cols = [c for c in TABLE_COLUMNS if any(e[c[0]] is not None for e in grid_summary)]
+    cols = [c for c in TABLE_COLUMNS if c[0] not in PAGE_LEFT_OUT and any(e[c[0]] is not None for e in grid_summary)]
     head = ("<tr><th class=\"l\">scope</th><th>τ</th><th>α</th><th>d</th><th>k</th><th>images</th>"
             + "".join(f"<th>{esc(label)}</th>" for _, label, _ in cols) + "</tr>")
     body = []

@@ -10,6 +10,8 @@ import numpy as np
 from engine.present.paper import PaperScope, paper_scope
 from engine.present.report.rows import Reference, Rows, point_mask
 
+# the page's tables leave these to the CSVs (the effects have their own section; the processed null is a detail)
+PAGE_LEFT_OUT = ("effect_instability", "effect_null", "flip_ratio_null_processed")
 TABLE_COLUMNS = (
     ("kept_queries", "masks", "{:.1f}"), ("effective_tokens", "effective tokens", "{:.0f}"),
     ("flip_ratio", "flip ratio", "{:.1%}"), ("flip_ratio_null", "null", "{:.1%}"), ("flip_ratio_reseed", "reseed", "{:.1%}"),
