@@ -305,6 +305,13 @@ def layout_faults(fig, stem: str, dpi: float) -> list[str]:
                 faults.append(f"{stem}: {a_name} overlaps {b_name}")
     for i, ax in enumerate(axes):
         box = ax.get_window_extent(renderer)
+        for text in ax.texts:  # the numbers written in a panel stay in it
+            inner = text.get_window_extent(renderer)
+            if text.get_bbox_patch() is not None:  # the box around the text, placed as drawing places it
+                text.update_bbox_position_size(renderer)
+                inner = text.get_bbox_patch().get_window_extent(renderer)
+            if inner.x0 < box.x0 - 1 or inner.x1 > box.x1 + 1 or inner.y0 < box.y0 - 1 or inner.y1 > box.y1 + 1:
+                faults.append(f"{stem}: the text {text.get_text()[:30]!r} runs out of axes {i} ({inner.extents.round(1)} in {box.extents.round(1)})")
         title = fig.grid.titles.get(ax)
         if title is not None and title.get_text() and title.get_window_extent(renderer).y0 < box.y1 + 1:
             faults.append(f"{stem}: the title of axes {i} touches its panel")
@@ -431,10 +438,10 @@ def test_flip_maps_carry_the_controls_from_the_rows(tmp_path, monkeypatch):
     maps, result, cfg = hand_case(tmp_path)
     draw_image_figures(maps, 0, result, cfg, tmp_path / "f", replace(FAST, only=("class-road_flips",)))
     fig = saved["class-road_flips"]
-    boxes = [t.get_text() for ax in fig.grid.axes for t in ax.texts]
-    assert ("100 of 1080 effective tokens changed (9.3%)\ncontrols: null 12.3%, reseed 1.8%\n"
+    boxes = [t.get_text().replace("\n", " ") for ax in fig.grid.axes for t in ax.texts]  # wrapped to 2-inch panels
+    assert ("100 of 1080 effective tokens changed (9.3%) controls: null 12.3%, reseed 1.8% "
             "effect -2.0 pp vs instability, +1.0 pp vs null (unstable seeds)") in boxes  # within 12% >= between 10%
-    assert "100 of 1080 effective tokens changed (8.0%)\ncontrols: null 10.0%" in boxes  # processed: its own null
+    assert "100 of 1080 effective tokens changed (8.0%) controls: null 10.0%" in boxes  # processed: its own null
     title = fig.grid.suptitle.get_text().replace("\n", " ")
     assert "controls: null 12.3%, reseed 1.8%" in title
     assert "effect -2.0 ± 0.4 pp vs KMeans instability, +1.0 ± 0.3 pp vs null; unstable" in title
@@ -480,3 +487,14 @@ def test_the_comparison_panel_has_a_two_dimensional_colour_key(tmp_path, monkeyp
     assert np.allclose(rgb[-1, 0], (0, 1, 0)) and np.allclose(rgb[-1, -1], (1, 1, 1))
     assert key.get_xlabel() == "decoder" and key.get_ylabel() == "encoder"
     assert not fig.legends  # the key replaces the categorical legend
+
+
+def test_count_boxes_wrap_to_stay_in_their_panel():
+    from engine.present.figures.panels import count_box
+
+    text = "2 of 1220 effective tokens changed (0.2%)\ncontrols: null 0.2%\neffect -2.1 pp vs instability, +1.8 pp vs null"
+    for inches in (3.0, 2.0):
+        fig, (ax,) = new_figure(1, FigureOptions(panel_inches=inches))
+        count_box(ax, text)
+        assert layout_faults(fig, "box", 150) == []
+        assert ax.texts[0].get_text().replace("\n", " ") == text.replace("\n", " ")  # wrapped between words only

@@ -16,6 +16,7 @@ STYLE = {
     "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "legend.fontsize": 8, "xtick.labelsize": 8,
     "ytick.labelsize": 8, "figure.titlesize": 10, "savefig.facecolor": "white", "figure.facecolor": "white",
     "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "path", "axes.spines.top": False, "axes.spines.right": False,
+    "text.hinting": "no_hinting",  # FreeType renders every glyph of every text on every draw: unhinted is a third faster
 }
 DPI = 150
 PNG_LEVEL = 3  # zlib level of the PNGs (6 costs twice as long for files a few percent smaller)

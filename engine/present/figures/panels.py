@@ -6,12 +6,13 @@ import numpy as np
 
 from engine.present.figures.raster import raster
 from engine.present.figures.view import FigureOptions, ImageView
-from engine.present.layout import fit_legend, pooled_figure, set_suptitle, set_title
+from engine.present.layout import fit_legend, pooled_figure, set_suptitle, set_title, wrap
 from engine.present.palette import ClusterPalette, class_colour, class_name, to_unit
 from engine.present.provenance import FEW_TOKENS
 
 PANEL_LETTERS = "abcdefghij"
 TITLE_SIZE = 9.0  # points, the panel titles
+COUNT_SIZE = 8.0  # points, the numbers written inside a panel
 
 
 def new_figure(n_panels: int, options: FigureOptions, ncols: int | None = None, sides: dict[int, str] | None = None):
@@ -143,8 +144,10 @@ def changed_markers(ax, changed: np.ndarray, colours: np.ndarray, limit: int = 4
 
 
 def count_box(ax, text: str) -> None:
-    """The panel's key number written inside it (bottom left, on a white box)."""
-    ax.text(0.02, 0.02, text, transform=ax.transAxes, ha="left", va="bottom", fontsize=8, zorder=5,
+    """The panel's key number written inside it (bottom left, on a white box), wrapped to stay in the panel."""
+    inside = ax.get_figure().grid.box[0] * 0.96 - 0.1  # the box's padding and the gap to the panel's edge
+    ax.text(0.02, 0.02, wrap(text, inside, COUNT_SIZE), transform=ax.transAxes, ha="left", va="bottom",
+            fontsize=COUNT_SIZE, zorder=5,
             bbox={"facecolor": "white", "edgecolor": "0.4", "boxstyle": "round,pad=0.25", "alpha": 0.9})
 
 
