@@ -498,3 +498,47 @@ def test_count_boxes_wrap_to_stay_in_their_panel():
         count_box(ax, text)
         assert layout_faults(fig, "box", 150) == []
         assert ax.texts[0].get_text().replace("\n", " ") == text.replace("\n", " ")  # wrapped between words only
+
+
+def test_a_panel_composes_its_layers_as_drawing_them_one_by_one(tmp_path):
+    """Layers on one grid are composed there first (premultiplied "over"); the pixels equal blending each layer in turn."""
+    from engine.present.figures.panels import paint, show_image
+    from engine.present.figures.raster import backdrop_pixels, sample
+
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (504, 504, 3), dtype=np.uint8)
+    layers = [(rng.uniform(0, 1, (72, 72, 3)).astype(np.float32), rng.uniform(0, 1, (72, 72)).astype(np.float32)),
+              (rng.uniform(0, 1, (72, 72, 3)).astype(np.float32), 0.5),
+              (rng.uniform(0, 1, (288, 288, 3)).astype(np.float32), rng.uniform(0, 1, (288, 288)).astype(np.float32))]
+    fig, (ax,) = new_figure(1, FigureOptions(panel_inches=2.0))
+    show_image(ax, image, grey=True)
+    for colours, alpha in layers:
+        paint(ax, colours, alpha)
+    ax.set_xlim(0.25, 0.75)  # a cropped view: composed over the part shown
+    ax.set_ylim(0.75, 0.25)
+    save(fig, tmp_path, "layers", ("png",), dpi=100)
+    window, pixels = (0.25, 0.75, 0.25, 0.75), 200
+    expected = backdrop_pixels(image, True, window, pixels).copy()
+    for colours, alpha in layers:
+        a = alpha if np.ndim(alpha) == 0 else sample(alpha, window, pixels)[..., None]
+        expected = expected * (1 - a) + sample(colours, window, pixels) * a
+    shown = np.asarray(fig.grid.rasters[ax].image.get_array())[..., :3].astype(int)
+    assert np.abs(shown - np.round(expected * 255)).max() <= 1
+
+
+def test_legend_columns_are_chosen_from_measured_label_widths():
+    import matplotlib
+    from matplotlib.patches import Patch
+
+    from engine.present.layout import grid_figure, legend_width
+    from engine.present.style import STYLE
+
+    labels = ["cluster 0", "cluster 1 ≈ road", "cluster 2 ≈ building", "cluster 3 ≈ vegetation", "E: changed cluster"]
+    with matplotlib.rc_context(STYLE):
+        fig = grid_figure(2, 1, (3.0, 3.0))
+        renderer = fig.canvas.get_renderer()
+        for ncols in (1, 2, 3, 5):
+            legend = fig.legend(handles=[Patch(label=label) for label in labels], ncols=ncols, frameon=False)
+            measured = legend.get_window_extent(renderer).width / fig.dpi
+            assert measured <= legend_width(labels, ncols, 8.0) <= 1.08 * measured, ncols  # never narrower than drawn
+            legend.remove()

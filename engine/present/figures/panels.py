@@ -238,8 +238,9 @@ def effects_line(view: ImageView, slot) -> str:
 
 
 def unstable_seeds(row: dict) -> bool:
+    """flip_within >= flip_between, where the encoder's seeds disagree at all (two zeros are no instability)."""
     within, between = row.get("flip_within"), row.get("flip_between")
-    return within is not None and between is not None and within >= between
+    return within is not None and between is not None and within > 0 and within >= between
 
 
 def flip_count(view: ImageView, slot, changed: int, effective: int, processed: bool) -> str:

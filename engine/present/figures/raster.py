@@ -3,7 +3,9 @@
 A panel's layers (the greyed input, cluster maps, heat maps, overlays) are kept as they
 come and composed once, when the figure is laid out (engine.present.layout.arrange): at
 the save resolution, over the part of the grid the panel shows (so a cropped panel is
-as sharp as a full one). One image per panel instead of one per layer, each already at
+as sharp as a full one). Consecutive layers on one grid (the 72 x 72 token maps) are
+composed on that grid first ("over" is associative in premultiplied colour) and sampled
+once. One image per panel instead of one per layer, each already at
 its final size, is what keeps a figure's drawing cheap; the pixels are those of drawing
 the layers one by one (nearest-neighbour token cells, an antialiased backdrop).
 """
@@ -78,21 +80,36 @@ class Raster:
         x0, x1 = sorted(self.ax.get_xlim())
         y0, y1 = sorted(self.ax.get_ylim())
         window = (min(max(x0, 0.0), 1.0), min(max(x1, 0.0), 1.0), min(max(y0, 0.0), 1.0), min(max(y1, 0.0), 1.0))
-        out = None
+        out = np.ones((pixels, pixels, 3), dtype=np.float32)  # the axes' white
+        group = None  # consecutive layers of one grid shape, composed there first: (premultiplied colour, opacity)
         for kind, data, option in self.layers:
+            if kind == "image" or (group is not None and group[0].shape != data.shape):
+                out = flush(out, group, window, pixels)
+                group = None
             if kind == "image":
                 out = backdrop_pixels(data, option, window, pixels, backdrops).copy()
-            elif np.ndim(option) == 0 and option >= 1.0:
-                out = sample(data, window, pixels)
-            else:
-                out = np.ones((pixels, pixels, 3), dtype=np.float32) if out is None else out
-                a = option if np.ndim(option) == 0 else sample(np.asarray(option, dtype=np.float32), window, pixels)[..., None]
-                out *= 1.0 - a
-                out += sample(data, window, pixels) * a
+                continue
+            a = np.broadcast_to(np.asarray(option, dtype=np.float32), data.shape[:2])[..., None]
+            colour, opacity = group if group is not None else (np.zeros_like(data), np.zeros_like(a))
+            group = (colour * (1.0 - a) + data * a, opacity * (1.0 - a) + a)  # "over", premultiplied: associative
+        out = flush(out, group, window, pixels)
         rgba = np.full((pixels, pixels, 4), 255, dtype=np.uint8)
         rgba[..., :3] = np.clip(out * 255.0 + 0.5, 0, 255)
         self.image.set_data(rgba)
         self.image.set_extent((window[0], window[1], window[3], window[2]))
+
+
+def flush(out: np.ndarray, group, window, pixels: int) -> np.ndarray:
+    """out with a composed group of grid layers laid over it (sampled once at the panel's pixels)."""
+    if group is None:
+        return out
+    colour, opacity = group
+    a = sample(opacity, window, pixels)
+    if a.min() >= 1.0:
+        return sample(colour, window, pixels)
+    out *= 1.0 - a
+    out += sample(colour, window, pixels)
+    return out
 
 
 def sample(grid: np.ndarray, window: tuple[float, float, float, float], pixels: int) -> np.ndarray:

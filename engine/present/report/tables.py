@@ -172,8 +172,8 @@ def image_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
     """One row per image at the reference point: the global scope's numbers, the classes' flips and IoU, accuracies.
 
     The largest class flip comes with that class's effective tokens and whether its seeds are stable
-    (`class_flip_max_seeds`: "unstable" where flip_within >= flip_between, "stable" where below, None
-    without the seed ensemble).
+    (`class_flip_max_seeds`: "unstable" where flip_within >= flip_between and the encoder's seeds disagree
+    at all, flip_within > 0; "stable" otherwise; None without the seed ensemble).
     """
     kinds = {scope: ("class" if cid is not None and scope not in ("encoder", "global") else scope) for scope, cid in scopes}
     at_point = point_mask(rows, ref)
@@ -224,6 +224,6 @@ def image_row(image_id: str, entry: dict) -> dict:
                class_flip_max=flips[worst] if worst else None, class_flip_max_scope=worst,
                class_flip_max_tokens=None if top.get("effective_tokens") is None else int(top["effective_tokens"]),
                class_flip_max_seeds=None if within is None or between is None else
-               (UNSTABLE if within >= between else "stable"),
+               (UNSTABLE if 0 < within and within >= between else "stable"),
                iou_mean=float(np.mean(ious)) if ious else None)
     return row
