@@ -47,6 +47,8 @@ class Grid:
     rasters: dict = field(default_factory=dict)  # axes -> its map panel's layers (engine.present.figures.raster)
     titles: dict = field(default_factory=dict)  # axes -> its title (a Text), set by `set_title`
     colorbars: dict = field(default_factory=dict)  # side axes -> what its colour bar shows (kept while it is the same)
+    legends: dict = field(default_factory=dict)  # what a figure legend shows -> the legend
+    stale_legends: dict = field(default_factory=dict)  # a reused figure's legends until the new figure asks for them
     pool: dict | None = field(default=None, repr=False)  # where `save` hands the figure back for reuse, under `key` (and composed backdrops)
     key: tuple = ()
 
@@ -61,14 +63,16 @@ class Grid:
 class LaidOutFigure(Figure):
     """A Figure that carries its Grid; `arrange` places everything once, before saving."""
 
-    def __init__(self, grid: Grid, height: float):
-        super().__init__(figsize=(grid.width, height))
+    def __init__(self, grid: Grid, height: float, dpi: float):
+        super().__init__(figsize=(grid.width, height), dpi=dpi)
         self.grid = grid
 
 
 def grid_figure(ncols: int, nrows: int, box: tuple[float, float], *, flex: bool = False, width: float | None = None,
-                sides: dict[int, str] | None = None) -> LaidOutFigure:
-    """A figure of ncols x nrows cells on an Agg canvas. width: the figure's (default: the cells' own)."""
+                sides: dict[int, str] | None = None, dpi: float = 150) -> LaidOutFigure:
+    """A figure of ncols x nrows cells on an Agg canvas. width: the figure's (default: the cells' own); dpi: the
+    resolution it will be saved at (text measured when it is laid out is then measured once: matplotlib caches text
+    metrics per renderer, and a reused figure of the same size keeps its renderer)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     grid = Grid(ncols, nrows, box, 0.0, flex, dict(sides or {}))
@@ -76,7 +80,7 @@ def grid_figure(ncols: int, nrows: int, box: tuple[float, float], *, flex: bool 
     if flex:
         natural += ncols * FLEX_GUESS[0]
     grid.width = max(width or 0.0, natural)
-    fig = LaidOutFigure(grid, nrows * (box[1] + 0.8) + 0.6)
+    fig = LaidOutFigure(grid, nrows * (box[1] + 0.8) + 0.6, dpi)
     FigureCanvasAgg(fig)
     for i in range(ncols * nrows):
         grid.axes.append(fig.add_axes((0, 0, 0.1, 0.1)))
@@ -88,16 +92,16 @@ def grid_figure(ncols: int, nrows: int, box: tuple[float, float], *, flex: bool 
 
 
 def pooled_figure(pool: dict | None, ncols: int, nrows: int, box: tuple[float, float],
-                  sides: dict[int, str] | None = None) -> LaidOutFigure:
+                  sides: dict[int, str] | None = None, dpi: float = 150) -> LaidOutFigure:
     """A figure of this layout from the pool, emptied (its Axes, side axes and colour bars kept), or a new one.
 
     Making a figure's Axes costs about as much as drawing them; map figures of the same layout come in
     runs (every class has the same four figures), so a saved figure is emptied and used again.
     """
-    key = (ncols, nrows, tuple(box), tuple(sorted((sides or {}).items())))
+    key = (ncols, nrows, tuple(box), tuple(sorted((sides or {}).items())), dpi)
     fig = pool.pop(key, None) if pool is not None else None
     if fig is None:
-        fig = grid_figure(ncols, nrows, box, sides=sides)
+        fig = grid_figure(ncols, nrows, box, sides=sides, dpi=dpi)
         fig.grid.pool, fig.grid.key = pool, key
         return fig
     grid = fig.grid
@@ -108,12 +112,11 @@ def pooled_figure(pool: dict | None, ncols: int, nrows: int, box: tuple[float, f
         for artist in (*ax.images, *ax.collections, *ax.texts, *ax.lines, *ax.patches):
             if artist not in panels:
                 artist.remove()
-        for loc in ("left", "center", "right"):
-            ax.set_title("", loc=loc)
         ax.set_xlim(0.0, 1.0)
         ax.set_ylim(1.0, 0.0)
-    for legend in list(fig.legends):
-        legend.remove()
+    for title in grid.titles.values():
+        title.set_text("")
+    grid.stale_legends, grid.legends = grid.legends, {}  # kept where the next figure shows the same (fit_legend)
     if grid.suptitle is not None:
         grid.suptitle.set_text("")
     grid.suptitle, grid.titles = None, {}
@@ -180,12 +183,29 @@ def fit_legend(fig: LaidOutFigure, handles: list, title: str | None = None, max_
     import matplotlib
 
     labels = list(labels) if labels is not None else [h.get_label() for h in handles]
+    key = (tuple(labels), tuple(legend_look(h) for h in handles), title, max_cols, tuple(sorted(kwargs.items())))
+    grid = fig.grid
+    if key in grid.stale_legends:  # a reused figure whose legend shows the same: kept as it is
+        grid.legends[key] = grid.stale_legends.pop(key)
+        return grid.legends[key]
     size = matplotlib.rcParams["legend.fontsize"]
     size = size if isinstance(size, (int, float)) else 8.0
-    limit = fig.grid.width - 2 * PAD
+    limit = grid.width - 2 * PAD
     ncols = next((n for n in range(min(len(handles), max_cols), 1, -1) if legend_width(labels, n, size) <= limit), 1)
-    return fig.legend(handles=handles, labels=labels, loc="upper center", ncols=ncols, frameon=False, title=title,
-                      title_fontsize=8, **kwargs)
+    grid.legends[key] = fig.legend(handles=handles, labels=labels, loc="upper center", ncols=ncols, frameon=False,
+                                   title=title, title_fontsize=8, **kwargs)
+    return grid.legends[key]
+
+
+def legend_look(handle) -> tuple:
+    """What a legend entry looks like (its colours, line and hatch), to tell two legends apart."""
+    look = []
+    for name in ("get_facecolor", "get_edgecolor", "get_color", "get_linestyle", "get_marker", "get_hatch"):
+        getter = getattr(handle, name, None)
+        if getter is not None:
+            value = getter()
+            look.append(tuple(value) if hasattr(value, "__len__") and not isinstance(value, str) else value)
+    return tuple(look)
 
 
 def legend_width(labels: list[str], ncols: int, size: float) -> float:
@@ -206,6 +226,9 @@ def arrange(fig: Figure, dpi: float) -> None:
     if not isinstance(fig, LaidOutFigure):
         return
     grid = fig.grid
+    for legend in grid.stale_legends.values():  # the reused figure's legends this figure did not ask for
+        legend.remove()
+    grid.stale_legends = {}
     backdrops = grid.pool.setdefault("backdrops", {}) if grid.pool is not None else None
     for panel in grid.rasters.values():
         panel.render(max(1, round(grid.box[0] * dpi)), backdrops)

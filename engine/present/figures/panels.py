@@ -20,7 +20,7 @@ def new_figure(n_panels: int, options: FigureOptions, ncols: int | None = None, 
     ncols = ncols or n_panels
     nrows = -(-n_panels // ncols)
     size = options.panel_inches
-    fig = pooled_figure(options.pool, ncols, nrows, (size, size), sides=sides)
+    fig = pooled_figure(options.pool, ncols, nrows, (size, size), sides=sides, dpi=options.dpi)
     for ax in fig.grid.axes:
         ax.set_axis_off()
     for ax in fig.grid.axes[n_panels:]:

@@ -104,22 +104,34 @@ def flush(out: np.ndarray, group, window, pixels: int) -> np.ndarray:
     if group is None:
         return out
     colour, opacity = group
-    a = sample(opacity, window, pixels)
+    at = sample_index(colour.shape[:2], window, pixels)
+    a = sample(opacity, at)
     if a.min() >= 1.0:
-        return sample(colour, window, pixels)
-    out *= 1.0 - a
-    out += sample(colour, window, pixels)
+        return sample(colour, at)
+    np.subtract(1.0, a, out=a)
+    out *= a
+    out += sample(colour, at)
     return out
 
 
-def sample(grid: np.ndarray, window: tuple[float, float, float, float], pixels: int) -> np.ndarray:
-    """grid (h, w, ...) read at the centres of pixels x pixels over window (x0, x1, y0, y1): nearest neighbour."""
-    h, w = grid.shape[:2]
+def sample_index(shape: tuple[int, int], window: tuple[float, float, float, float], pixels: int) -> np.ndarray:
+    """Flat indices into a grid of `shape` read at the centres of pixels x pixels over window (x0, x1, y0, y1)."""
+    h, w = shape
     x0, x1, y0, y1 = window
     centres = (np.arange(pixels) + 0.5) / pixels
     ix = np.minimum(((x0 + centres * (x1 - x0)) * w).astype(np.int64), w - 1)
     iy = np.minimum(((y0 + centres * (y1 - y0)) * h).astype(np.int64), h - 1)
-    return grid[iy][:, ix]
+    return (iy[:, None] * w + ix[None, :]).ravel()
+
+
+def sample(grid: np.ndarray, at, pixels: int | None = None) -> np.ndarray:
+    """grid (h, w, ...) read at flat indices `at` (sample_index), or at window `at` and `pixels`: nearest neighbour,
+    as (pixels, pixels, ...)."""
+    if pixels is not None:
+        at = sample_index(grid.shape[:2], at, pixels)
+    side = int(round(np.sqrt(at.size)))
+    flat = grid.reshape(grid.shape[0] * grid.shape[1], *grid.shape[2:])
+    return np.take(flat, at, axis=0).reshape(side, side, *grid.shape[2:])
 
 
 def backdrop_pixels(image: np.ndarray | None, grey: bool, window, pixels: int, cache: dict | None = None) -> np.ndarray:
