@@ -112,15 +112,22 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
 
 def colour_key(fig, ax) -> None:
     """Panel (c)'s two-dimensional colour key beside it: decoder activation left to right, encoder similarity bottom to
-    top, each pixel the colour the comparison gives that pair (drawn once on a reused figure)."""
+    top, each pixel the colour the comparison gives that pair (composed at the key's pixels; drawn once on a reused
+    figure)."""
+    from engine.present.figures.raster import panel_image
+    from engine.present.layout import SIDES
+
     cax = fig.grid.side_axes[fig.grid.axes.index(ax)]
     if fig.grid.colorbars.get(cax) == ("key",):
         return
-    grid = np.linspace(0.0, 1.0, 64, dtype=np.float32)
-    decoder, encoder = np.meshgrid(grid, grid)
-    cax.imshow(np.dstack([decoder, encoder, decoder]), origin="lower", extent=(0, 1, 0, 1), interpolation="nearest")
+    pixels = max(2, round(SIDES["key"][1] * fig.dpi))
+    ramp = (np.arange(pixels, dtype=np.float32) + 0.5) / pixels
+    decoder, encoder = np.meshgrid(ramp, ramp[::-1])  # row 0 at the top: the encoder's maximum
+    rgba = np.full((pixels, pixels, 4), 255, dtype=np.uint8)
+    rgba[..., :3] = np.round(255 * np.dstack([decoder, encoder, decoder]))
+    panel_image(cax).set_data(rgba)
     cax.set_xticks([0, 1], ["0", "1"], fontsize=7)
-    cax.set_yticks([0, 1], ["min", "max"], fontsize=7)
+    cax.set_yticks([0, 1], ["max", "min"], fontsize=7)
     cax.set_xlabel("decoder", fontsize=7, labelpad=1)
     cax.set_ylabel("encoder", fontsize=7, labelpad=1)
     cax.set_title("key", fontsize=7)

@@ -222,7 +222,7 @@ def controls_line(view: ImageView, slot) -> str:
     text = f"one seed: flip {pct(row['flip_ratio'])} (processed {pct(row.get('flip_ratio_processed'))})"
     controls = [f"{name} {pct(row[key])}" for key, name in (("flip_ratio_null", "null"), ("flip_ratio_reseed", "reseed"))
                 if row.get(key) is not None]
-    return text + (f"; controls: {', '.join(controls)}" if controls else "")
+    return text + (f", controls {', '.join(controls)}" if controls else "")
 
 
 def effects_line(view: ImageView, slot) -> str:
@@ -230,11 +230,10 @@ def effects_line(view: ImageView, slot) -> str:
     row = view.metrics.get((slot.scope, slot.tau, slot.alpha)) or {}
     if row.get("effect_instability") is None:
         return ""
-    parts = [f"effect {pp(row['effect_instability'], row.get('effect_instability_se'))} vs KMeans instability"]
+    parts = [f"effect {pp(row['effect_instability'], row.get('effect_instability_se'))} vs instability"]
     if row.get("effect_null") is not None:
         parts.append(f"{pp(row['effect_null'], row.get('effect_null_se'))} vs null")
-    unstable = unstable_seeds(row)
-    return ", ".join(parts) + ("; unstable: the encoder's own seeds disagree as much" if unstable else "")
+    return ", ".join(parts) + (" (unstable seeds)" if unstable_seeds(row) else "")
 
 
 def unstable_seeds(row: dict) -> bool:
