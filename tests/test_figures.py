@@ -290,7 +290,7 @@ def layout_faults(fig, stem: str, dpi: float) -> list[str]:
     px = fig.dpi
     axes = [ax for ax in fig.axes if ax.get_visible()]
     tight = {ax: ax.get_tightbbox(renderer) for ax in axes}
-    blocks = [(f"legend {i}", leg.get_window_extent(renderer)) for i, leg in enumerate(fig.legends)]
+    blocks = [(f"legend {i}", leg.get_window_extent(renderer)) for i, leg in enumerate(fig.grid.legends.values())]
     if fig.grid.suptitle is not None:
         blocks.append(("suptitle", fig.grid.suptitle.get_window_extent(renderer)))
     faults = []

@@ -174,16 +174,20 @@ def set_suptitle(fig: LaidOutFigure, text: str, size: float = 10.0) -> None:
     fig.grid.suptitle = fig.suptitle(wrap(text, fig.grid.width - 2 * PAD, size), fontsize=size, va="top")
 
 
-def fit_legend(fig: LaidOutFigure, handles: list, title: str | None = None, max_cols: int = 6, labels=None, **kwargs):
+def fit_legend(fig: LaidOutFigure, handles: list, title: str | None = None, max_cols: int = 6, labels=None,
+               swatches: bool = False, **kwargs):
     """A figure legend below the cells with as many columns as fit the figure's width; placed by `arrange`.
 
-    The columns are chosen from the labels' measured widths (legend_width), so the legend is made once."""
+    The columns are chosen from the labels' measured widths, so the legend is made once. swatches: plain
+    colour patches are drawn as an engine.present.swatches.SwatchLegend (rows filled left to right)."""
     if not handles:
         return None
     import matplotlib
 
+    from engine.present.swatches import SwatchLegend, swatch_entries
+
     labels = list(labels) if labels is not None else [h.get_label() for h in handles]
-    key = (tuple(labels), tuple(legend_look(h) for h in handles), title, max_cols, tuple(sorted(kwargs.items())))
+    key = (tuple(labels), tuple(legend_look(h) for h in handles), title, max_cols, swatches, tuple(sorted(kwargs.items())))
     grid = fig.grid
     if key in grid.stale_legends:  # a reused figure whose legend shows the same: kept as it is
         grid.legends[key] = grid.stale_legends.pop(key)
@@ -191,10 +195,26 @@ def fit_legend(fig: LaidOutFigure, handles: list, title: str | None = None, max_
     size = matplotlib.rcParams["legend.fontsize"]
     size = size if isinstance(size, (int, float)) else 8.0
     limit = grid.width - 2 * PAD
-    ncols = next((n for n in range(min(len(handles), max_cols), 1, -1) if legend_width(labels, n, size) <= limit), 1)
-    grid.legends[key] = fig.legend(handles=handles, labels=labels, loc="upper center", ncols=ncols, frameon=False,
-                                   title=title, title_fontsize=8, **kwargs)
+    entries = swatch_entries(handles, labels) if swatches and not kwargs else None
+    width = swatch_width if entries is not None else legend_width
+    ncols = next((n for n in range(min(len(handles), max_cols), 1, -1) if width(labels, n, size) <= limit), 1)
+    if entries is not None:
+        grid.legends[key] = SwatchLegend(fig, entries, title, ncols, size)
+    else:
+        grid.legends[key] = fig.legend(handles=handles, labels=labels, loc="upper center", ncols=ncols, frameon=False,
+                                       title=title, title_fontsize=8, **kwargs)
     return grid.legends[key]
+
+
+def swatch_width(labels: list[str], ncols: int, size: float) -> float:
+    """Inches a SwatchLegend of these labels takes in ncols columns (rows filled left to right)."""
+    from engine.present.swatches import COLUMN_GAP, SWATCH
+    from engine.present.swatches import GAP as SWATCH_GAP
+
+    em = size / 72.0
+    columns = [max(text_width(label, size) for label in labels[c::ncols]) + (SWATCH[0] + SWATCH_GAP) * em
+               for c in range(min(ncols, len(labels)))]
+    return sum(columns) + COLUMN_GAP * em * (len(columns) - 1)
 
 
 def legend_look(handle) -> tuple:
@@ -252,7 +272,7 @@ def arrange(fig: Figure, dpi: float) -> None:
     top = 0.0
     if grid.suptitle is not None:
         top = grid.suptitle.get_window_extent(renderer).height / fig.dpi + GAP
-    bottom = sum(leg.get_window_extent(renderer).height / fig.dpi + GAP / 2 for leg in fig.legends)
+    bottom = sum(legend_height(leg, renderer, fig.dpi) + GAP / 2 for leg in grid.legends.values())
     place(fig, above, below, lefts, rights, top, bottom)
 
 
@@ -286,9 +306,19 @@ def place(fig: LaidOutFigure, above, below, lefts, rights, top: float, bottom: f
     if grid.suptitle is not None:
         grid.suptitle.set_y((height - PAD) / height)
     y += GAP / 2
-    for legend in fig.legends:
-        legend.set_bbox_to_anchor((0.5, y / height), transform=fig.transFigure)
-        y -= legend.get_window_extent(fig.canvas.get_renderer()).height / fig.dpi + GAP / 2
+    for legend in grid.legends.values():
+        if hasattr(legend, "place"):  # a SwatchLegend, laid out in inches
+            legend.place(y, grid.width)
+        else:
+            legend.set_bbox_to_anchor((0.5, y / height), transform=fig.transFigure)
+        y -= legend_height(legend, fig.canvas.get_renderer(), fig.dpi) + GAP / 2
+
+
+def legend_height(legend, renderer, dpi: float) -> float:
+    """Inches a figure legend takes from top to bottom (a SwatchLegend knows; a matplotlib Legend is measured)."""
+    if hasattr(legend, "height"):
+        return legend.height()
+    return legend.get_window_extent(renderer).height / dpi
 
 
 def place_side(fig: LaidOutFigure, cax, kind: str, x: float, y: float, box_h: float, height: float) -> None:

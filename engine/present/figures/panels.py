@@ -126,7 +126,7 @@ def class_legend(fig, class_ids: list[int], extra: list[tuple[str, tuple]] | Non
 
 def fitted_legend(fig, handles: list, title: str | None = None) -> None:
     """A legend below the panels with as many columns as fit the figure's width."""
-    fit_legend(fig, handles, title)
+    fit_legend(fig, handles, title, swatches=True)
 
 
 def changed_markers(ax, changed: np.ndarray, colours: np.ndarray, limit: int = 400) -> None:
