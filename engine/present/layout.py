@@ -223,8 +223,7 @@ def legend_look(handle) -> tuple:
     for name in ("get_facecolor", "get_edgecolor", "get_color", "get_linestyle", "get_marker", "get_hatch"):
         getter = getattr(handle, name, None)
         if getter is not None:
-            value = getter()
-            look.append(tuple(value) if hasattr(value, "__len__") and not isinstance(value, str) else value)
+            look.append(repr(getter()))  # colours come as tuples or arrays: their text is hashable and exact enough
     return tuple(look)
 
 
