@@ -100,8 +100,10 @@ def test_analyze_one_image(scenes, tmp_path):
     rows = read_rows(out).to_pylist()
     assert {r["image_id"] for r in rows} == {"scene_0000"} and len(rows) == 7
     assert all(r["accuracy"] is not None for r in rows)
-    assert "paper (one image)" in result.output and "34.2% 0.7040 729/5184 17" in result.output  # the paper's vegetation
-    assert "it does not define these measures, the engine's definitions are DESIGN.md's" in result.output
+    # a simulated run: the paper's column (SAM3 on a real image) is left out, with the reason (issue 22)
+    assert "paper (one image, one seed): left out because this run is SIMULATED" in result.output
+    assert "34.2% 0.7040 729/5184 17" not in result.output and result.output.startswith("analyze:")
+    assert "SIMULATED: these numbers come from the simulated SAM3 source" in result.output
 
 
 def test_kmeans_init_and_controls_options_are_recorded(scenes, tmp_path):

@@ -110,6 +110,7 @@ def test_analyze_summary_hides_the_papers_column_on_a_simulated_run_and_labels_i
     real = summary_text(rows, "t", simulated=False, paper=True, width=200)
     assert "34.2%" not in simulated and "left out because this run is SIMULATED" in simulated
     assert "34.2% 0.7040 729/5184 17" in real and "paper (one image, one seed)" in real and "one KMeans seed" in real
+    assert "it does not define these measures" in real
 
 
 def test_show_puts_the_null_control_beside_the_flip_ratio(tmp_path):

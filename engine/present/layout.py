@@ -199,7 +199,7 @@ def fit_legend(fig: LaidOutFigure, handles: list, title: str | None = None, max_
     width = swatch_width if entries is not None else legend_width
     ncols = next((n for n in range(min(len(handles), max_cols), 1, -1) if width(labels, n, size) <= limit), 1)
     if entries is not None:
-        grid.legends[key] = SwatchLegend(fig, entries, title, ncols, size)
+        grid.legends[key] = SwatchLegend(fig, entries, title, ncols, [text_width(label, size) for label in labels], size)
     else:
         grid.legends[key] = fig.legend(handles=handles, labels=labels, loc="upper center", ncols=ncols, frameon=False,
                                        title=title, title_fontsize=8, **kwargs)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.data.classes import UDD5_CLASSES
-from engine.present.paper import TOTAL_TOKENS, paper_scope
+from engine.present.paper import PAPER_NOTE, TOTAL_TOKENS, paper_scope
 from engine.present.provenance import FEW_TOKENS, PAPER_HIDDEN, PAPER_LEGEND, PAPER_SEED, SIMULATED_LINE
 
 SUMMARY_COLUMNS = ("kept_queries", "effective_tokens", "flip_ratio", "flip_ratio_processed", "flip_ratio_null",
@@ -99,6 +99,7 @@ def summary_text(rows: pa.Table, title: str, *, simulated: bool, paper: bool = F
         notes.append(PAPER_HIDDEN)
     elif paper:
         table = with_paper_column(table, rows)
+        notes.append(PAPER_NOTE)
     return render_summary(table, title, width=width, simulated=simulated, notes=notes)
 
 

@@ -3,7 +3,7 @@
 The per-image figures' legends are colour keys (cluster, class, changed token): matplotlib's
 Legend lays each entry out through nested offset boxes on every draw, which cost as much as
 the rest of a figure's text. Here the layout is done once, in inches, from the labels'
-measured widths (engine.present.layout.text_width), and the entries fill rows left to right.
+measured widths (handed over by engine.present.layout), and the entries fill rows left to right.
 """
 
 from __future__ import annotations
@@ -20,15 +20,13 @@ ROW = 1.4  # em from one row to the next
 class SwatchLegend:
     """entries: (label, facecolor, edgecolor, hatch) in reading order; placed by engine.present.layout.arrange."""
 
-    def __init__(self, fig, entries: list[tuple], title: str | None, ncols: int, size: float = 8.0):
-        from engine.present.layout import text_width
-
+    def __init__(self, fig, entries: list[tuple], title: str | None, ncols: int, label_widths: list[float],
+                 size: float = 8.0):
         self.fig, self.size, self.em = fig, size, size / 72.0
         self.ncols = max(1, min(ncols, len(entries)))
         self.rows = -(-len(entries) // self.ncols)
         em = self.em
-        self.columns = [max(text_width(e[0], size) for e in entries[c::self.ncols]) + (SWATCH[0] + GAP) * em
-                        for c in range(self.ncols)]
+        self.columns = [max(label_widths[c::self.ncols]) + (SWATCH[0] + GAP) * em for c in range(self.ncols)]
         self.width = sum(self.columns) + COLUMN_GAP * em * (self.ncols - 1)
         self.patches, self.texts = [], []
         for label, face, edge, hatch in entries:
