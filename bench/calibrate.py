@@ -55,6 +55,7 @@ def summarise(tables: list[list[dict]]) -> dict:
         out[f"rows_{contrast}"] = len(rows)
         out[f"datasets_with_any_{contrast}"] = sum(any(e["significant"] for e in t if e["contrast"] == contrast)
                                                     for t in tables) / max(1, len(tables))
+    out["datasets_with_any"] = sum(any(e["significant"] for e in t) for t in tables) / max(1, len(tables))
     planted = [all(e["significant"] and (e["median_effect"] or 0) > 0 for e in t if e["scope"] == PLANTED_SCOPE)
                and any(e["scope"] == PLANTED_SCOPE for e in t) for t in tables]
     out["planted_found_both"] = sum(planted) / max(1, len(tables))
@@ -94,7 +95,20 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    print(markdown_table(results))
     return 0
+
+
+def markdown_table(results: dict) -> str:
+    """The README's calibration table from main()'s results."""
+    lines = ["| planted_effect | datasets | significant rows, instability | significant rows, null | datasets with any "
+             "significant row | planted class significant against both |", "| --- | --- | --- | --- | --- | --- |"]
+    for effect, s in results["effects"].items():
+        any_row = s["datasets_with_any"]
+        lines.append(f"| {effect} | {s['datasets']} | {100 * s['significant_rows_instability']:.1f}% of {s['rows_instability']} "
+                     f"| {100 * s['significant_rows_null']:.1f}% of {s['rows_null']} | {100 * any_row:.0f}% "
+                     f"| {100 * s['planted_found_both']:.0f}% |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

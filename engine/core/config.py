@@ -14,7 +14,17 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
+from engine.core.choices import (
+    RESERVED_SCOPES,
+    Backend,
+    CacheDtype,
+    DatasetKind,
+    Decode,
+    Eigh,
+    KMeansInit,
+    Mode,
+    Model,
+)
 from engine.core.errors import ConfigError
 from engine.core.geometry import MODEL_SIDE
 
@@ -195,8 +205,9 @@ class RunConfig:
             raise ConfigError(f"--figures: need >= 0, got {self.figures}")
         if len(self.prompts) == 0 or len(self.prompts) != len(self.class_ids):
             raise ConfigError(f"--prompts: need one prompt per class id, got {len(self.prompts)} prompts for {len(self.class_ids)} classes")
-        if len(set(self.prompts)) != len(self.prompts) or "global" in self.prompts or "encoder" in self.prompts:
-            raise ConfigError(f"--prompts: prompts must be unique and not 'global' or 'encoder', got {list(self.prompts)}")
+        if len(set(self.prompts)) != len(self.prompts) or any(p in RESERVED_SCOPES for p in self.prompts):
+            raise ConfigError(f"--prompts: prompts must be unique and not {' or '.join(map(repr, RESERVED_SCOPES))}, "
+                              f"got {list(self.prompts)}")
         if self.dataset is None and self.from_cache is None:
             raise ConfigError("give a DATASET folder (or --from-cache DIR)")
         self.analysis.validate()
