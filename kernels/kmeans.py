@@ -8,6 +8,11 @@ feature variance, strict convergence when labels stop changing, empty clusters m
 to the points farthest from their centres, a final relabel) so that, started from the
 same centres, both give the same labels.
 
+Lloyd is written once, here; a backend supplies only the assignment step (the nearest
+centre of every token, see `Assignment`): the torch default is one batched product, the faiss
+and cuML backends (kernels/backends/) search their own indexes. Per-iteration statistics
+come back on request (`stats=True`, LloydStats), as in faiss's contrib/clustering.py.
+
 Randomness: one CPU generator seeded with `seed` draws the uniforms for restart i,
 and every problem uses the same draws. A problem's result therefore depends only on
 its own data and the seed -- not on its position in the batch or the batch size --
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -31,13 +36,21 @@ class KMeansResult:
     inertia (P,) weighted sum of squared distances; n_iter (P,) Lloyd iterations run
     by the restart that was kept; restart_labels (P, S, N) int64, the partition of each of
     the first S restarts (each restart is one single-start run: the seed ensemble), None
-    unless asked for with keep_restarts = S."""
+    unless asked for with keep_restarts = S; stats: per-iteration statistics (LloydStats) when
+    asked for with stats=True."""
 
     labels: torch.Tensor
     centres: torch.Tensor
     inertia: torch.Tensor
     n_iter: torch.Tensor
     restart_labels: torch.Tensor | None = None
+    stats: LloydStats | None = None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> KMeansResult:
+        """The result on another device, its real-valued fields in dtype (labels and counts stay int64)."""
+        return KMeansResult(self.labels.to(device), self.centres.to(device, dtype), self.inertia.to(device, dtype),
+                            self.n_iter.to(device), None if self.restart_labels is None else self.restart_labels.to(device),
+                            self.stats)
 
 
 def kmeans_bytes_per_problem(n: int, d: int, k: int, n_init: int, element_size: int = 4) -> int:
@@ -125,16 +138,28 @@ def kmeans_plusplus(
     return x[batch[:, :, None], ids].to(dt)  # (P, n_init, k, d)
 
 
-def assign(xt: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre for every restart.
+# ------------------------------------------------------------------ the assignment step (the seam)
+#
+# Lloyd below is written once. What a backend supplies is its assignment step: a callable
+# (live, centres, workspace) -> (labels, d2) with centres (P', R, k, d) the packed restarts of
+# the live problems, labels (P', R, N) int64 the nearest centre of every token and d2 (P', R, N)
+# the squared distance to it. `torch_assignment` is the batched default; the faiss and cuML
+# backends pass theirs (kernels/backends/). Everything else -- k-means++, the centroid update
+# with scikit-learn's empty-cluster relocation, the stopping rule, the restarts and the choice
+# of the best -- is this module's, for every backend.
 
-    xt (P, d, N) the transposed tokens, x_sq (P, N), centres (P, n_init, k, d)
-    -> labels (P, n_init, N) int64 and squared distance to that centre (P, n_init, N).
-    The layout (P, n_init*k, N) keeps N innermost, so the min over k is a cheap
-    elementwise pass; ||x||^2 is added only after the argmin.
-    """
-    labels, partial = nearest(xt, centres)
-    return labels, (partial + x_sq[:, None, :]).clamp_(min=0)
+
+class LiveProblems(NamedTuple):
+    """The per-problem inputs of Lloyd, cut to the problems that still have a running restart (P' of P)."""
+
+    x: torch.Tensor  # (P', N, d) centred tokens
+    xt: torch.Tensor  # (P', d, N) the same, transposed
+    x_sq: torch.Tensor  # (P', N) squared norms
+    w: torch.Tensor  # (P', N) weights
+    tol: torch.Tensor  # (P',) absolute tolerance on the centre shift
+
+    def select(self, ids: torch.Tensor) -> LiveProblems:
+        return LiveProblems(*(t[ids] for t in self))
 
 
 class Workspace:
@@ -155,8 +180,18 @@ class Workspace:
                 self.values[: p * m * n].view(p, m, n), self.labels[: p * m * n].view(p, m, n))
 
 
+class Assignment(Protocol):
+    def __call__(self, live: LiveProblems, centres: torch.Tensor,
+                 ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """centres (P', R, k, d) -> labels (P', R, N) int64 and squared distances to them (P', R, N)."""
+        ...
+
+
 def nearest(xt: torch.Tensor, centres: torch.Tensor, ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """labels (P, n_init, N) and ||c||^2 - 2 x.c of the nearest centre (||x||^2 left out)."""
+    """labels (P, n_init, N) and ||c||^2 - 2 x.c of the nearest centre (||x||^2 left out).
+
+    The layout (P, n_init*k, N) keeps N innermost, so the min over k is a cheap elementwise pass.
+    """
     p, n_init, k, d = centres.shape
     n = xt.shape[-1]
     c = centres.reshape(p, n_init * k, d)
@@ -171,14 +206,22 @@ def nearest(xt: torch.Tensor, centres: torch.Tensor, ws: Workspace | None = None
     return labels, values
 
 
+def torch_assignment(live: LiveProblems, centres: torch.Tensor,
+                     ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batched assignment: one product for every problem and restart; ||x||^2 is added only
+    after the argmin."""
+    labels, partial = nearest(live.xt, centres, ws)
+    return labels, (partial + live.x_sq[:, None, :]).clamp_(min=0)
+
+
 def update_centres(
-    x: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, partial: torch.Tensor, x_sq: torch.Tensor,
+    x: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, d2_nearest: torch.Tensor,
     old: torch.Tensor, k: int, ws: Workspace | None = None,
 ) -> torch.Tensor:
     """Weighted means of the assigned tokens, with scikit-learn's empty-cluster relocation.
 
-    x (P, N, d); w (P, N) or None for unit weights; labels and partial (P, n_init, N)
-    from `nearest`; old centres (P, n_init, k, d) -> new centres (P, n_init, k, d).
+    x (P, N, d); w (P, N) or None for unit weights; labels and d2_nearest (P, n_init, N) from
+    the assignment; old centres (P, n_init, k, d) -> new centres (P, n_init, k, d).
     (Counting through an extra column of ones in the same matmul was tried: the
     33-wide product's float sums then depended on the batch size.)
     """
@@ -194,13 +237,25 @@ def update_centres(
         onehot.scatter_(2, labels[:, :, None, :], w[:, None, None, :].expand(p, n_init, 1, n).to(x.dtype))
     sums = (onehot.reshape(p, n_init * k, n) @ x).reshape(p, n_init, k, d)
     counts = onehot.sum(-1)  # (P, n_init, k) weight per cluster
+    sums, counts = relocate_empty(x, w, labels, d2_nearest, sums, counts)
+    safe = counts.clamp(min=torch.finfo(x.dtype).tiny)
+    new = sums / safe[..., None]
+    # a cluster that is still empty (all weights zero) keeps its old centre
+    return torch.where((counts > 0)[..., None], new, old)
 
-    # Branch-free (no host read of "any empty?"): with no empty cluster every term below adds
-    # exact zeros or keeps the old value, so the result is bitwise the same as skipping it.
+
+def relocate_empty(x: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, d2_nearest: torch.Tensor,
+                   sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's relocation: the j-th empty cluster of a restart takes the j-th farthest token
+    from its own centre. sums (P, n_init, k, d), counts (P, n_init, k) -> the same, relocated.
+
+    Branch-free (no host read of "any empty?"): with no empty cluster every term below adds
+    exact zeros or keeps the old value, so the result is bitwise the same as skipping it.
+    """
+    p, n, d = x.shape
+    n_init, k = counts.shape[1:]
     empty = counts <= 0
     w_full = torch.ones(p, n, dtype=x.dtype, device=x.device) if w is None else w.to(x.dtype)
-    d2_nearest = (partial + x_sq[:, None, :]).clamp_(min=0)  # (P, n_init, N)
-    # the j-th empty cluster takes the j-th farthest token from its own centre
     n_far = min(k, n)
     farthest = d2_nearest.topk(n_far, dim=-1).indices  # (P, n_init, n_far), farthest first
     rank = (torch.cumsum(empty.long(), dim=-1) - 1).clamp(min=0, max=n_far - 1)
@@ -215,29 +270,50 @@ def update_centres(
     counts = counts.scatter_add(2, owner, -(moved_w * is_empty))
     sums = torch.where(empty[..., None], moved * moved_w[..., None], sums)
     counts = torch.where(empty, moved_w, counts)
-    safe = counts.clamp(min=torch.finfo(x.dtype).tiny)
-    new = sums / safe[..., None]
-    # a cluster that is still empty (all weights zero) keeps its old centre
-    return torch.where((counts > 0)[..., None], new, old)
+    return sums, counts
 
 
-class LiveProblems(NamedTuple):
-    """The per-problem inputs of Lloyd, cut to the problems that still have a running restart (P' of P)."""
+# ------------------------------------------------------------------ Lloyd, written once
 
-    x: torch.Tensor  # (P', N, d) centred tokens
-    xt: torch.Tensor  # (P', d, N) the same, transposed
-    x_sq: torch.Tensor  # (P', N) squared norms
-    w: torch.Tensor  # (P', N) weights
-    tol: torch.Tensor  # (P',) absolute tolerance on the centre shift
+
+@dataclass
+class LloydStats:
+    """Per-iteration statistics of Lloyd (kmeans(..., stats=True)), held on the device (no host read).
+
+    objective (T, P, R): weighted sum of squared distances of each restart's tokens to the centres
+    they were assigned to at iteration t (the objective of the centres entering step t); shift
+    (T, P, R): squared movement of the centres in step t; both NaN where the restart had stopped.
+    running (T,): restarts still running after step t. R counts every restart of the call(s).
+    """
+
+    objective: torch.Tensor
+    shift: torch.Tensor
+    running: torch.Tensor
+
+    @staticmethod
+    def stack(steps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> LloydStats:
+        return LloydStats(*(torch.stack(parts) for parts in zip(*steps, strict=True)))
+
+    def beside(self, other: LloydStats) -> LloydStats:
+        """Two calls' statistics side by side on the restart axis (the shorter padded with NaN / 0)."""
+        t = max(self.objective.shape[0], other.objective.shape[0])
+
+        def pad(a: torch.Tensor, value: float) -> torch.Tensor:
+            extra = a.new_full((t - a.shape[0], *a.shape[1:]), value)
+            return torch.cat([a, extra])
+
+        return LloydStats(torch.cat([pad(self.objective, math.nan), pad(other.objective, math.nan)], 2),
+                          torch.cat([pad(self.shift, math.nan), pad(other.shift, math.nan)], 2),
+                          pad(self.running, 0) + pad(other.running, 0))
 
 
 SYNC_EVERY = 4  # Lloyd steps between the host's "is anything still running?" reads
 
 
 def lloyd(
-    xc: torch.Tensor, xt: torch.Tensor, x_sq: torch.Tensor, w: torch.Tensor, centres: torch.Tensor,
-    has_tokens: torch.Tensor, tol_abs: torch.Tensor, max_iter: int, unit_weights: bool = False,
-    sync_every: int = SYNC_EVERY,
+    problems: LiveProblems, centres: torch.Tensor, has_tokens: torch.Tensor, max_iter: int, *,
+    unit_weights: bool = False, assign: Assignment = torch_assignment, sync_every: int = SYNC_EVERY,
+    stats: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd iterations for every problem and restart until each restart converges.
 
@@ -249,15 +325,15 @@ def lloyd(
     restart that converges is frozen on the device (its centres and n_iter stop changing,
     as if it had been dropped), so the results are those of a repack at every step; a
     packed slot that holds a finished restart is computed and its result dropped. The
-    tokens are never copied per restart.
+    tokens are never copied per restart. stats: a list to append each step's
+    (objective, shift, running) to (LloydStats), or None.
     """
     p, n_init, k, d = centres.shape
-    dev = xc.device
+    dev = problems.x.device
     running = has_tokens[:, None].expand(p, n_init).clone()  # (P, n_init) restart still iterating
     n_iter = torch.zeros(p, n_init, dtype=torch.long, device=dev)
-    workspace = Workspace(p, n_init, k, xc.shape[1], xc.dtype, dev)
-    live = LiveProblems(xc, xt, x_sq, w, tol_abs)
-    n_live = p
+    workspace = Workspace(p, n_init, k, problems.x.shape[1], problems.x.dtype, dev)
+    live, n_live = problems, p
     for it in range(max_iter):
         if it % sync_every == 0:  # the only host reads of the loop
             running_count = running.sum(1)  # (P,)
@@ -267,14 +343,14 @@ def lloyd(
             width = int(running_count.max())  # R
             if live_ids.numel() != n_live:  # the live set only shrinks: same size, same problems
                 n_live = live_ids.numel()
-                live = LiveProblems(xc[live_ids], xt[live_ids], x_sq[live_ids], w[live_ids], tol_abs[live_ids])
+                live = problems.select(live_ids)
             # restart_ids[i, r]: the restart in packed slot r of live problem i, running ones first (stable order)
             restart_ids = torch.argsort((~running[live_ids]).to(torch.int8), dim=1, stable=True)[:, :width]  # (P', R)
             problem_ids = live_ids[:, None].expand_as(restart_ids)  # (P', R)
         active = running[problem_ids, restart_ids]  # (P', R) the slot holds a restart still running
         packed = centres[problem_ids, restart_ids]  # (P', R, k, d)
-        labels, partial = nearest(live.xt, packed, workspace)
-        new = update_centres(live.x, None if unit_weights else live.w, labels, partial, live.x_sq, packed, k, workspace)
+        labels, d2 = assign(live, packed, workspace)
+        new = update_centres(live.x, None if unit_weights else live.w, labels, d2, packed, k, workspace)
         shift = ((new - packed) ** 2).sum((-1, -2))  # (P', R) squared centre movement
         # Unchanged labels give bitwise-unchanged centres (shift 0), so this one test
         # covers scikit-learn's strict convergence as well as its tolerance.
@@ -282,7 +358,24 @@ def lloyd(
         centres[problem_ids, restart_ids] = torch.where(active[..., None, None], new, packed)
         n_iter[problem_ids, restart_ids] = torch.where(active, it + 1, n_iter[problem_ids, restart_ids])
         running[problem_ids, restart_ids] = active & ~converged
+        if stats is not None:
+            stats.append(step_stats((p, n_init), (problem_ids, restart_ids), active, (d2 * live.w[:, None, :]).sum(-1),
+                                    shift, running))
     return n_iter, centres
+
+
+def step_stats(shape: tuple[int, int], slots: tuple[torch.Tensor, torch.Tensor], active: torch.Tensor,
+               objective: torch.Tensor, shift: torch.Tensor, running: torch.Tensor):
+    """One step's (objective (P, R), shift (P, R), running ()) from its packed slots; NaN where not running."""
+    out = []
+    for packed in (objective, shift):
+        full = torch.full(shape, math.nan, dtype=torch.float64, device=packed.device)
+        full[slots] = torch.where(active, packed.double(), torch.full_like(packed, math.nan, dtype=torch.float64))
+        out.append(full)
+    return out[0], out[1], running.sum()
+
+
+# ------------------------------------------------------------------ the common start and the entry point
 
 
 @dataclass
@@ -302,6 +395,10 @@ class Prepared:
     mean: torch.Tensor
     tol_abs: torch.Tensor
     centres: torch.Tensor
+
+    def problems(self) -> LiveProblems:
+        """Every problem as Lloyd takes them (with the transposed copy of the tokens)."""
+        return LiveProblems(self.xc, self.xc.transpose(1, 2).contiguous(), self.x_sq, self.w, self.tol_abs)
 
 
 def prepare(
@@ -352,6 +449,9 @@ def kmeans(
     init: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
     keep_restarts: int = 0,
+    assign: Assignment = torch_assignment,
+    sync_every: int = SYNC_EVERY,
+    stats: bool = False,
 ) -> KMeansResult:
     """Cluster every problem of x (P, N, d) into k clusters; keep the best restart each.
 
@@ -363,33 +463,40 @@ def kmeans(
     stream (restart_labels, the seed ensemble). Restarts past n_init run in a second call, so
     the best of the first n_init -- `labels` and every other field -- is bitwise what it is
     without the ensemble. With init, the ensemble is the given starts (S <= their number).
+    assign: the assignment step (torch_assignment; the faiss and cuML backends pass theirs).
+    sync_every: Lloyd steps between the host's reads (any value gives the same results).
+    stats: also return per-iteration statistics (KMeansResult.stats, LloydStats).
     Raises ValueError on NaN/inf input, k < 1, or k larger than N.
     """
-    args = dict(max_iter=max_iter, tol=tol, seed=seed, weights=weights)
+    args = dict(max_iter=max_iter, tol=tol, seed=seed, weights=weights, assign=assign, sync_every=sync_every,
+                stats=stats)
     best, members = _kmeans_call(x, k, n_init=n_init, init=init, restart_range=None, **args)
     if keep_restarts <= 0:
         return best
     if keep_restarts > members.shape[1]:
         assert init is None, f"keep_restarts = {keep_restarts} but init holds {members.shape[1]} starts"
-        _, extra = _kmeans_call(x, k, n_init=n_init, init=None, restart_range=(n_init, keep_restarts), **args)
-        members = torch.cat([members, extra], 1)
+        extra, more = _kmeans_call(x, k, n_init=n_init, init=None, restart_range=(n_init, keep_restarts), **args)
+        members = torch.cat([members, more], 1)
+        if stats:
+            best.stats = best.stats.beside(extra.stats)
     best.restart_labels = members[:, :keep_restarts]
     return best
 
 
 def _kmeans_call(x: torch.Tensor, k: int, *, n_init: int, max_iter: int, tol: float, seed: int,
-                 init: torch.Tensor | None, weights: torch.Tensor | None,
-                 restart_range: tuple[int, int] | None) -> tuple[KMeansResult, torch.Tensor]:
+                 init: torch.Tensor | None, weights: torch.Tensor | None, restart_range: tuple[int, int] | None,
+                 assign: Assignment, sync_every: int, stats: bool) -> tuple[KMeansResult, torch.Tensor]:
     """One batched run of the given restarts: the best of them and every restart's labels (P, R, N)."""
     prep = prepare(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights,
                    restart_range=restart_range)
-    xc, x_sq, w, has_tokens, mean, tol_abs, centres = (prep.xc, prep.x_sq, prep.w, prep.has_tokens, prep.mean,
-                                                       prep.tol_abs, prep.centres)
+    xc, w, has_tokens, mean = prep.xc, prep.w, prep.has_tokens, prep.mean
     p, n, d = xc.shape
-    restarts = centres.shape[1]
-    xt = xc.transpose(1, 2).contiguous()  # (P, d, N)
-    n_iter, centres = lloyd(xc, xt, x_sq, w, centres, has_tokens, tol_abs, max_iter, unit_weights=weights is None)
-    labels, d2min = assign(xt, x_sq, centres)
+    restarts = prep.centres.shape[1]
+    problems = prep.problems()
+    steps = [] if stats else None
+    n_iter, centres = lloyd(problems, prep.centres, has_tokens, max_iter, unit_weights=weights is None, assign=assign,
+                            sync_every=sync_every, stats=steps)
+    labels, d2min = assign(problems, centres)
     pidx = torch.arange(p, device=x.device)
     if restarts > 1:
         best = (d2min * w[:, None, :]).sum(-1).argmin(dim=1)  # first minimum on ties
@@ -407,4 +514,11 @@ def _kmeans_call(x: torch.Tensor, k: int, *, n_init: int, max_iter: int, tol: fl
         centres=best_centres + mean[:, None, :],
         inertia=torch.where(has_tokens, inertia, torch.zeros_like(inertia)),
         n_iter=torch.where(has_tokens, n_iter[pidx, best], torch.zeros_like(n_iter[:, 0])),
+        stats=LloydStats.stack(steps) if stats and steps else (empty_stats(p, restarts, x.device) if stats else None),
     ), members
+
+
+def empty_stats(p: int, restarts: int, device: torch.device) -> LloydStats:
+    """The statistics of a call in which no restart ran (no problem had a weighted token)."""
+    nan = torch.full((0, p, restarts), math.nan, dtype=torch.float64, device=device)
+    return LloydStats(nan, nan.clone(), torch.zeros(0, dtype=torch.long, device=device))
