@@ -56,7 +56,7 @@ def test_any_sync_interval_gives_the_same_clustering(sync_every):
     assert count.sync_by_op == {"aten.nonzero": windows, "aten._local_scalar_dense": windows}, (steps, windows)
 
 
-@pytest.mark.parametrize("k", [2, 5, 9, 13])
+@pytest.mark.parametrize("k", [1, 2, 5, 7, 9, 13, 24])
 def test_hungarian_matches_the_step_by_step_reference(k):
     gen = torch.Generator().manual_seed(k)
     cost = torch.cat([torch.rand(40, k, k, generator=gen, dtype=torch.float64),
@@ -68,4 +68,5 @@ def test_hungarian_matches_the_step_by_step_reference(k):
         matching._hungarian_square(cost)
     with OpCounter() as every_step:
         hungarian_square_reference(cost)
-    assert fewer.syncs < every_step.syncs
+    # row i searches and augments within i steps: up to k = 7 the bounds leave no read worth making
+    assert fewer.syncs == 0 if k <= 7 else 0 < fewer.syncs < every_step.syncs / 2, (fewer.syncs, every_step.syncs)
