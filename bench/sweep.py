@@ -2,9 +2,10 @@
 paper's way of doing the same analysis (one image and one problem at a time with
 scikit-learn and scipy, over the same alpha x tau grid), in the same process on the same
 decoder outputs. Beside the times: the peak memory of each way (bench/memory.py), and the
-aten ops and host synchronisations one `analyze_batch` call issues at each of
-`count_batches` (bench/dispatch.py; counted on the CPU so a regression shows without a GPU,
-with one KMeans call per batch as on a GPU, at the default grid).
+aten ops, host synchronisations and host-to-device copies one `analyze_batch` call issues at
+each of `count_batches` (bench/dispatch.py; counted on the CPU so a regression shows without a
+GPU, with one KMeans call per batch as on a GPU, at the default grid; on a CUDA device the same
+calls are counted there too, with the sync debug mode's warnings).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 import engine.analysis.controls as controls_module
-from bench.dispatch import OpCounter
+from bench.dispatch import OpCounter, SyncWarnings
 from bench.machine import machine_info
 from bench.memory import PeakMemory, max_rss_mb
 from engine.analysis.batch import analyze_batch
@@ -99,23 +100,29 @@ def simulated_batch(index, source: SimulatedSource, analysis: AnalysisConfig, ba
     return batch, gt_tokens, gt_mask
 
 
-def count_analysis_ops(index, run_cfg: RunConfig, batch_sizes: tuple[int, ...]) -> list[dict]:
-    """aten ops and host syncs of one analyze_batch call at each batch size (CPU, torch backend), at the
-    default grid (one alpha, one tau) so that counts from different grids compare; without the flip-ratio
-    controls, as the timed analysis (they add the null problems' work and the reseed KMeans)."""
+def count_analysis_ops(index, run_cfg: RunConfig, batch_sizes: tuple[int, ...], device: str = "cpu") -> list[dict]:
+    """aten ops, host syncs and host-to-device copies of one analyze_batch call at each batch size (torch
+    backend on `device`), at the default grid (one alpha, one tau) so that counts from different grids
+    compare; without the flip-ratio controls, as the timed analysis (they add the null problems' work and
+    the reseed KMeans). On the CPU the copies are 0 and host_data_tensors (tensors built from host values,
+    bench/dispatch.py) stands for them; on CUDA the sync debug mode's warnings are counted too."""
     analysis = AnalysisConfig(n_init=run_cfg.analysis.n_init, controls=False)
     source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
-    backend, _ = resolve_backend("torch", torch.device("cpu"))
+    backend, _ = resolve_backend("torch", torch.device(device))
     out = []
     for b in batch_sizes:
         batch, gt_tokens, gt_mask = simulated_batch(index, source, analysis, b)
         # one KMeans call per batch, as on a GPU with room for it (on a CPU the analysis splits
         # KMeans into 128 MiB chunks, each with its own syncs; see kmeans_memory_budget)
-        with mock.patch.object(controls_module, "kmeans_memory_budget", lambda device: 2**62), OpCounter() as count:
+        with (mock.patch.object(controls_module, "kmeans_memory_budget", lambda device: 2**62),
+              SyncWarnings(device) as sync, OpCounter() as count):
             analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
                           gt_tokens=gt_tokens, gt_mask=gt_mask)
-        out.append({"batch_size": b, "aten_ops": count.ops, "host_syncs": count.syncs,
-                    "aten_ops_per_image": count.ops / b, "syncs_by_op": dict(count.sync_by_op)})
+        out.append({"batch_size": b, "device": device, "aten_ops": count.ops, "host_syncs": count.syncs,
+                    "host_to_device": count.host_to_device, "host_data_tensors": count.host_data,
+                    "sync_warnings": sync.count, "aten_ops_per_image": count.ops / b,
+                    "syncs_by_op": dict(count.sync_by_op), "copies_by_op": dict(count.copy_by_op),
+                    "sync_warnings_where": sync.as_dict()["where"]})
     return out
 
 
@@ -152,6 +159,8 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
                 paper_way(tokens, batch.queries[0].double().numpy(), batch.scores[0].numpy(), qm, analysis)
                 ref_seconds += time.perf_counter() - t0
         counts = count_analysis_ops(index, run_cfg, cfg.count_batches) if cfg.count_batches else []
+        if cfg.count_batches and device.type == "cuda":  # the same calls on the device: its real copies and syncs
+            counts += count_analysis_ops(index, run_cfg, cfg.count_batches, str(device))
 
     n = result.images_done
     ms_analysis = 1e3 * stages.get("analysis", 0.0) / n
@@ -174,8 +183,10 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
     echo(f"  peak memory above start: batched sweep {_mem(peak_batched)}, paper's way {_mem(peak_paper)}; "
          f"process max RSS {memory['process_max_rss_mb']:.0f} MiB")
     for c in counts:
-        echo(f"  analyze_batch at batch {c['batch_size']:>3}: {c['aten_ops']:>7} aten ops "
-             f"({c['aten_ops_per_image']:.0f} per image), {c['host_syncs']:>5} host syncs")
+        warned = "" if c["sync_warnings"] is None else f", {c['sync_warnings']} sync warnings"
+        echo(f"  analyze_batch at batch {c['batch_size']:>3} on {c['device']}: {c['aten_ops']:>7} aten ops "
+             f"({c['aten_ops_per_image']:.0f} per image), {c['host_syncs']:>5} host syncs, "
+             f"{c['host_to_device']} host-to-device copies, {c['host_data_tensors']} host-data tensors{warned}")
     return {
         "bench": "sweep",
         "machine": machine_info(device),

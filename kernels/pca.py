@@ -64,7 +64,7 @@ def fix_signs(components: torch.Tensor) -> torch.Tensor:
     """Flip each component (P, d, C) so its largest-|value| entry is positive."""
     idx = components.abs().argmax(dim=-1, keepdim=True)
     signs = torch.sign(torch.gather(components, -1, idx))
-    signs[signs == 0] = 1
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)  # (no boolean-mask write: no host read)
     return components * signs
 
 
