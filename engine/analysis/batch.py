@@ -32,6 +32,7 @@ from kernels.datr import (
     compact_kept,
     datr_moments,
     datr_project,
+    kept_widths,
     mask_weights,
     permute_token_rows,
 )
@@ -206,12 +207,13 @@ def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig
 
     for ti, tau in enumerate(cfg.taus):
         kept = batch.scores.to(dev) >= tau  # (B, P, Q)
-        w_class = mask_weights(batch.query_masks.to(dev), kept)  # (B, P, N)
+        width_c, width_g = kept_widths(kept)  # the one host read per tau: the compacted widths
+        w_class = mask_weights(batch.query_masks.to(dev), kept, width_c)  # (B, P, N)
         weights = torch.cat([w_class.amax(1, keepdim=True), w_class], 1)  # (B, S, N): global, then each prompt
         measures.mask_weights[:, ti] = weights
         eff = weights >= cfg.effective_threshold
-        keys_c, mask_c = compact_kept(queries, kept)
-        keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q))
+        keys_c, mask_c = compact_kept(queries, kept, width_c)
+        keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q), width_g)
         attended = torch.cat([attend_queries(tokens, keys_g, mask_g), attend_queries(tokens, keys_c, mask_c)], 1)
         counts = torch.cat([kept.sum((1, 2))[:, None], kept.sum(2)], 1)  # (B, S)
         paper_dist, shift_dist = datr_cosine_distances(tokens, attended, cfg.alphas)
