@@ -15,7 +15,7 @@ DIR/gpu-check.json and a readable DIR/gpu-check.md. Steps, in order:
                      the 5-alpha x 3-tau grid (the first also counts aten ops and host syncs on the CPU)
 
 `--device cpu --quick` runs the same steps at toy sizes (tests/test_gpu_check.py runs it, so
-the script cannot rot); its encoder step uses the tiny SAM3 of tests/tiny_sam3.py.
+the script cannot rot); its encoder step uses the tiny SAM3 of engine/sources/sam3/tiny.py.
 A step's process is this module again with `--step KIND --params JSON` (see `child`).
 The exit status is 0 when every step passed, 1 otherwise.
 """
@@ -205,14 +205,14 @@ def encoder_step(params: dict, echo) -> dict:
 
     extra = {}
     if params.get("tiny"):  # --quick: the tests' tiny SAM3 (same classes, cut widths) at 224 px
-        from tests.tiny_sam3 import TINY_SIDE, build_tiny_sam3
+        from engine.sources.sam3.tiny import TINY_SIDE, build_tiny_sam3
 
         extra = {"model_factory": build_tiny_sam3, "image_side": TINY_SIDE}
     cfg = EncoderBenchConfig(random_weights=True, device=params["device"], images=params["images"], **extra)
     with PeakMemory(params["device"]) as peak:
         payload = run_encoder_bench(cfg, echo=echo, batch_sizes=tuple(params["batch_sizes"]))
     payload["peak_memory"] = peak.as_dict()
-    payload["config"]["model_factory"] = "tests.tiny_sam3.build_tiny_sam3" if params.get("tiny") else None
+    payload["config"]["model_factory"] = "engine.sources.sam3.tiny.build_tiny_sam3" if params.get("tiny") else None
     return payload
 
 
