@@ -458,6 +458,7 @@ COMPAT_STEPS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess that imports sam3 and builds the tiny model five times
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fixes are inactive where CUDA is present")
 def test_each_compat_fix_is_needed_and_works():
     """In a fresh process: each failure reproduces without its fix and goes away with it."""
