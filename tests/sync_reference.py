@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.kmeans import LiveProblems, Workspace, nearest
+from kernels.lloyd import LiveProblems, Workspace, nearest
 
 
 def update_centres_reference(

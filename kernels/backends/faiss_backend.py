@@ -22,7 +22,8 @@ import torch
 
 from kernels.backends.common import pca_problem
 from kernels.checks import check_finite
-from kernels.kmeans import KMeansResult, LiveProblems, kmeans
+from kernels.kmeans import KMeansResult, kmeans
+from kernels.lloyd import LiveProblems
 from kernels.pca import PCAResult, fix_signs
 
 
