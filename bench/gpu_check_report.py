@@ -72,7 +72,7 @@ def render(report: dict) -> str:
         "# GPU check",
         "",
         f"- result: **{'all steps passed' if report['ok'] else 'some steps did not pass'}** in {report['seconds']} s "
-        f"(budget {report['budget_s']:.0f} s)",
+        + ("(no time boxes)" if report["budget_s"] is None else f"(budget {report['budget_s']:.0f} s)"),
         f"- machine: {machine.get('gpu', 'no GPU')} / {machine.get('cpu')} ({machine.get('cpu_count')} CPUs), "
         f"torch {machine.get('torch')}, CUDA {machine.get('cuda')}",
         f"- versions: {report.get('versions', {}).get('line', '-')}",

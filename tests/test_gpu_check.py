@@ -39,7 +39,7 @@ def test_quick_cpu_check_runs_every_step(tmp_path):
     encoder = next(r["result"] for r in report["steps"] if r["kind"] == "encoder")
     assert [p["batch_size"] for p in encoder["per_batch_size"]] == [1]
     page = (out / "gpu-check.md").read_text()
-    assert all(f"| {name} | ok |" in page for name in names)
+    assert all(f"| {name} | ok |" in page for name in names) and "(no time boxes)" in page
 
 
 def test_failures_and_timeouts_are_recorded_and_the_rest_runs(tmp_path):
@@ -52,6 +52,8 @@ def test_failures_and_timeouts_are_recorded_and_the_rest_runs(tmp_path):
     report = run_check(tmp_path / "spent", [Step("a", "parity"), Step("b", "kernels")], budget_s=0, echo=lambda s: None)
     assert [r["status"] for r in report["steps"]] == ["skipped", "skipped"] and not report["ok"]
     assert "| a | skipped |" in (tmp_path / "spent" / "gpu-check.md").read_text()
+    unboxed = run_check(tmp_path / "unboxed", [], budget_s=None, echo=lambda s: None)
+    assert unboxed["ok"] and "(no time boxes)" in (tmp_path / "unboxed" / "gpu-check.md").read_text()
 
 
 def test_the_version_line_says_what_is_outside_what_the_code_asks_for():
