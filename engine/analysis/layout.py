@@ -105,6 +105,13 @@ class Part:
         """The factor slots that are problems of this part (slot 0 only when the part holds the encoder)."""
         return slice(0 if self.has_encoder else 1, self.factor_slots)
 
+    def scored_slots(self, device: torch.device) -> torch.Tensor:
+        """The slots (indices into the M slots) of the part's scored problems -- the encoder slot in part 0,
+        then the DATR slots, which are consecutive -- built on the device from their range alone."""
+        datr = torch.arange(self.slots[0], self.slots[-1] + 1, device=device)
+        assert datr.numel() == len(self.slots), "a part's DATR slots are consecutive"
+        return torch.cat([torch.zeros(1, dtype=datr.dtype, device=device), datr]) if self.has_encoder else datr
+
     def index(self, images: int, device: torch.device) -> PartIndex:
         """Index tensors of the part's problem axis, built once per part."""
         per, j = self.per_image, self.datr_count
