@@ -325,8 +325,9 @@ def write_measures(inputs: BatchInputs, part: Part, state: BatchState, cfg: Anal
         scope_iou = torch.cat([torch.full((b, 1), float("nan"), dtype=torch.float64, device=tokens.device),
                                mask_iou(union, inputs.gt_mask, inputs.class_ids)], 1)
     s_count = eff.shape[1]
-    for ai, _alpha in enumerate(cfg.alphas):  # the part's slots are alpha-major, then scope
-        sl = list(part.slots[ai * s_count : (ai + 1) * s_count])
+    for ai, _alpha in enumerate(cfg.alphas):  # the part's slots are alpha-major, then scope, and consecutive
+        first = part.slots[ai * s_count]
+        sl = slice(first, first + s_count)  # a slice, not a list: no index tensor to copy to the device
         measures.effective[:, sl] = eff
         measures.kept_count[:, sl] = counts
         measures.cos_distance[:, sl] = paper_cos
