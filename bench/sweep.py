@@ -130,8 +130,8 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
     if cfg.reference_images > cfg.images:
         raise ConfigError(f"--reference-images ({cfg.reference_images}) cannot exceed --images ({cfg.images})")
     device = parse_device(cfg.device)
-    # like for like: the paper's way has no controls
-    analysis = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus), controls=False)
+    # like for like: the paper's way has no controls and no seed ensemble (their cost: ensemble_cost)
+    analysis = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus), controls=False, seeds=0)
     with tempfile.TemporaryDirectory(prefix="datr-bench-") as tmp:
         root = write_scene_set(Path(tmp) / "scenes", cfg.images, size=cfg.image_size, seed=0)
         run_cfg = RunConfig(dataset=root, out=Path(tmp) / "sweep", model="simulated", device=str(device),
@@ -151,9 +151,39 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
         counts = count_analysis_ops(index, run_cfg, cfg.count_batches) if cfg.count_batches else []
         if cfg.count_batches and device.type == "cuda":  # the same calls on the device: its real copies and syncs
             counts += count_analysis_ops(index, run_cfg, cfg.count_batches, str(device))
+        echo("sweep bench: the analysis with the default controls, without and with the seed ensemble ...")
+        ensemble = time_ensemble_cost(index, run_cfg, cfg, device)
     timing = {"images": result.images_done, "total_s": total, "stages": result.run["seconds_per_stage"],
               "reference_s": ref_seconds}
-    return sweep_report(cfg, device, timing, {"batched_sweep": peak_batched, "paper_way": peak_paper}, counts, echo)
+    report = sweep_report(cfg, device, timing, {"batched_sweep": peak_batched, "paper_way": peak_paper}, counts, echo)
+    echo(f"  seed ensemble ({ensemble['seeds']} seeds, controls on): {ensemble['ms_per_image_with']:.0f} ms/image with, "
+         f"{ensemble['ms_per_image_without']:.0f} without: {ensemble['ratio']:.2f}x (best of {ensemble['repeats']} each)")
+    return report | {"ensemble_cost": ensemble}
+
+
+def time_ensemble_cost(index, run_cfg: RunConfig, cfg: SweepBenchConfig, device: torch.device, repeats: int = 2) -> dict:
+    """The analysis (analyze_batch on the same simulated batches, controls on as by default) without the
+    seed ensemble (--seeds 0, the analysis before it existed) and with the default seeds, alternating
+    the two `repeats` times; the best time of each, per image."""
+    with_ensemble = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus))
+    variants = {"without": replace(with_ensemble, seeds=0), "with": with_ensemble}
+    source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, str(device))
+    batches = [simulated_batch(index, source, with_ensemble, cfg.batch_size) for _ in range(max(1, cfg.images // cfg.batch_size))]
+    backend, _ = resolve_backend("torch", device)
+    best = {name: float("inf") for name in variants}
+    for _ in range(repeats):
+        for name, analysis in variants.items():
+            start = time.perf_counter()
+            for batch, gt_tokens, gt_mask in batches:
+                analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
+                              gt_tokens=gt_tokens, gt_mask=gt_mask)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    images = len(batches) * cfg.batch_size
+    return {"seeds": with_ensemble.seeds, "n_init": cfg.n_init, "images": images, "repeats": repeats,
+            "ms_per_image_without": 1e3 * best["without"] / images, "ms_per_image_with": 1e3 * best["with"] / images,
+            "ratio": best["with"] / best["without"]}
 
 
 def time_paper_way(index, run_cfg: RunConfig, images: int) -> tuple[float, PeakMemory]:
