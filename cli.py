@@ -12,15 +12,17 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
-from engine.core.config import AnalysisConfig, RunConfig, parse_list
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig, parse_list, split_entries
 from engine.core.errors import DatrError
 from engine.core.options import build_run_config
+from engine.core.processes import exit_code, signals_interrupt
 from engine.present.terminal import (
     DatrGroup,
     draw_figures,
@@ -63,25 +65,30 @@ def root(
 
 
 def user_errors(fn):
-    """A DatrError as one line on stderr, exit 2 (no traceback); Ctrl-C as one line (with the --resume hint), exit 130."""
+    """A DatrError as one line on stderr, exit 2 (no traceback); Ctrl-C, SIGTERM or SIGHUP as the --resume hint, exit 128 + signal."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DatrError as err:
-            typer.echo(f"datr: error: {err.message}", err=True)
-            raise typer.Exit(err.exit_code) from None
-        except OSError as err:  # full disk, read-only or forbidden folder, ...: the user's to fix
-            from engine.core.errors import os_error_message
-
-            typer.echo(f"datr: error: {os_error_message(err)}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo(interrupted_message(fn.__name__), err=True)
-            raise typer.Exit(130) from None
+        with signals_interrupt():
+            return run_command(fn, args, kwargs)
 
     return wrapper
+
+
+def run_command(fn, args, kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except DatrError as err:
+        typer.echo(f"datr: error: {err.message}", err=True)
+        raise typer.Exit(err.exit_code) from None
+    except OSError as err:  # full disk, read-only or forbidden folder, ...: the user's to fix
+        from engine.core.errors import os_error_message
+
+        typer.echo(f"datr: error: {os_error_message(err)}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP (engine.core.processes)
+        typer.echo(interrupted_message(fn.__name__), err=True)
+        raise typer.Exit(exit_code(err)) from None
 
 
 def set_threads(threads: int | None) -> None:
@@ -185,64 +192,75 @@ def bench_encoder(
     write_json(json_path, result)
 
 
-ModelOpt = Annotated[str, typer.Option(help=f"{choices(Model)}: sam3 needs --checkpoint; simulated is a GT-derived stand-in, no weights.")]
+def default(owner, name: str) -> str:
+    """A config field's default, for an option's help (the config holds the defaults; the CLI's options are None)."""
+    value = getattr(owner, name)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+A, D, R = AnalysisConfig, DataConfig, RunConfig
+ModelOpt = Annotated[str | None, typer.Option(help=f"{choices(Model)} (default {default(R, 'model')}): sam3 needs --checkpoint; simulated is a GT-derived stand-in, no weights.")]
 CheckpointOpt = Annotated[Path | None, typer.Option(help="SAM3 checkpoint sam3.pt (from the gated facebook/sam3 release).")]
 BpeOpt = Annotated[Path | None, typer.Option("--bpe", help="BPE vocabulary; found in the open_clip package if omitted.")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (no silent fallback).")]
-BackendOpt = Annotated[str, typer.Option(help=f"Clustering backend: {choices(Backend)}; auto records what it chose.")]
-AlphaOpt = Annotated[str | None, typer.Option("--alpha", help="DATR blend alpha, a comma list is a grid (default 0.3).")]
-ClustersOpt = Annotated[str | None, typer.Option("--clusters", help="KMeans k, a comma list is a grid (default 5).")]
-DimsOpt = Annotated[str | None, typer.Option("--dims", help="PCA dimensions d, a comma list is a grid (default 32).")]
-TauOpt = Annotated[str | None, typer.Option("--tau", help="Score threshold tau for kept queries, a comma list is a grid (default 0.5).")]
-ModeOpt = Annotated[str, typer.Option(help=f"{choices(Mode)}: squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
-DatasetKindOpt = Annotated[str, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)}.")]
-NInitOpt = Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")]
+DeviceOpt = Annotated[str | None, typer.Option(help=f"cpu, cuda or cuda:N (default {default(R, 'device')}; no silent fallback).")]
+BackendOpt = Annotated[str | None, typer.Option(help=f"Clustering backend: {choices(Backend)} (default {default(A, 'backend')}; auto records what it chose).")]
+LIST = "a comma list, or the option repeated, is a grid"
+AlphaOpt = Annotated[list[str] | None, typer.Option("--alpha", help=f"DATR blend alpha; {LIST} (default {default(A, 'alphas')}).")]
+ClustersOpt = Annotated[list[str] | None, typer.Option("--clusters", help=f"KMeans k; {LIST} (default {default(A, 'ks')}).")]
+DimsOpt = Annotated[list[str] | None, typer.Option("--dims", help=f"PCA dimensions d; {LIST} (default {default(A, 'dims')}).")]
+TauOpt = Annotated[list[str] | None, typer.Option("--tau", help=f"Score threshold tau for kept queries; {LIST} (default {default(A, 'taus')}).")]
+ModeOpt = Annotated[str | None, typer.Option(help=f"{choices(Mode)} (default {default(D, 'mode')}): squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
+KindOpt = Annotated[str | None, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)} (default {default(D, 'kind')}).")]
+NInitOpt = Annotated[int | None, typer.Option(help=f"KMeans restarts (default {default(A, 'n_init')}).")]
+SeedsOpt = Annotated[int | None, typer.Option(help=f"KMeans seeds per scope for the effect statistics (>= 2; default {default(A, 'seeds')}).")]
 ControlsOpt = Annotated[bool | None, typer.Option("--controls/--no-controls", help="Measure the null and reseed controls of every flip ratio (default on; about doubles the analysis time).")]
-KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default independent: k-means++; encoder: from the encoder partition).")]
-ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under [analysis].")]
-FormatsOpt = Annotated[str, typer.Option(help="Figure formats, a comma list of png, pdf, svg.")]
-FigureIdsOpt = Annotated[str | None, typer.Option(help="Draw the per-image figures of these image ids (a comma list).")]
+KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default {default(A, 'kmeans_init')}; independent: k-means++; encoder: from the encoder partition).")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml: run options at the top level, [data], [analysis] and [simulated] tables.")]
+FormatsOpt = Annotated[list[str] | None, typer.Option(help="Figure formats: a comma list (or the option repeated) of png, pdf, svg (default png).")]
+FigureIdsOpt = Annotated[list[str] | None, typer.Option(help="Draw the per-image figures of these image ids (a comma list, or the option repeated).")]
+PromptsOpt = Annotated[list[str] | None, typer.Option(help=f"Text prompts, one per class in class order: a comma list or the option repeated (default {default(R, 'prompts')}).")]
 
 
 @app.command()
 @user_errors
 def sweep(
     ctx: typer.Context,
-    dataset: Annotated[Path | None, typer.Argument(help="UDD5 root (holding train/ val/), a split folder, or an image folder.")] = None,
-    out: Annotated[Path, typer.Option(help="Result folder (rows/*.parquet, errors.parquet, run.json).")] = Path("datr-out"),
-    model: ModelOpt = "simulated",
+    root: Annotated[Path | None, typer.Argument(metavar="DATASET", help="UDD5 root (holding train/ val/), a split folder, or an image folder.")] = None,
+    out: Annotated[Path | None, typer.Option(help=f"Result folder: rows/*.parquet, errors.parquet, run.json (default {default(R, 'out')}).")] = None,
+    model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
     bpe_path: BpeOpt = None,
-    split: Annotated[str | None, typer.Option(help="Split folder to read.")] = "val",
-    mode: ModeOpt = "squash",
-    tile_overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 0,
-    dataset_kind: DatasetKindOpt = "auto",
-    device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 4,
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
-    decode: Annotated[str, typer.Option(help=f"JPEG decoding: {choices(Decode)}.")] = "auto",
-    backend: BackendOpt = "auto",
+    split: Annotated[str | None, typer.Option(help=f"Split folder to read (default {default(D, 'split')}).")] = None,
+    mode: ModeOpt = None,
+    tile_overlap: Annotated[int | None, typer.Option(help=f"Pixels shared by neighbouring tiles (default {default(D, 'tile_overlap')}).")] = None,
+    kind: KindOpt = None,
+    device: DeviceOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Images per batch (default {default(R, 'batch_size')}).")] = None,
+    num_workers: Annotated[int | None, typer.Option(help=f"DataLoader worker processes (default {default(D, 'num_workers')}).")] = None,
+    decode: Annotated[str | None, typer.Option(help=f"JPEG decoding: {choices(Decode)} (default {default(D, 'decode')}).")] = None,
+    backend: BackendOpt = None,
     alphas: AlphaOpt = None,
     ks: ClustersOpt = None,
     dims: DimsOpt = None,
     taus: TauOpt = None,
     n_init: NInitOpt = None,
+    seeds: SeedsOpt = None,
     controls: ControlsOpt = None,
     kmeans_init: KMeansInitOpt = None,
-    seed: Annotated[int | None, typer.Option(help="KMeans seed (default 0).")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"KMeans seed (default {default(A, 'seed')}).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a sweep in --out, skipping finished images.")] = False,
-    prompts: Annotated[str | None, typer.Option(help="Comma list of text prompts, one per class in class order.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue the sweep in --out (its run.json must be there): finished images are skipped, changed ones computed again.")] = None,
+    prompts: PromptsOpt = None,
     save_features: Annotated[Path | None, typer.Option(help="Also write the feature cache (safetensors) here.")] = None,
-    cache_dtype: Annotated[str, typer.Option(help=f"Feature cache precision: {choices(CacheDtype)} (float32 reruns bitwise, twice the disk).")] = "float16",
+    cache_dtype: Annotated[str | None, typer.Option(help=f"Feature cache precision: {choices(CacheDtype)} (default {default(R, 'cache_dtype')}; float32 reruns bitwise, twice the disk).")] = None,
     from_cache: Annotated[Path | None, typer.Option(help="Analyse a feature cache instead of running the model.")] = None,
-    figures: Annotated[int, typer.Option(help="Draw the per-image figures for the first N images.")] = 0,
+    figures: Annotated[int | None, typer.Option(help="Draw the per-image figures for the first N images (with --resume: the ones not drawn yet).")] = None,
     figure_ids: FigureIdsOpt = None,
-    formats: FormatsOpt = "png",
+    formats: FormatsOpt = None,
     config: ConfigOpt = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
-    eigh: Annotated[str | None, typer.Option(help=f"PCA eigensolver of the torch backend: {choices(Eigh)} (default auto).")] = None,
+    eigh: Annotated[str | None, typer.Option(help=f"PCA eigensolver of the torch backend: {choices(Eigh)} (default {default(A, 'eigh')}).")] = None,
     dataset_sample: Annotated[int | None, typer.Option(help="Also cluster a reservoir sample of this many tokens from all images (0 = off).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://HOST:8786); the dataset and --out must be on a filesystem every worker shares.")] = None,
     cluster: Annotated[str | None, typer.Option(help="local: start a Dask cluster here (one worker per GPU with --device cuda).")] = None,
@@ -250,28 +268,48 @@ def sweep(
 ) -> None:
     """Run the analysis over a dataset; results to --out (resumable). --scheduler/--cluster: over a Dask cluster."""
     set_threads(threads)
-    options, ids = figure_options(formats, figure_ids)
+    options, ids = figure_choices(formats, figure_ids)
     cfg = build_run_config(ctx, **({"figures": len(ids)} if ids else {}))
     set_matmul_precision(cfg.device)
-    if scheduler is not None or cluster is not None:
-        from engine.run.distributed import ClusterConfig, run_distributed_sweep  # imports dask: only here
-
-        where = ClusterConfig(scheduler=scheduler, cluster=cluster, workers=dask_workers, threads=threads)
-        result = run_distributed_sweep(cfg, where, echo=typer.echo, show_progress=progress)
-    elif dask_workers is not None:
-        raise DatrError("--dask-workers applies to --cluster local")
-    else:
-        from engine.run.sweep import run_sweep
-
-        result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=ids or cfg.figures)
+    result = run_sweep_command(cfg, scheduler, cluster, dask_workers, threads, progress, ids, options)
     typer.echo(f"{result.images_done} items analysed, {result.images_skipped_resume} already done, "
                f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
-    pages = draw_figures(result, cfg, options) if cfg.figures else []
-    missing = sorted(set(ids) - {str(maps.image_ids[row]) for maps, row in result.figures.maps}) if ids else []
+    pages = draw_figures(result, cfg, options) if result.figures.maps else []
+    drawn = {str(maps.image_ids[row]) for maps, row in result.figures.maps}
+    missing = sorted(set(ids) - drawn - set(result.figures.done_before)) if ids else []
     if missing:
         typer.echo(f"figures: no image with id {', '.join(missing)} was analysed in this run", err=True)
     print_summary(cfg.out, typer.echo)
     print_next(cfg.out, pages)
+
+
+def run_sweep_command(cfg: RunConfig, scheduler, cluster, dask_workers, threads, progress: bool, ids: tuple[str, ...],
+                      options):
+    """The sweep itself: over Dask (--scheduler/--cluster) or here, with the figures asked for."""
+    if scheduler is not None or cluster is not None:
+        from engine.run.distributed import ClusterConfig, run_distributed_sweep  # imports dask: only here
+
+        where = ClusterConfig(scheduler=scheduler, cluster=cluster, workers=dask_workers, threads=threads)
+        return run_distributed_sweep(cfg, where, echo=typer.echo, show_progress=progress)
+    if dask_workers is not None:
+        raise DatrError("--dask-workers applies to --cluster local")
+    from engine.run.sweep import run_sweep
+
+    drawn = None
+    if ids or cfg.figures:
+        from engine.present.figures.parallel import figures_complete
+
+        drawn = lambda image_id: figures_complete(cfg.out, image_id, options.formats)  # noqa: E731
+    return run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=ids or cfg.figures, figures_drawn=drawn)
+
+
+def figure_choices(formats: list[str] | None, figure_ids: list[str] | None):
+    """FigureOptions from --formats and the ids of --figure-ids, both list options (an empty entry is an error)."""
+    from engine.present.figures.view import FigureOptions
+
+    chosen = split_entries(formats, "--formats")
+    ids = split_entries(figure_ids, "--figure-ids") or ()
+    return (figure_options(",".join(chosen))[0] if chosen else FigureOptions()), ids
 
 
 @app.command()
@@ -281,22 +319,23 @@ def analyze(
     image: Annotated[Path, typer.Argument(help="One image file.")],
     out: Annotated[Path, typer.Option(help="Result folder.")],
     gt: Annotated[Path | None, typer.Option(help="Its ground-truth PNG (index or colour).")] = None,
-    model: ModelOpt = "simulated",
+    model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
     bpe_path: BpeOpt = None,
-    mode: ModeOpt = "squash",
-    dataset_kind: DatasetKindOpt = "auto",
-    device: DeviceOpt = "cpu",
-    backend: BackendOpt = "auto",
+    mode: ModeOpt = None,
+    kind: KindOpt = None,
+    device: DeviceOpt = None,
+    backend: BackendOpt = None,
     alphas: AlphaOpt = None,
     ks: ClustersOpt = None,
     dims: DimsOpt = None,
     taus: TauOpt = None,
     n_init: NInitOpt = None,
+    seeds: SeedsOpt = None,
     controls: ControlsOpt = None,
     kmeans_init: KMeansInitOpt = None,
     draw: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the paper's per-image figures.")] = True,
-    formats: FormatsOpt = "png",
+    formats: FormatsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """The paper's single-image analysis and every figure.
@@ -305,10 +344,10 @@ def analyze(
     from engine.data.index import index_image
     from engine.run.sweep import run_sweep
 
-    options, _ = figure_options(formats)
-    index = index_image(image, gt, mode=mode, dataset=dataset_kind)
-    cfg = build_run_config(ctx, dataset=image.parent, split=None, batch_size=1, num_workers=0, decode="cpu",
-                           figures=len(index.items) if draw else 0)
+    options, _ = figure_choices(formats, None)
+    cfg = build_run_config(ctx, root=image.parent, split=None, batch_size=1, num_workers=0, decode="cpu")
+    index = index_image(image, gt, mode=cfg.data.mode, dataset=cfg.data.kind)
+    cfg = replace(cfg, figures=len(index.items) if draw else 0)
     set_matmul_precision(cfg.device)
     typer.echo(f"analyze: {len(index.items)} item(s) of {image}: model, clustering and metrics ...")
     result = run_sweep(cfg, echo=typer.echo, show_progress=len(index.items) > 1, index=index, keep_figures=cfg.figures)
@@ -348,8 +387,8 @@ def demo(
         shutil.rmtree(out)
     typer.echo(f"demo: writing {images} SIMULATED scenes to {out / 'scenes'}")
     root = write_scene_set(out / "scenes", images, seed=0)
-    cfg = RunConfig(dataset=root, out=out / "sweep", model="simulated", device=device, batch_size=batch_size,
-                    num_workers=0, figures=figures,
+    cfg = RunConfig(data=DataConfig(root=root, num_workers=0), out=out / "sweep", model="simulated", device=device or R.device,
+                    batch_size=batch_size, figures=figures,
                     analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4, dataset_sample=DEMO_SAMPLE)).validate()
     set_matmul_precision(cfg.device)
     result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)
