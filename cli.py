@@ -20,7 +20,7 @@ import typer
 
 from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
 from engine.core.config import AnalysisConfig, DataConfig, RunConfig, parse_list, split_entries
-from engine.core.errors import DatrError
+from engine.core.errors import DatrError, os_error_message
 from engine.core.options import build_run_config
 from engine.core.processes import exit_code, signals_interrupt
 from engine.present.terminal import (
@@ -31,7 +31,6 @@ from engine.present.terminal import (
     print_next,
     print_summary,
     project_version,
-    split_list,
 )
 
 app = typer.Typer(
@@ -70,25 +69,19 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with signals_interrupt():
-            return run_command(fn, args, kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except DatrError as err:
+                typer.echo(f"datr: error: {err.message}", err=True)
+                raise typer.Exit(err.exit_code) from None
+            except OSError as err:  # full disk, read-only or forbidden folder, ...: the user's to fix
+                typer.echo(f"datr: error: {os_error_message(err)}", err=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP (engine.core.processes)
+                typer.echo(interrupted_message(fn.__name__), err=True)
+                raise typer.Exit(exit_code(err)) from None
 
     return wrapper
-
-
-def run_command(fn, args, kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except DatrError as err:
-        typer.echo(f"datr: error: {err.message}", err=True)
-        raise typer.Exit(err.exit_code) from None
-    except OSError as err:  # full disk, read-only or forbidden folder, ...: the user's to fix
-        from engine.core.errors import os_error_message
-
-        typer.echo(f"datr: error: {os_error_message(err)}", err=True)
-        raise typer.Exit(2) from None
-    except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP (engine.core.processes)
-        typer.echo(interrupted_message(fn.__name__), err=True)
-        raise typer.Exit(exit_code(err)) from None
 
 
 def set_threads(threads: int | None) -> None:
@@ -158,9 +151,8 @@ def bench_kernels(
 
     set_threads(threads)
     set_matmul_precision(device)
-    cfg = KernelBenchConfig(
-        device=device, images=images, batch_size=batch_size, reference_images=reference_images, threads=threads, eigh=eigh
-    )
+    cfg = KernelBenchConfig(device=device, images=images, batch_size=batch_size, reference_images=reference_images,
+                            threads=threads, eigh=eigh)
     result = run_kernel_bench(cfg, echo=typer.echo)
     write_json(json_path, result)
 
@@ -184,10 +176,8 @@ def bench_encoder(
 
     set_threads(threads)
     set_matmul_precision(device)
-    cfg = EncoderBenchConfig(
-        random_weights=random_weights, checkpoint=checkpoint, bpe_path=bpe, device=device,
-        images=images, batch_size=batch_size,
-    )
+    cfg = EncoderBenchConfig(random_weights=random_weights, checkpoint=checkpoint, bpe_path=bpe, device=device,
+                             images=images, batch_size=batch_size)
     result = run_encoder_bench(cfg, echo=typer.echo)
     write_json(json_path, result)
 
@@ -354,8 +344,7 @@ def analyze(
     if result.images_done == 0 and not result.images_skipped_resume:
         from engine.run.store import read_shard
 
-        failed = read_shard(cfg.out / "errors.parquet").to_pylist()
-        raise DatrError(failed[0]["error"] if failed else f"{image}: no rows were written")
+        raise DatrError(next((e["error"] for e in read_shard(cfg.out / "errors.parquet").to_pylist()), f"{image}: no rows were written"))
     pages = draw_figures(result, cfg, options) if cfg.figures else []
     print_summary(cfg.out, typer.echo, paper=True)
     print_next(cfg.out, pages)
@@ -441,16 +430,15 @@ def bench_sweep(
 @user_errors
 def report(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder (or a folder holding one, e.g. demo-out).")],
-    formats: FormatsOpt = "png",
+    formats: FormatsOpt = None,
 ) -> None:
     """The report of a sweep: DIR/report/index.html.
 
     Dataset-level figures, tables and the per-image table from a sweep's results."""
     from engine.present.report.build import build_report
     from engine.present.report.rows import find_sweep
-    from engine.present.style import check_formats
 
-    formats_ok = check_formats(split_list(formats))
+    formats_ok = figure_choices(formats, None)[0].formats
     found = find_sweep(sweep_dir, echo=typer.echo)
     index = build_report(found, echo=typer.echo, formats=formats_ok)
     typer.echo(f"report: {index}")

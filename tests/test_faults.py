@@ -26,8 +26,9 @@ from typer.testing import CliRunner
 import cli
 import engine.run.store as store
 import engine.run.sweep as pipeline
-from engine.core.config import AnalysisConfig, RunConfig
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig
 from engine.core.errors import CheckpointError, ConfigError, DataError
+from engine.core.options import DATA_FIELDS
 from engine.data.loader import _decode_cpu
 from engine.data.scenes import write_scene_set
 from engine.run.lock import LOCK_FILE
@@ -54,7 +55,8 @@ def fresh(scenes: Path, tmp_path: Path) -> Path:
 
 
 def config(dataset, out, **kw) -> RunConfig:
-    return replace(RunConfig(dataset=dataset, out=out, batch_size=2, num_workers=0, analysis=ANALYSIS), **kw)
+    data = DataConfig(root=dataset, num_workers=0, **{k: kw.pop(k) for k in list(kw) if k in DATA_FIELDS})
+    return replace(RunConfig(data=data, out=out, batch_size=2, analysis=ANALYSIS), **kw)
 
 
 def sweep(cfg: RunConfig):
