@@ -121,6 +121,8 @@ def test_changed_items_are_computed_again_and_equal_a_fresh_run(scenes, tmp_path
     out, fresh = tmp_path / "out", tmp_path / "fresh"
     assert runner.invoke(cli.app, ["sweep", str(data), "--out", str(out), *FAST]).exit_code == 0
     first = {p.name for p in (out / "rows").glob("*.parquet")}
+    (out / "figures" / "scene_0001").mkdir(parents=True)  # figures drawn from the old rows
+    (out / "figures" / "scene_0001" / "figures.json").write_text("{}")
     invert_pixels(data / "val" / "src" / "scene_0001.JPG")  # new pixels, same name
     gt = data / "val" / "gt" / "scene_0003.png"
     labels = np.asarray(Image.open(gt))
@@ -131,8 +133,10 @@ def test_changed_items_are_computed_again_and_equal_a_fresh_run(scenes, tmp_path
     assert rows_by_key(out) == rows_by_key(fresh)
     recomputed = run_json(out)["recomputed"]
     assert set(recomputed["items"]) == {"scene_0001", "scene_0003"} and "scene_0001.JPG changed" in recomputed["items"]["scene_0001"]
-    moved = {p.name for p in Path(recomputed["superseded_shards"]).iterdir()}
+    moved = {p.name for p in Path(recomputed["superseded_shards"]).glob("*.parquet")}
     assert len(moved) == 2 and moved <= first  # whole finished shards moved out, not rewritten
+    assert (Path(recomputed["superseded_shards"]) / "figures" / "scene_0001" / "figures.json").is_file()
+    assert not (out / "figures" / "scene_0001").exists()
 
 
 def test_a_touched_or_copied_file_changes_nothing(scenes, tmp_path):
@@ -440,3 +444,62 @@ def test_resume_where_there_is_nothing_to_resume_is_refused(scenes, tmp_path):
     assert proc.returncode == 2 and stderr.count("\n") == 1, stderr
     assert stderr.startswith(f"datr: error: --resume: nothing to resume at {elsewhere / 'runs' / 'r1'}") and "drop --resume" in stderr
     assert not (elsewhere / "runs").exists()
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def test_the_identity_holds_what_was_resolved_and_refuses_another_on_resume(scenes, tmp_path):
+    out = tmp_path / "o"
+    assert runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, "--limit", "1"]).exit_code == 0
+    identity = run_json(out)["identity"]
+    assert (identity["decode"], identity["backend_used"], identity["eigh_used"]) == ("cpu", "torch", "torch")
+    assert identity["backend"] == "auto" and identity["eigh"] == "auto"  # what was asked stays beside what ran
+    run = run_json(out)
+    run["identity"]["eigh_used"] = "cupy"  # as if the run had been made on a GPU node
+    (out / "run.json").write_text(json.dumps(run))
+    result = runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, "--resume"])
+    one_line_error(result, "--eigh (as resolved on this machine) (run: cupy, now: torch)", "new --out")
+
+
+def test_a_sam3_source_is_known_by_every_byte_of_its_checkpoint_and_bpe_and_its_autocast(tmp_path, monkeypatch):
+    import engine.core.files as files
+    from engine.core.config import RunConfig
+    from engine.run.identity import source_identity
+
+    monkeypatch.setenv("DATR_HASH_CACHE", str(tmp_path / "hashes.json"))
+    head = os.urandom(1 << 20)
+    a, b, bpe = tmp_path / "a.pt", tmp_path / "b.pt", tmp_path / "bpe.txt.gz"
+    a.write_bytes(b"PK\x03\x04" + head + b"frozen early layers, one tuned head")
+    b.write_bytes(b"PK\x03\x04" + head + b"frozen early layers, another head!!")  # same first MiB, same size
+    bpe.write_bytes(b"vocabulary")
+    ids = {name: source_identity(RunConfig(model="sam3", checkpoint=path, bpe_path=bpe)) for name, path in (("a", a), ("b", b))}
+    assert a.stat().st_size == b.stat().st_size and ids["a"]["checkpoint"] != ids["b"]["checkpoint"]
+    assert ids["a"]["autocast"] == "off"
+    assert source_identity(RunConfig(model="sam3", checkpoint=a, bpe_path=bpe, device="cuda"))["autocast"] == "bfloat16"
+    hashed = []
+    monkeypatch.setattr("engine.sources.sam3.checkpoint.file_sha256", lambda p: hashed.append(p) or files.file_sha256(p))
+    assert source_identity(RunConfig(model="sam3", checkpoint=a, bpe_path=bpe)) == ids["a"] and hashed == []  # cached
+    stat = a.stat()
+    a.write_bytes(b.read_bytes())  # another checkpoint in place, its size and mtime put back
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert source_identity(RunConfig(model="sam3", checkpoint=a, bpe_path=bpe))["checkpoint"] == ids["b"]["checkpoint"]
+    assert hashed == [a]
+
+
+def test_sigterm_to_a_dask_client_is_recorded_and_resumes_to_the_same_rows(scenes, reference, tmp_path):
+    pytest.importorskip("distributed")
+    out = tmp_path / "out"
+    proc = start("sweep", str(scenes), "--out", str(out), *FAST, "--cluster", "local", "--dask-workers", "1")
+    wait_for(lambda: any((out / "rows").glob("part-*.parquet")) or proc.poll() is not None, "the first row shard")
+    helpers = children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 128 + signal.SIGTERM and "--resume" in stderr.splitlines()[-1], stderr
+    run = run_json(out)
+    assert run["status"] == "interrupted" and "SIGTERM" in run["error"] and "cluster" in run
+    assert leftovers(out) == []
+    wait_for(lambda: not any(alive(pid) for pid in helpers), "the cluster's processes to end")
+    resumed = runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, "--resume"])
+    assert resumed.exit_code == 0 and run_json(out)["status"] == "complete"
+    assert rows_by_key(out) == reference

@@ -5,7 +5,7 @@ DIR/rows/part-NNNNNN-HHHHHHHHHHHH.parquet   one shard per batch (NNNNNN = the ba
 DIR/errors/part-*.parquet      one shard per batch that had bad items
 DIR/errors.parquet             all skipped items (image_id, path, error), merged at the end
 DIR/run.json                   identity, resolved config, versions, device, backend choices, timings
-DIR/superseded/<stamp>/        row shards moved out of rows/ because an item's files changed (engine.run.inputs)
+DIR/superseded/<stamp>/        row shards (and figures) moved out because an item's files changed (engine.run.inputs)
 DIR/.datr.lock                 held by the run that writes (engine.run.lock)
 
 Every file is written to a temporary name and renamed (engine.core.files), so a killed
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from engine.analysis.rows import ROW_SCHEMA
 from engine.core.errors import ConfigError, DataError
-from engine.core.files import atomic_write_bytes, atomic_write_table, write_once_table
+from engine.core.files import atomic_write_bytes, atomic_write_table, file_stem, write_once_table
 from engine.run import inputs
 
 ERROR_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
@@ -87,13 +87,18 @@ class ResultStore:
                 done[image_id] = (shard, recorded.get(image_id))
         return done
 
-    def supersede(self, shards: set[Path]) -> Path:
-        """Move row shards out of rows/ into DIR/superseded/<stamp>/ (whole: nothing is rewritten); returns that folder."""
-        folder = self.out / "superseded" / time.strftime("%Y%m%dT%H%M%S")
-        folder = folder.with_name(f"{folder.name}-{time.time_ns() % 10**9:09d}")
+    def supersede(self, shards: set[Path], image_ids: set[str]) -> Path:
+        """Move row shards out of rows/ into DIR/superseded/<stamp>/ (whole: nothing is rewritten), and the figures
+        of `image_ids` (drawn from the old rows) into its figures/; returns that folder."""
+        folder = self.out / "superseded" / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
         folder.mkdir(parents=True)
         for shard in sorted(shards):
             os.replace(shard, folder / shard.name)  # one rename each: a shard is in rows/ or out of it, never half
+        for image_id in sorted(image_ids):
+            drawn = self.out / "figures" / file_stem(image_id)
+            if drawn.is_dir():
+                (folder / "figures").mkdir(exist_ok=True)
+                os.replace(drawn, folder / "figures" / drawn.name)
         return folder
 
     def write_rows(self, columns: dict[str, list], first_position: int, item_inputs: dict[str, list[dict]] | None = None) -> Path:

@@ -204,7 +204,7 @@ def local_sweep(cfg: RunConfig, echo: Callable[[str], None], show_progress: bool
 def move_stale_shards(plan: RunPlan, run: dict) -> None:
     """The shards of changed items leave rows/ (after run.json says "running"); run.json names the items."""
     if plan.recomputed:
-        plan.superseded = plan.store.supersede(plan.stale_shards)
+        plan.superseded = plan.store.supersede(plan.stale_shards, set(plan.recomputed))
         run["recomputed"] = {"items": plan.recomputed, "superseded_shards": str(plan.superseded)}
 
 
