@@ -195,10 +195,10 @@ BpeOpt = Annotated[Path | None, typer.Option("--bpe", help="BPE vocabulary; foun
 DeviceOpt = Annotated[str | None, typer.Option(help=f"cpu, cuda or cuda:N (default {default(R, 'device')}; no silent fallback).")]
 BackendOpt = Annotated[str | None, typer.Option(help=f"Clustering backend: {choices(Backend)} (default {default(A, 'backend')}; auto records what it chose).")]
 LIST = "a comma list, or the option repeated, is a grid"
-AlphaOpt = Annotated[list[str] | None, typer.Option("--alpha", help=f"DATR blend alpha; {LIST} (default {default(A, 'alphas')}).")]
-ClustersOpt = Annotated[list[str] | None, typer.Option("--clusters", help=f"KMeans k; {LIST} (default {default(A, 'ks')}).")]
-DimsOpt = Annotated[list[str] | None, typer.Option("--dims", help=f"PCA dimensions d; {LIST} (default {default(A, 'dims')}).")]
-TauOpt = Annotated[list[str] | None, typer.Option("--tau", help=f"Score threshold tau for kept queries; {LIST} (default {default(A, 'taus')}).")]
+AlphaOpt = Annotated[list[str] | None, typer.Option("--alpha", metavar="<list>", help=f"DATR blend alpha; {LIST} (default {default(A, 'alphas')}).")]
+ClustersOpt = Annotated[list[str] | None, typer.Option("--clusters", metavar="<list>", help=f"KMeans k; {LIST} (default {default(A, 'ks')}).")]
+DimsOpt = Annotated[list[str] | None, typer.Option("--dims", metavar="<list>", help=f"PCA dimensions d; {LIST} (default {default(A, 'dims')}).")]
+TauOpt = Annotated[list[str] | None, typer.Option("--tau", metavar="<list>", help=f"Score threshold tau for kept queries; {LIST} (default {default(A, 'taus')}).")]
 ModeOpt = Annotated[str | None, typer.Option(help=f"{choices(Mode)} (default {default(D, 'mode')}): squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
 KindOpt = Annotated[str | None, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)} (default {default(D, 'kind')}).")]
 NInitOpt = Annotated[int | None, typer.Option(help=f"KMeans restarts (default {default(A, 'n_init')}).")]
@@ -206,9 +206,9 @@ SeedsOpt = Annotated[int | None, typer.Option(help=f"KMeans seeds per scope for 
 ControlsOpt = Annotated[bool | None, typer.Option("--controls/--no-controls", help="Measure the null and reseed controls of every flip ratio (default on; about doubles the analysis time).")]
 KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default {default(A, 'kmeans_init')}; independent: k-means++; encoder: from the encoder partition).")]
 ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml: run options at the top level, [data], [analysis] and [simulated] tables.")]
-FormatsOpt = Annotated[list[str] | None, typer.Option(help="Figure formats: a comma list (or the option repeated) of png, pdf, svg (default png).")]
-FigureIdsOpt = Annotated[list[str] | None, typer.Option(help="Draw the per-image figures of these image ids (a comma list, or the option repeated).")]
-PromptsOpt = Annotated[list[str] | None, typer.Option(help=f"Text prompts, one per class in class order: a comma list or the option repeated (default {default(R, 'prompts')}).")]
+FormatsOpt = Annotated[list[str] | None, typer.Option(metavar="<list>", help="Figure formats: a comma list (or the option repeated) of png, pdf, svg (default png).")]
+FigureIdsOpt = Annotated[list[str] | None, typer.Option(metavar="<list>", help="Draw the per-image figures of these image ids (a comma list, or the option repeated).")]
+PromptsOpt = Annotated[list[str] | None, typer.Option(metavar="<list>", help=f"Text prompts, one per class in class order: a comma list or the option repeated (default {default(R, 'prompts')}).")]
 
 
 @app.command()

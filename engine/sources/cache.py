@@ -282,6 +282,9 @@ class FeatureCacheReader:
             if not fits:
                 found = "missing" if got is None else f"{tuple(got.shape)} {got.dtype}"
                 raise DataError(f"{path}: tensor {key} is {found}, expected {want} {kind}; {fix}")
+        source = self.meta.get("source_identity")
+        if source is not None and meta.get("source") != source_fingerprint(source):
+            raise DataError(f"{path}: made by another source than index.json's source_identity (copied in from another cache?); {fix}")
 
     def batches(self, positions: list[int], batch_size: int, taus: tuple[float, ...], device: torch.device) -> Iterator[CachedBatch]:
         tau_pos = self.check_taus(taus)
