@@ -1,10 +1,12 @@
 """`datr`: thin typer commands that build a config and call one engine function.
 
-Process-wide switches (threads, TF32) are set here for this process; a Dask worker sets
-the same ones when it starts (engine.run.distributed.WorkerState.setup). Option names
-match the config fields they set (`--num-workers` -> RunConfig.num_workers), so building a
-config is one mapping (`build_run_config`); choice options are checked by the config
-(engine.core.choices), which names the option and the values in one line.
+Process-wide switches (threads, TF32, SIGTERM/SIGHUP handled like Ctrl-C) are set here
+for this process; a Dask worker sets the same matmul ones when it starts
+(engine.run.distributed.WorkerState.setup). Option names match the config fields they set
+(`--num-workers` -> DataConfig.num_workers) and default to None, so building a config is
+one mapping (`build_run_config`) and the defaults live in the config only; choice options
+are checked by the config (engine.core.choices), which names the option and the values in
+one line.
 """
 
 from __future__ import annotations

@@ -503,3 +503,21 @@ def test_sigterm_to_a_dask_client_is_recorded_and_resumes_to_the_same_rows(scene
     resumed = runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, "--resume"])
     assert resumed.exit_code == 0 and run_json(out)["status"] == "complete"
     assert rows_by_key(out) == reference
+
+
+def test_forgetting_a_recomputed_item_gives_the_sample_of_a_fresh_run():
+    import torch
+
+    from engine.analysis.dataset import TokenReservoir
+    from engine.run.sample import forget_items
+
+    g = torch.Generator().manual_seed(0)
+    old, new, rest = (torch.randn(1, 5184, 8, generator=g) for _ in range(3))
+    resumed = TokenReservoir(3000, seed=2, channels=8)
+    resumed.add(torch.cat([old, rest]), None, ["b", "c"])  # "b" as it was first computed
+    forget_items(resumed, {"b"})
+    resumed.add(new, None, ["b"])  # "b" computed again from its new pixels
+    fresh = TokenReservoir(3000, seed=2, channels=8)
+    fresh.add(torch.cat([new, rest]), None, ["b", "c"])
+    assert resumed.tokens_seen == fresh.tokens_seen and list(resumed.image_ids) == list(fresh.image_ids)
+    assert np.array_equal(resumed.priorities, fresh.priorities) and torch.equal(resumed.tokens, fresh.tokens)

@@ -3,8 +3,11 @@
 One device, one batched analysis call per batch (no loop over images, prompts or
 problems); the DataLoader's workers load ahead and a writer thread writes shards while
 the next batch computes. Results and errors land as engine.run.store describes; run.json
-as engine.run.record describes. The Dask sweep (engine.run.distributed) runs this same
-function on each shard.
+as engine.run.record describes, written first as "running" and last through
+engine.run.finish (however the run ends). The Dask sweep (engine.run.distributed) runs
+`run_sweep(record_run=False)` on each shard and finishes through the same path.
+With `--resume --figures N`, finished images whose figures are missing are analysed
+again for their maps only (`figure_pass`; their rows are not written again).
 """
 
 from __future__ import annotations
