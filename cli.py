@@ -360,8 +360,8 @@ DEMO_SAMPLE = 20000  # tokens of the demo's dataset-level clustering (of 8 x 518
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the scenes, the sweep and the report.")] = Path("demo-out"),
     images: Annotated[int, typer.Option(min=1, help="Simulated scenes to generate.")] = 8,
-    device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
+    device: DeviceOpt = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=f"Images per batch (default {default(R, 'batch_size')}).")] = None,
     figures: Annotated[int, typer.Option(min=0, help="Per-image figure sets to draw.")] = 1,
 ) -> None:
     """Simulated scenes end to end: sweep, figures, report.
@@ -379,7 +379,7 @@ def demo(
     typer.echo(f"demo: writing {images} SIMULATED scenes to {out / 'scenes'}")
     root = write_scene_set(out / "scenes", images, seed=0)
     cfg = RunConfig(data=DataConfig(root=root, num_workers=0), out=out / "sweep", model="simulated", device=device or R.device,
-                    batch_size=batch_size, figures=figures,
+                    batch_size=batch_size or R.batch_size, figures=figures,
                     analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4, dataset_sample=DEMO_SAMPLE)).validate()
     set_matmul_precision(cfg.device)
     result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)

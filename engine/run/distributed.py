@@ -10,9 +10,11 @@ across both read and write the same folder.
 
 A shard task is a pure function of (config, positions) that skips finished items, and
 rows are bitwise independent of the batch they were computed in: a shard retried after
-its worker died rewrites identical files. The client then checks that every item has its
-rows exactly once (or is in errors.parquet), merges the errors and writes run.json with
-the cluster it ran on.
+its worker died rewrites identical files. The client then finishes the run as a local run
+does (engine.run.finish: every item's rows exactly once or an error, the sample, run.json
+with the cluster it ran on; or, when it stops, how it stopped). The run's "auto" choices
+(backend, eigensolver, decode) are resolved on the workers, which may have a GPU the
+client lacks, and must agree.
 
 The dataset and --out must be at the same path on every worker (a shared filesystem);
 each shard checks both and says so when they are not. This is the project's Dask
@@ -377,7 +379,7 @@ def distributed_sweep(cfg: RunConfig, cluster: ClusterConfig, echo: Callable[[st
             echo(f"cluster: {len(workers)} workers at {handle.address}, {len(shards)} shards of up to "
                  f"{run['cluster']['shard_size']} items")
             handle.client.register_plugin(WorkerState(run["cluster"]["threads_per_worker"], cfg.device), name=PLUGIN_NAME)
-            reports.extend(run_shards(handle.client, plan, shards, run_id, sample, shard_task, show_progress, started))
+            run_shards(handle.client, plan, shards, run_id, sample, shard_task, show_progress, ending, reports)
             record_shards(run, reports)
             if sample is not None:
                 echo(f"dataset clustering: {len(sample)} of {sample.tokens_seen} tokens sampled; fitting on a worker "
@@ -437,13 +439,13 @@ def probe_workers(client, cfg: RunConfig, echo: Callable[[str], None]) -> dict[s
 
 
 def run_shards(client, plan, shards: list[list[int]], run_id: str, sample, shard_task: Callable[..., dict],
-               show_progress: bool, started: float) -> list[dict]:
-    """Submit every shard, merge each shard's token sample as it finishes; returns the shard reports."""
-    cfg = plan.cfg
+               show_progress: bool, ending: Ending, reports: list[dict]) -> None:
+    """Submit every shard, merge each shard's token sample as it finishes; each shard's report joins `reports`
+    as it comes (so a run that stops records what its finished shards did)."""
+    cfg, started = plan.cfg, ending.started
     index_future = client.submit(hold, plan.index, pure=False)
     futures = [client.submit(shard_task, cfg, shard, index_future, run_id, cfg.analysis.dataset_sample, pure=False,
                              key=f"datr-shard-{shard[0]:06d}-{run_id}") for shard in shards]
-    reports: list[dict] = []
     try:
         with progress_bar(len(plan.todo), show_progress) as bar:
             task = bar.add_task("sweep", total=len(plan.todo), rate="")
@@ -454,13 +456,13 @@ def run_shards(client, plan, shards: list[list[int]], run_id: str, sample, shard
                 if sample is not None and shard_sample is not None:
                     sample.merge(shard_sample)
                 reports.append(report)
+                ending.images_done += report["images_done"]
                 bar.advance(task, report["items"])
                 done = sum(r["items"] for r in reports)
                 bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):.2f} img/s")
     except BaseException:
         client.cancel(futures)
         raise
-    return reports
 
 
 def stage_totals(reports: list[dict]) -> dict[str, float]:
