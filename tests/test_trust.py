@@ -190,6 +190,22 @@ def test_an_interrupt_right_after_the_first_run_json_is_recorded(scenes, tmp_pat
     assert calls[0] == "running" and run_json(out)["status"] == "interrupted" and not (out / LOCK_FILE).exists()
 
 
+def test_an_interrupt_while_the_run_plans_leaves_a_folder_that_resumes(scenes, reference, tmp_path, monkeypatch):
+    import engine.run.plan as plan
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt  # indexing a large dataset, hashing a checkpoint: before run.json exists
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(plan, "index_dataset", ctrl_c)
+        stopped = runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST])
+    assert stopped.exit_code == 130 and "--resume" in stopped.output and not (out / "run.json").exists()
+    resumed = runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, "--resume"])  # as the message says
+    assert resumed.exit_code == 0 and "holds no run record yet" in resumed.output, resumed.output
+    assert rows_by_key(out) == reference and run_json(out)["status"] == "complete"
+
+
 def test_loader_workers_die_with_a_killed_run(scenes, tmp_path):
     out = tmp_path / "out"
     proc = start("sweep", str(scenes), "--out", str(out), *FAST[:-3], "--num-workers", "2", "--no-progress")
@@ -310,7 +326,7 @@ def test_a_cache_from_another_source_is_not_extended(scenes, tmp_path):
     index_before = (cache / "index.json").read_bytes()
     result = runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(tmp_path / "b"), *FAST, "--config", str(toml),
                                      "--save-features", str(cache)])
-    one_line_error(result, f"--save-features {cache}: holds features of another source", "simulated")
+    one_line_error(result, f"--save-features {cache}: holds features of another source (simulated.seed: cache 0, now 1)")
     assert (cache / "index.json").read_bytes() == index_before and cache_ids(cache) == ["scene_0000"]
     assert run_json(tmp_path / "b")["status"] == "failed"
 

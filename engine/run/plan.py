@@ -101,10 +101,15 @@ def rows_per_item(cfg: RunConfig) -> int:
 
 
 def check_target(cfg: RunConfig) -> None:
-    """What is refused before --out is created or locked: a bad option, a --resume with nothing to resume."""
+    """What is refused before --out is created or locked: a bad option, a --resume with nothing to resume.
+
+    A --out with rows/ but no run.json was made by a run stopped while it planned (nothing
+    in it yet): resuming it starts from the first item, as the interrupt message said.
+    """
     cfg.validate()
-    if cfg.resume and not (Path(cfg.out) / "run.json").is_file():
-        raise ConfigError(f"--resume: nothing to resume at {Path(cfg.out).resolve()} (no run.json there); check --out "
+    out = Path(cfg.out)
+    if cfg.resume and not (out / "run.json").is_file() and not (out / "rows").is_dir():
+        raise ConfigError(f"--resume: nothing to resume at {out.resolve()} (no run.json there); check --out "
                           "(a relative --out is taken from the current folder), or drop --resume to start a new run")
 
 
@@ -133,7 +138,11 @@ def plan_run(cfg: RunConfig, echo: Callable[[str], None], choices: Choices, *, i
     finished = store.finished_items() if cfg.resume else {}
     plan = RunPlan(cfg, store, index, cache, item_ids, set(finished), [], identity, choices, inputs, source)
     if owner and cfg.resume:
-        check_resume(cfg.out, read_run_json(cfg.out), identity)
+        previous = read_run_json(cfg.out)
+        if previous or finished:
+            check_resume(cfg.out, previous, identity)
+        else:  # a run stopped while it planned, before it wrote anything: nothing to match
+            echo(f"resume: {cfg.out} holds no run record yet (its run stopped before it started); starting from the first item")
         strangers = sorted(set(finished) - set(item_ids))
         if strangers:
             raise ConfigError(f"--resume {cfg.out}: it holds rows of {len(strangers)} image(s) that are not items of this "

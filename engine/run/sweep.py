@@ -175,18 +175,17 @@ def local_sweep(cfg: RunConfig, echo: Callable[[str], None], show_progress: bool
     device = parse_device(cfg.device)
     backend, choices = resolve_choices(cfg, device)
     plan = plan_run(cfg, echo, choices, index=index)
-    echo(f"backend: {backend.name} ({choices.backend_reason})")
     timer = StageTimer(device)
     run = sweep_record(plan, device, plan.cache)
-    figures = figure_request(plan, keep_figures, figures_drawn, echo)
-    reservoir = open_reservoir(cfg, bool(plan.finished), echo, forget=plan.recomputed) if cfg.analysis.dataset_sample else None
-    ending = Ending(plan, run, started, timer.collect, reservoir,
-                    lambda sample: fit_sample(sample, plan, backend, device, timer, echo))
-    result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=plan.skipped_resume, errors=0, seconds=0.0,
-                         run=run, figures=figures)
+    ending = Ending(plan, run, started, timer.collect, None, lambda sample: fit_sample(sample, plan, backend, device, timer, echo))
+    result = SweepResult(out=cfg.out, images_done=0, images_skipped_resume=plan.skipped_resume, errors=0, seconds=0.0, run=run)
 
     def work() -> None:
         ending.write()  # "running" -- from here on, however the run ends, run.json says so
+        echo(f"backend: {backend.name} ({choices.backend_reason})")
+        result.figures = figure_request(plan, keep_figures, figures_drawn, echo)
+        if cfg.analysis.dataset_sample:
+            ending.reservoir = open_reservoir(cfg, bool(plan.finished), echo, forget=plan.recomputed)
         move_stale_shards(plan, run)
         nonlocal source
         if plan.cache is None and source is None:
@@ -194,7 +193,7 @@ def local_sweep(cfg: RunConfig, echo: Callable[[str], None], show_progress: bool
                 source = build_source(cfg, device)
             run.update(sweep_record(plan, device, source))
             ending.write()
-        analyse_all(plan, source, backend, device, timer, figures, reservoir, run, ending, echo, show_progress)
+        analyse_all(plan, source, backend, device, timer, result.figures, ending.reservoir, run, ending, echo, show_progress)
 
     try:
         run_to_the_end(ending, work)

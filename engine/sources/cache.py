@@ -93,9 +93,9 @@ class FeatureCacheWriter:
             raise DataError(f"{where}: {index} records no source identity (written by an older datr), so new features "
                             "cannot be matched to its; choose a new --save-features folder")
         if before != now:
-            keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-            raise DataError(f"{where}: holds features of another source ({'; '.join(f'{k}: cache {short(before.get(k))}, now {short(now.get(k))}' for k in keys)}); "
-                            "extend it only from the same model and weights (or simulated config), or choose a new --save-features folder")
+            differ = "; ".join(f"{k}: cache {short(a)}, now {short(b)}" for k, a, b in differences(before, now))
+            raise DataError(f"{where}: holds features of another source ({differ}); extend it only from the same model and "
+                            "weights (or simulated config), or choose a new --save-features folder")
 
     def rebuild_ids(self, old: dict | None) -> list[str]:
         """The ids of the files in the folder (index.json's order first, then the others by name), each checked."""
@@ -150,6 +150,18 @@ class FeatureCacheWriter:
 def source_fingerprint(source_identity: dict) -> str:
     """The sha256 of a source identity, carried by every cache file."""
     return hashlib.sha256(json.dumps(source_identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def differences(before: dict, now: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, before, now) of every value that differs, nested tables opened (simulated.seed, checkpoint.sha256)."""
+    found = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
 
 
 def short(value) -> str:
