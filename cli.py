@@ -86,19 +86,18 @@ def user_errors(fn):
     return wrapper
 
 
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
+def switches(threads: int | None = None, device: str | None = None) -> None:
+    """The process-wide switches: torch's CPU threads, and fp32 meaning fp32 on CUDA (imports torch: not at startup)."""
+    import torch
 
+    from engine.core.devices import set_matmul_precision
+
+    if threads is not None:
         if threads < 1:
             raise DatrError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-
-
-def set_matmul_precision(device: str) -> None:
-    from engine.core.devices import set_matmul_precision as set_for_device  # imports torch: not at startup
-
-    set_for_device(device)
+    if device is not None:
+        set_matmul_precision(device)
 
 
 def choices(enum) -> str:
@@ -151,8 +150,7 @@ def bench_kernels(
     Both in the same process, on the same synthetic problems."""
     from bench.kernels import KernelBenchConfig, run_kernel_bench
 
-    set_threads(threads)
-    set_matmul_precision(device)
+    switches(threads, device)
     cfg = KernelBenchConfig(device=device, images=images, batch_size=batch_size, reference_images=reference_images,
                             threads=threads, eigh=eigh)
     result = run_kernel_bench(cfg, echo=typer.echo)
@@ -176,8 +174,7 @@ def bench_encoder(
     Grounding over the 5 prompts, one image x prompt grid per batch."""
     from bench.encoder import EncoderBenchConfig, run_encoder_bench
 
-    set_threads(threads)
-    set_matmul_precision(device)
+    switches(threads, device)
     cfg = EncoderBenchConfig(random_weights=random_weights, checkpoint=checkpoint, bpe_path=bpe, device=device,
                              images=images, batch_size=batch_size)
     result = run_encoder_bench(cfg, echo=typer.echo)
@@ -204,7 +201,7 @@ TauOpt = Annotated[list[str] | None, typer.Option("--tau", metavar="<list>", hel
 ModeOpt = Annotated[str | None, typer.Option(help=f"{choices(Mode)} (default {default(D, 'mode')}): squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
 KindOpt = Annotated[str | None, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)} (default {default(D, 'kind')}).")]
 NInitOpt = Annotated[int | None, typer.Option(help=f"KMeans restarts (default {default(A, 'n_init')}).")]
-SeedsOpt = Annotated[int | None, typer.Option(help=f"KMeans seeds per scope for the effect statistics (>= 2; default {default(A, 'seeds')}).")]
+SeedsOpt = Annotated[int | None, typer.Option(help=f"KMeans seeds per scope for the effect statistics (>= 3, or 0 for none; default {default(A, 'seeds')}).")]
 ControlsOpt = Annotated[bool | None, typer.Option("--controls/--no-controls", help="Measure the null and reseed controls of every flip ratio (default on; about doubles the analysis time).")]
 KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default {default(A, 'kmeans_init')}; independent: k-means++; encoder: from the encoder partition).")]
 ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml: run options at the top level, [data], [analysis] and [simulated] tables.")]
@@ -259,17 +256,16 @@ def sweep(
     dask_workers: Annotated[int | None, typer.Option(help="Workers of --cluster local (default: one per GPU; 2 on a CPU).")] = None,
 ) -> None:
     """Run the analysis over a dataset; results to --out (resumable). --scheduler/--cluster: over a Dask cluster."""
-    set_threads(threads)
+    switches(threads)
     options, ids = figure_choices(formats, figure_ids)
     cfg = build_run_config(ctx, **({"figures": len(ids)} if ids else {}))
-    set_matmul_precision(cfg.device)
+    switches(device=cfg.device)
     result = run_sweep_command(cfg, scheduler, cluster, dask_workers, threads, progress, ids, options)
     typer.echo(f"{result.images_done} items analysed, {result.images_skipped_resume} already done, "
                f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
     pages = draw_figures(result, cfg, options) if result.figures.maps else []
-    drawn = {str(maps.image_ids[row]) for maps, row in result.figures.maps}
-    missing = sorted(set(ids) - drawn - set(result.figures.done_before)) if ids else []
-    if missing:
+    drawn = {str(maps.image_ids[row]) for maps, row in result.figures.maps} | set(result.figures.done_before)
+    if missing := sorted(set(ids) - drawn):
         typer.echo(f"figures: no image with id {', '.join(missing)} was analysed in this run", err=True)
     print_summary(cfg.out, typer.echo)
     print_next(cfg.out, pages)
@@ -288,10 +284,10 @@ def run_sweep_command(cfg: RunConfig, scheduler, cluster, dask_workers, threads,
     from engine.run.sweep import run_sweep
 
     drawn = None
-    if ids or cfg.figures:
+    if ids or cfg.figures:  # with --resume, images whose figures are complete are not drawn again
         from engine.present.figures.parallel import figures_complete
 
-        drawn = lambda image_id: figures_complete(cfg.out, image_id, options.formats)  # noqa: E731
+        drawn = functools.partial(figures_complete, cfg.out, formats=options.formats)
     return run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=ids or cfg.figures, figures_drawn=drawn)
 
 
@@ -340,7 +336,7 @@ def analyze(
     cfg = build_run_config(ctx, root=image.parent, split=None, batch_size=1, num_workers=0, decode="cpu")
     index = index_image(image, gt, mode=cfg.data.mode, dataset=cfg.data.kind)
     cfg = replace(cfg, figures=len(index.items) if draw else 0)
-    set_matmul_precision(cfg.device)
+    switches(device=cfg.device)
     typer.echo(f"analyze: {len(index.items)} item(s) of {image}: model, clustering and metrics ...")
     result = run_sweep(cfg, echo=typer.echo, show_progress=len(index.items) > 1, index=index, keep_figures=cfg.figures)
     if result.images_done == 0 and not result.images_skipped_resume:
@@ -381,7 +377,7 @@ def demo(
     cfg = RunConfig(data=DataConfig(root=root, num_workers=0), out=out / "sweep", model="simulated", device=device or R.device,
                     batch_size=batch_size or R.batch_size, figures=figures,
                     analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4, dataset_sample=DEMO_SAMPLE)).validate()
-    set_matmul_precision(cfg.device)
+    switches(device=cfg.device)
     result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)
     pages = draw_figures(result, cfg) if figures else []
     print_summary(cfg.out, typer.echo)
@@ -413,8 +409,7 @@ def bench_sweep(
 
     from bench.sweep import SweepBenchConfig, run_sweep_bench
 
-    set_threads(threads)
-    set_matmul_precision(device)
+    switches(threads, device)
     grid = {"--alpha": parse_list(alphas, float, "--alpha"), "--tau": parse_list(taus, float, "--tau"),
             "--count-batches": parse_list(count_batches, int, "--count-batches") if count_batches.strip() else ()}
     AnalysisConfig(alphas=grid["--alpha"], taus=grid["--tau"])  # the same checks as a sweep's grid
@@ -457,13 +452,16 @@ def show(
     """The per-class summary, fitted to the terminal.
 
     Shares in %, with NMI; --csv writes the per-image table."""
-    from engine.present.report.rows import find_sweep
+    from engine.analysis.effects import dataset_effects
+    from engine.present.effects import render_effects
+    from engine.present.report.rows import Rows, find_sweep
     from engine.present.summary import render_summary, summarize, write_image_csv
     from engine.run.store import read_rows
 
     found = find_sweep(sweep_dir, echo=typer.echo)
     rows = read_rows(found)
     typer.echo(render_summary(summarize(rows), f"datr summary: {found}", width=width), nl=False)
+    typer.echo(render_effects(dataset_effects(Rows.from_table(rows)), width=width), nl=False)
     if csv is not None:
         count = write_image_csv(found, rows, csv)
         typer.echo(f"wrote {csv} ({count} images)")

@@ -57,7 +57,8 @@ def test_kmeans_in_chunks_of_problems_gives_the_rows_of_one_call(batch, monkeypa
     calls = []
     real = TorchBackend.kmeans
     monkeypatch.setattr(TorchBackend, "kmeans", lambda self, x, *a, **kw: calls.append(x.shape[0]) or real(self, x, *a, **kw))
-    monkeypatch.setattr(controls_mod, "kmeans_memory_budget", lambda device: 3 * controls_mod.kmeans_bytes_per_problem(5184, 8, 5, 2))
+    restarts = max(cfg.n_init, cfg.seeds)  # the seed ensemble's restarts set the memory per problem
+    monkeypatch.setattr(controls_mod, "kmeans_memory_budget", lambda device: 3 * controls_mod.kmeans_bytes_per_problem(5184, 8, 5, restarts))
     chunked = analyze_batch(*args, gt_tokens=loaded.gt_tokens, gt_mask=loaded.gt_mask).columns
     # 26 problems (2 images x 7 slots, then their 2 x 6 null controls) in chunks of 3; then the 2 reseeded encoders
     assert calls == [3] * 8 + [2] + [2]

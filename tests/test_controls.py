@@ -7,6 +7,8 @@ scipy and the flip share in numpy. It knows nothing of the batch's problem layou
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -18,15 +20,16 @@ from engine.core.config import AnalysisConfig, DataConfig
 from engine.core.errors import ConfigError
 from engine.data.index import index_dataset
 from engine.data.loader import make_loader
-from engine.data.scenes import write_scene_set
 from engine.sources.simulated import SimulatedSource
 from kernels.backends.torch_backend import TorchBackend
 from kernels.datr import attend_queries
 from kernels.pca import pca_transform
 
+SCENES = {"count": 2, "size": (400, 300), "seed": 9}  # the `scenes` fixture (tests/conftest.py)
+
 PROMPTS = ("vegetation", "building", "road", "vehicle", "other")
 CLASS_IDS = (0, 1, 2, 3, 4)
-CFG = AnalysisConfig(n_init=2, dims=(8,), alphas=(0.3,))
+CFG = AnalysisConfig(n_init=2, dims=(8,), alphas=(0.3,), seeds=3)
 CONTROLS = ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed")
 
 
@@ -35,11 +38,6 @@ def simulated_batch(root, count):
     loaded = next(iter(make_loader(index_dataset(cfg), cfg, count, "cpu")))
     return SimulatedSource(PROMPTS, CLASS_IDS).run_batch(loaded.images, loaded.image_ids, (0.5,), gt_mask=loaded.gt_mask,
                                                           gt_tokens=loaded.gt_tokens)
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return write_scene_set(tmp_path_factory.mktemp("controls"), 2, size=(400, 300), seed=9)
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +113,8 @@ def test_controls_match_the_one_problem_reference(batch, rows):
 
 
 def test_identity_permutation_makes_the_null_equal_the_flip_ratio(batch, monkeypatch):
-    def identity(seed, image_ids, scopes, tau, n):
-        return torch.arange(n).expand(len(image_ids), len(scopes), n).clone()
+    def identity(seed, image_ids, scopes, tau, n, device="cpu"):
+        return torch.arange(n, device=device).expand(len(image_ids), len(scopes), n).clone()
 
     monkeypatch.setattr(controls, "null_permutations", identity)
     for init in ("independent", "encoder"):
@@ -124,6 +122,7 @@ def test_identity_permutation_makes_the_null_equal_the_flip_ratio(batch, monkeyp
         assert any(r["flip_ratio"] for r in got)
         for r in got:
             assert r["flip_ratio_null"] == r["flip_ratio"] and r["flip_ratio_null_processed"] == r["flip_ratio_processed"]
+            assert r["flip_null_between"] == r["flip_between"] and (r["effect_null"] is None or r["effect_null"] == 0)
 
 
 def test_tokens_equal_to_the_encoder_tokens_flip_nothing(batch):
@@ -133,11 +132,12 @@ def test_tokens_equal_to_the_encoder_tokens_flip_nothing(batch):
 
 
 def test_controls_off_leaves_every_other_column_as_it_was(batch, rows):
-    off = rows_of(analyze(batch, AnalysisConfig(n_init=2, dims=(8,), controls=False)))
+    off = rows_of(analyze(batch, replace(CFG, controls=False)))
     assert len(off) == len(rows)
+    nulls = (*CONTROLS, "flip_null_between", "effect_null", "effect_null_se")
     for a, b in zip(rows, off, strict=True):
-        assert all(b[c] is None for c in CONTROLS)
-        assert {c: v for c, v in a.items() if c not in CONTROLS} == {c: v for c, v in b.items() if c not in CONTROLS}
+        assert all(b[c] is None for c in nulls)
+        assert {c: v for c, v in a.items() if c not in nulls} == {c: v for c, v in b.items() if c not in nulls}
     assert all((r["flip_ratio"] is None) == (r["flip_ratio_null"] is None) == (r["flip_ratio_reseed"] is None) for r in rows)
 
 
@@ -152,7 +152,7 @@ def test_null_permutation_depends_on_seed_image_scope_and_tau_only():
 
 
 class RecordingBackend(TorchBackend):
-    """The torch backend, keeping every KMeans call's input, seed and starting centres."""
+    """The torch backend, keeping every KMeans call's input, seed, tolerance and starting centres."""
 
     def __init__(self):
         super().__init__()
@@ -160,31 +160,48 @@ class RecordingBackend(TorchBackend):
 
     def kmeans(self, x, k, **kw):
         result = super().kmeans(x, k, **kw)
-        self.calls.append({"x": x.clone(), "seed": kw["seed"], "init": kw.get("init"), "labels": result.labels})
+        self.calls.append({"x": x.clone(), "seed": kw["seed"], "init": kw.get("init"), "tol": kw["tol"],
+                           "labels": result.labels, "members": result.restart_labels})
         return result
 
 
 def test_encoder_start_is_the_encoder_partitions_means_in_each_scopes_pca_space(batch):
-    cfg = AnalysisConfig(n_init=2, dims=(8,), kmeans_init="encoder")
+    cfg = AnalysisConfig(n_init=2, dims=(8,), kmeans_init="encoder", seeds=3)
     backend = RecordingBackend()
     got = rows_of(analyze(batch, cfg, backend))
-    encoder_call, datr_call, reseed_call = backend.calls
-    assert encoder_call["init"] is None and encoder_call["seed"] == cfg.seed
-    assert reseed_call["init"] is None and reseed_call["seed"] == cfg.seed + 1 and torch.equal(reseed_call["x"], encoder_call["x"])
+    encoder_call, datr_call, members_call = backend.calls  # no reseed: the rows have no restart instability
+    assert encoder_call["init"] is None and encoder_call["seed"] == cfg.seed and encoder_call["tol"] == 0
     b, m = len(batch.image_ids), 7
-    x, init = datr_call["x"].double().numpy(), datr_call["init"].double().numpy()
+    x, init, starts = (t.double().numpy() for t in (datr_call["x"], datr_call["init"], members_call["init"]))
     assert x.shape[0] == 2 * b * (m - 1) and init.shape == (x.shape[0], cfg.ks[0], cfg.dims[0])  # one run each
+    assert starts.shape == (x.shape[0], cfg.seeds, cfg.ks[0], cfg.dims[0])  # and one per ensemble member
     for p in range(x.shape[0]):
-        image = (p % (b * (m - 1))) // (m - 1)  # real DATR problems image by image, then the null controls
+        image = p // (2 * (m - 1))  # each image's DATR problems, then its null controls
         encoder_labels = encoder_call["labels"][image].numpy()
         want = np.stack([x[p][encoder_labels == c].mean(0) for c in range(cfg.ks[0])])
         np.testing.assert_allclose(init[p], want, rtol=1e-5, atol=1e-5)
+        member = encoder_call["members"][image, 1].numpy()
+        want = np.stack([x[p][member == c].mean(0) for c in range(cfg.ks[0])])
+        np.testing.assert_allclose(starts[p, 1], want, rtol=1e-5, atol=1e-5)
     assert {r["kmeans_init"] for r in got} == {"encoder"}
-    independent = rows_of(analyze(batch, AnalysisConfig(n_init=2, dims=(8,))))
-    for a, b_ in zip(got, independent, strict=True):  # the encoder clustering itself is the same either way
-        if a["scope"] == "encoder":
-            assert a["inertia"] == b_["inertia"] and a["n_iter"] == b_["n_iter"]
-            assert a["flip_ratio_reseed"] is None
+    assert all(r["flip_ratio_reseed"] is None for r in got)
+    datr = [r for r in got if r["scope"] != "encoder" and r["effective_tokens"]]
+    assert datr and all(r["flip_within"] == 0 for r in datr)  # a paired design: no restart instability
+
+
+def test_encoder_start_partitions_are_lloyd_fixed_points(batch):
+    """Every encoder member under --kmeans-init encoder: its clusters' means label every token as it is."""
+    from kernels.kmeans import squared_distances
+
+    cfg = AnalysisConfig(n_init=2, dims=(8,), kmeans_init="encoder", seeds=3)
+    backend = RecordingBackend()
+    analyze(batch, cfg, backend)
+    call = backend.calls[0]
+    x = call["x"].double()
+    for labels in [call["labels"], *call["members"].unbind(1)]:
+        onehot = torch.nn.functional.one_hot(labels.long(), cfg.ks[0]).double()  # (B, N, k)
+        centres = onehot.transpose(1, 2) @ x / onehot.sum(1)[..., None]
+        assert torch.equal(squared_distances(x, centres).argmin(-1), labels.long())
 
 
 def test_encoder_start_rows_do_not_depend_on_the_batch(scenes, batch):

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 import engine.analysis.batch as batch_mod
-from engine.analysis.batch import analyze_batch, build_problems, build_slots, fit_and_project
+from bench.dispatch import OpCounter
+from engine.analysis.batch import (
+    BatchState,
+    ScopeMeasures,
+    analyze_batch,
+    batch_inputs,
+    build_part,
+    fit_and_project,
+)
+from engine.analysis.layout import ProblemLayout
 from engine.core.config import AnalysisConfig, DataConfig
 from engine.data.index import index_dataset
 from engine.data.loader import make_loader
@@ -40,6 +49,25 @@ def test_moments_and_projection_equal_those_of_the_built_token_sets():
     torch.testing.assert_close(datr_project(factors, mean, comps), pca_transform(built, fit), rtol=0, atol=1e-11)
 
 
+def test_factors_copy_their_indexes_to_the_device_once():
+    """The slot indexes are built when the factors are (two host-data tensors: on a GPU, two copies);
+    moments, projection and the built reference then use them without a host read or a new one."""
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randn(2, 100, 8, generator=gen)
+    attended = torch.randn(2, 4, 100, 8, generator=gen)
+    with OpCounter() as built:
+        factors = DatrFactors(tokens, attended, slot_group=[0, 1, 2, 3, 0, 1, 2, 3, 3], slot_alpha=[0.3] * 4 + [0.8] * 4 + [1.0])
+    assert built.host_data == 2 and built.syncs == 0
+    assert [(g.alpha, g.slots.tolist(), None if g.groups is None else g.groups.tolist()) for g in factors.alpha_groups] == [
+        (0.3, [1, 2, 3, 4], None), (0.8, [5, 6, 7, 8], None), (1.0, [9], [3])]
+    comps = torch.linalg.qr(torch.randn(20, 8, 3, generator=gen))[0].transpose(1, 2)
+    with OpCounter() as used:
+        mean, cov, total = datr_moments(factors)
+        datr_project(factors, mean, comps)
+        factors.materialise()
+    assert used.host_data == 0 and used.syncs == 0 and used.host_to_device == 0
+
+
 @pytest.fixture(scope="module")
 def grid_batch(tmp_path_factory):
     root = write_scene_set(tmp_path_factory.mktemp("f"), 2, size=(400, 300), seed=5)
@@ -52,10 +80,9 @@ def grid_batch(tmp_path_factory):
 
 def test_factored_pca_and_labels_match_the_built_reference(grid_batch):
     src, _, cfg = grid_batch
-    tokens = src.features.float().flatten(2).transpose(1, 2).contiguous()
-    slots = build_slots(cfg, PROMPTS, CLASSES)
-    scope_names = [slot.scope for slot in slots[1 : 2 + len(PROMPTS)]]
-    factors, _ = build_problems(tokens, src, cfg, len(slots), CLASSES, None, scope_names)  # with the null controls
+    layout = ProblemLayout.build(cfg, PROMPTS, CLASSES)
+    state = BatchState(layout, cfg, ScopeMeasures.empty(2, layout.m, 2, 6, 5184, torch.device("cpu")), False)
+    factors = build_part(batch_inputs(src, CLASSES, 5, None, None), layout.parts()[1], state, cfg)  # with the null controls
     backend = TorchBackend()
     fit, z = fit_and_project(factors, backend, 16)
     ref_fit, ref_z = fit_and_project(factors, backend, 16, materialise=True)

@@ -26,7 +26,6 @@ from engine.analysis.dataset import TokenReservoir  # noqa: E402
 from engine.core.config import AnalysisConfig, DataConfig, RunConfig  # noqa: E402
 from engine.core.errors import ConfigError, DataError  # noqa: E402
 from engine.core.options import DATA_FIELDS  # noqa: E402
-from engine.data.scenes import write_scene_set  # noqa: E402
 from engine.run.distributed import (  # noqa: E402
     ClusterConfig,
     check_run_config,
@@ -43,7 +42,10 @@ from engine.run.store import check_rows, read_rows  # noqa: E402
 ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200)
 SAMPLED = replace(ANALYSIS, dataset_sample=3000)  # tokens in the dataset-level sample (of 4 x 5184)
 SLOTS_PER_IMAGE = 1 + 6  # encoder + global + 5 prompts
+pytestmark = pytest.mark.slow  # Dask clusters of worker processes
+
 IMAGES = 4
+SCENES = {"count": IMAGES, "size": (400, 300), "seed": 3}  # the `scenes` fixture (tests/conftest.py)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -67,11 +69,6 @@ def sorted_rows(out):
 
 def row_keys(out) -> list[tuple]:
     return [(r["image_id"], r["scope"], r["tau"], r["alpha"], r["d"], r["k"]) for r in read_rows(out).to_pylist()]
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return write_scene_set(tmp_path_factory.mktemp("scenes"), IMAGES, size=(400, 300), seed=3)
 
 
 @pytest.fixture(scope="module")

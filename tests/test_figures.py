@@ -18,7 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.analysis.batch import BatchMaps, build_slots
+from engine.analysis.batch import BatchMaps
+from engine.analysis.layout import build_slots
 from engine.core.config import AnalysisConfig, DataConfig, RunConfig
 from engine.core.errors import ConfigError
 from engine.present.figures.draw import draw_image_figures

@@ -217,3 +217,40 @@ def test_scenes_hold_every_class_with_vehicles_on_roads():
         assert (labels[ring] == 2).mean() > 0.9  # vehicles sit on roads
         # classes look different: mean colour of road and vegetation differ clearly
         assert np.abs(image[labels == 2].mean(0) - image[labels == 0].mean(0)).max() > 20
+
+
+# ----------------------------------------------------------------------------- planted effect
+
+
+@pytest.mark.parametrize("effect", [0.5, 1.0])
+def test_planted_effect_adds_one_kept_query_over_the_known_part_and_changes_nothing_else(scenes, effect):
+    config = SimulatedConfig()
+    base = run(scenes, config, taus=(0.5, 0.95), keep=True)
+    planted = run(scenes, replace(config, planted_effect=effect, planted_class=0), taus=(0.5, 0.95), keep=True)
+    assert torch.equal(base.features, planted.features)
+    differs = (base.queries != planted.queries).any(-1)  # (B, P, Q)
+    assert differs[:, 1:].sum() == 0  # only the planted prompt (vegetation, class 0) changes ...
+    assert (differs[:, 0].sum(-1) == 1).all()  # ... in exactly one slot per image
+    slot = differs[:, 0].float().argmax(-1)
+    for i in range(len(scenes.image_ids)):
+        q = int(slot[i])
+        assert float(base.scores[i, 0, q]) < 0.2 <= 0.9 == pytest.approx(float(planted.scores[i, 0, q]))  # was background
+        others = torch.ones(base.scores.shape[-1], dtype=torch.bool)
+        others[q] = False
+        assert torch.equal(base.scores[i, 0, others], planted.scores[i, 0, others])
+        assert torch.equal(base.query_masks[i, 0, others], planted.query_masks[i, 0, others])
+        part = planted.query_masks[i, 0, q].float().flatten() > 0.5  # the known part on the token grid
+        veg = scenes.gt_tokens[i].flatten() == 0
+        assert part.any() and not (part & ~veg).any()
+        assert part.sum() / veg.sum() == pytest.approx(effect / 2, abs=0.06)  # a share e/2 of the class
+    assert torch.equal(base.union_masks[:, 0, 1:], planted.union_masks[:, 0, 1:])
+    assert torch.equal(base.union_masks[:, 1], planted.union_masks[:, 1])  # tau 0.95 > the planted score
+
+
+def test_planted_effect_settings_are_checked():
+    with pytest.raises(ConfigError, match="planted_effect"):
+        SimulatedConfig(planted_effect=1.5)
+    with pytest.raises(ConfigError, match="planted_effect"):
+        SimulatedConfig(planted_effect=-0.1)
+    with pytest.raises(ConfigError, match="planted_class = 7 is no prompt's class"):
+        SimulatedSource(UDD5_CLASSES, CLASS_IDS, "cpu", SimulatedConfig(planted_effect=0.5, planted_class=7))

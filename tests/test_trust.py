@@ -24,7 +24,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import cli
-from engine.data.scenes import write_scene_set
 from engine.run.lock import LOCK_FILE
 from engine.run.store import read_rows
 
@@ -32,12 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--n-init", "1", "--dims", "4", "--batch-size", "1", "--num-workers", "0", "--no-progress"]
 DATR = [sys.executable, "-c", "import cli; cli.main()"]
 IMAGES = 4
+SCENES = {"count": IMAGES, "size": (160, 120), "seed": 11}  # the `scenes` fixture (tests/conftest.py)
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return write_scene_set(tmp_path_factory.mktemp("trust"), IMAGES, size=(160, 120), seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +52,6 @@ def rows_by_key(out: Path) -> dict:
 
 def run_json(out: Path) -> dict:
     return json.loads((out / "run.json").read_text())
-
-
-def one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("datr: error:")]
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
@@ -154,6 +140,7 @@ def test_a_touched_or_copied_file_changes_nothing(scenes, tmp_path):
 # ----------------------------------------------------------------------------- 2. every signal recorded
 
 
+@pytest.mark.slow  # a datr process started and signalled
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_is_recorded_and_the_run_resumes_to_the_same_rows(scenes, reference, tmp_path, signum):
     out = tmp_path / "out"
@@ -206,6 +193,7 @@ def test_an_interrupt_while_the_run_plans_leaves_a_folder_that_resumes(scenes, r
     assert rows_by_key(out) == reference and run_json(out)["status"] == "complete"
 
 
+@pytest.mark.slow  # a datr process started and signalled
 def test_loader_workers_die_with_a_killed_run(scenes, tmp_path):
     out = tmp_path / "out"
     proc = start("sweep", str(scenes), "--out", str(out), *FAST[:-3], "--num-workers", "2", "--no-progress")
@@ -235,6 +223,7 @@ def complete_figures(out: Path) -> set[str]:
     return {p.name for p in (out / "figures").iterdir() if figures_complete(out, p.name, ("png",))}
 
 
+@pytest.mark.slow  # a datr process started and signalled
 def test_figure_workers_die_with_a_killed_run_and_resume_draws_what_is_missing(scenes, reference, tmp_path):
     out = tmp_path / "out"
     proc = start("sweep", str(scenes), "--out", str(out), *FAST, "--figures", "2")
@@ -253,6 +242,7 @@ def test_figure_workers_die_with_a_killed_run_and_resume_draws_what_is_missing(s
     assert complete_figures(out) == {"scene_0000", "scene_0001"} and rows_by_key(out) == reference
 
 
+@pytest.mark.slow  # a datr process started and signalled
 def test_sigterm_while_figures_are_drawn_stops_the_workers_and_resume_draws_only_the_missing(scenes, tmp_path):
     out = tmp_path / "out"
     proc = start("sweep", str(scenes), "--out", str(out), *FAST, "--figures", "2")
@@ -287,6 +277,7 @@ def renamed_copy(scenes: Path, where: Path) -> Path:
     return data
 
 
+@pytest.mark.slow  # two datr processes at once
 def test_two_runs_on_one_feature_cache_lose_nothing(scenes, tmp_path):
     cache, other = tmp_path / "cache", renamed_copy(scenes, tmp_path / "d2")
     runs = [["sweep", str(data), "--out", str(tmp_path / name), *FAST, "--save-features", str(cache)]
@@ -306,7 +297,7 @@ def test_two_runs_on_one_feature_cache_lose_nothing(scenes, tmp_path):
     assert len(cache_ids(cache)) == 2 * IMAGES
 
 
-def test_a_cache_held_by_a_live_run_is_refused_in_one_line(scenes, tmp_path):
+def test_a_cache_held_by_a_live_run_is_refused_in_one_line(scenes, tmp_path, one_line_error):
     cache = tmp_path / "cache"
     holder = hold_lock(cache)
     try:
@@ -317,7 +308,7 @@ def test_a_cache_held_by_a_live_run_is_refused_in_one_line(scenes, tmp_path):
     assert not list(cache.glob("*.safetensors")) and not (tmp_path / "o" / "rows").exists()
 
 
-def test_a_cache_from_another_source_is_not_extended(scenes, tmp_path):
+def test_a_cache_from_another_source_is_not_extended(scenes, tmp_path, one_line_error):
     cache = tmp_path / "cache"
     assert runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(tmp_path / "a"), *FAST, "--limit", "1",
                                    "--save-features", str(cache)]).exit_code == 0
@@ -414,7 +405,7 @@ def test_a_lock_file_nobody_holds_is_taken_whatever_pid_it_names(scenes, referen
     assert result.exit_code == 0 and rows_by_key(out) == reference and not (out / LOCK_FILE).exists()
 
 
-def test_a_lock_whose_holder_has_not_written_its_pid_yet_is_not_called_stale(scenes, tmp_path):
+def test_a_lock_whose_holder_has_not_written_its_pid_yet_is_not_called_stale(scenes, tmp_path, one_line_error):
     out = tmp_path / "out"
     holder = hold_lock(out)
     try:
@@ -436,8 +427,9 @@ def test_a_lock_whose_holder_has_not_written_its_pid_yet_is_not_called_stale(sce
     (["--prompts", "x" * 300 + ",b,c,d,e"], "--prompts: a prompt of 300 characters"),
     (["--prompts", "red car,red_car,c,d,e"], "'red car' and 'red_car' make the same figure file names"),
     (["--figure-ids", "scene_0000,", "--figures", "1"], "--figure-ids: 'scene_0000,' has an empty entry"),
+    (["--seeds", "2"], "--seeds: need 0 (no seed ensemble, no effects) or >= 3"),
 ])
-def test_bad_list_options_are_refused_before_any_work(scenes, tmp_path, args, message):
+def test_bad_list_options_are_refused_before_any_work(scenes, tmp_path, args, message, one_line_error):
     out = tmp_path / "o"
     one_line_error(runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, *args]), message)
     assert not out.exists()
@@ -465,7 +457,7 @@ def test_resume_where_there_is_nothing_to_resume_is_refused(scenes, tmp_path):
 # ----------------------------------------------------------------------------- identity
 
 
-def test_the_identity_holds_what_was_resolved_and_refuses_another_on_resume(scenes, tmp_path):
+def test_the_identity_holds_what_was_resolved_and_refuses_another_on_resume(scenes, tmp_path, one_line_error):
     out = tmp_path / "o"
     assert runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, "--limit", "1"]).exit_code == 0
     identity = run_json(out)["identity"]
@@ -503,6 +495,7 @@ def test_a_sam3_source_is_known_by_every_byte_of_its_checkpoint_and_bpe_and_its_
     assert hashed == [a]
 
 
+@pytest.mark.slow  # a datr process started and signalled
 def test_sigterm_to_a_dask_client_is_recorded_and_resumes_to_the_same_rows(scenes, reference, tmp_path):
     pytest.importorskip("distributed")
     out = tmp_path / "out"

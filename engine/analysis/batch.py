@@ -1,18 +1,19 @@
-"""The analysis of one batch: DATR scopes -> one batched PCA/KMeans problem -> metric rows.
+"""The analysis of one batch: DATR scopes -> batched PCA/KMeans problems -> metric rows.
 
 Everything stays on the batch's device until the final metric columns are copied to the
-host once. Per image the problem axis holds the encoder tokens once and one DATR token
-set per (tau, alpha, scope); scopes are `global` (one softmax over all prompts' kept
-queries) and one per prompt. PCA is fitted once at the largest d of the grid and its
-leading columns serve every smaller d (they are the same eigenvectors).
+host once per grid point. Which problem is which is engine.analysis.layout's: per image the
+encoder tokens and one DATR token set per (tau, alpha, scope) -- `global` (one softmax over all
+prompts' kept queries) and one per prompt -- with their null controls, analysed one tau at a
+time (a part) so that only one tau's attended vectors and projections are held. PCA is fitted
+once at the largest d of the grid and its leading columns serve every smaller d.
 
     analyze_batch
-      build_problems      every slot's DATR token set as factors (F, A, alpha), effective tokens,
-                          cosine measures, IoU
-      fit_and_project     PCA (largest d) from the factors' moments, projection from the factors
-      then per (d, k): KMeans (engine.analysis.controls.cluster_grid_point, with the null and
-      reseed controls) and score_clustering (flips, GT or internal scores)
-      figure_maps         the first grid point's label maps, for the figures (on request)
+      per part (tau):  build_part       the part's DATR token sets as factors (F, A, alpha) and the
+                                        per-slot measures (effective tokens, cosine measures, IoU)
+                       fit_and_project  PCA (largest d) from the factors' moments, projection
+                       per (d, k):      KMeans with the seed ensemble (engine.analysis.controls),
+                                        score_clustering, the controls and the ensemble measures
+      then the rows of every grid point (engine.analysis.rows), and figure_maps on request
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from engine.analysis import controls
-from engine.analysis.rows import append_rows
+from engine.analysis.controls import EncoderClustering
+from engine.analysis.ensemble import ensemble_measures
+from engine.analysis.layout import Part, PartIndex, ProblemLayout, Slot
+from engine.analysis.rows import ENSEMBLE_COLUMNS, append_rows
 from engine.core.config import AnalysisConfig
 from engine.sources.base import SourceBatch
 from kernels.backends import ClusterBackend
@@ -32,6 +36,7 @@ from kernels.datr import (
     compact_kept,
     datr_moments,
     datr_project,
+    kept_widths,
     mask_weights,
     permute_token_rows,
 )
@@ -52,22 +57,6 @@ from kernels.metrics import (
     silhouette_sampled,
 )
 from kernels.pca import PCAResult, pca_transform
-
-ENCODER = "encoder"
-GLOBAL = "global"
-
-
-@dataclass
-class Slot:
-    """What one entry of the per-image problem axis is."""
-
-    scope: str
-    kind: str  # "encoder" | "global" | "class"
-    class_id: int | None
-    tau: float | None
-    alpha: float | None
-    tau_index: int | None
-    scope_index: int | None  # index into (global, prompt_0, ...)
 
 
 @dataclass
@@ -112,15 +101,25 @@ class ScopeMeasures:
     iou: torch.Tensor
     mask_weights: torch.Tensor
 
+    @classmethod
+    def empty(cls, b: int, m: int, taus: int, scopes: int, n: int, device: torch.device) -> ScopeMeasures:
+        nan = torch.full((b, m), float("nan"), dtype=torch.float64, device=device)
+        return cls(effective=torch.zeros(b, m, n, dtype=torch.bool, device=device),
+                   kept_count=torch.zeros(b, m, dtype=torch.long, device=device), cos_distance=nan.clone(),
+                   shift=nan.clone(), iou=nan.clone(), mask_weights=torch.zeros(b, taus, scopes, n, device=device))
 
-def build_slots(cfg: AnalysisConfig, prompts: tuple[str, ...], class_ids: tuple[int, ...]) -> list[Slot]:
-    slots = [Slot(ENCODER, "encoder", None, None, None, None, None)]
-    scopes = [(GLOBAL, "global", None)] + [(p, "class", c) for p, c in zip(prompts, class_ids, strict=True)]
-    for ti, tau in enumerate(cfg.taus):
-        for alpha in cfg.alphas:
-            for si, (name, kind, cid) in enumerate(scopes):
-                slots.append(Slot(name, kind, cid, tau, alpha, ti, si))
-    return slots
+
+@dataclass
+class BatchInputs:
+    """What every part of a batch reads: tokens (B, N, C), the source batch, GT and the grid side."""
+
+    tokens: torch.Tensor
+    batch: SourceBatch
+    gt_tokens: torch.Tensor | None  # (B, N) long, 255 = ignore
+    gt_mask: torch.Tensor | None  # (B, 288, 288)
+    class_ids: torch.Tensor  # (P,)
+    grid: tuple[int, int]
+    num_classes: int
 
 
 def analyze_batch(
@@ -135,113 +134,206 @@ def analyze_batch(
     keep_maps: bool = False,
 ) -> BatchResult:
     """Run the whole analysis on one batch; gt_* are (B, 72, 72) / (B, 288, 288) or None."""
-    feats = batch.features.float()
-    b, c, h, w = feats.shape
-    n = h * w
     assert batch.queries.shape[1] == len(prompts), f"queries carry {batch.queries.shape[1]} prompts, config has {len(prompts)}"
-    dev = feats.device
-    tokens = feats.flatten(2).transpose(1, 2).contiguous()  # (B, N, C)
-    slots = build_slots(cfg, prompts, class_ids)
-    m = len(slots)
-
-    scope_names = [slot.scope for slot in slots[1 : 2 + len(prompts)]]  # global, then each prompt
-    factors, scopes = build_problems(tokens, batch, cfg, len(slots), class_ids, gt_mask, scope_names)
-    fit, projected = fit_and_project(factors, backend, max(cfg.dims))
-    del factors
-    # (P, N, dmax) in the controls' layout: the B*M real problems, then the null controls
-    projected, explained_all = (controls.real_then_null(t, b, m) for t in (projected, fit.explained_variance_ratio))
-
-    gt_flat = None
-    if gt_tokens is not None:  # every slot of an image is scored against the same GT
-        gt_flat = gt_tokens.to(dev).reshape(b, 1, n).expand(b, m, n).reshape(b * m, n).long()
-
+    inputs = batch_inputs(batch, class_ids, num_classes, gt_tokens, gt_mask)
+    (h, w), dev = inputs.grid, inputs.tokens.device
+    layout = ProblemLayout.build(cfg, prompts, class_ids)
+    state = BatchState(layout, cfg, ScopeMeasures.empty(len(batch.image_ids), layout.m, len(cfg.taus), len(layout.scopes),
+                                                        h * w, dev), keep_maps)
+    measures = state.measures
+    for part in layout.parts():
+        analyze_part(inputs, part, state, cfg, backend)
     columns: dict[str, list] = {}
+    for (d, k), per_slot in state.points.items():
+        per_slot.update({"cos_distance": measures.cos_distance, "datr_shift": measures.shift, "iou": measures.iou,
+                         "kept_queries": measures.kept_count, "effective_tokens": measures.effective.sum(-1)})
+        append_rows(columns, batch.image_ids, list(layout.slots), d, k, per_slot, h * w, cfg.kmeans_init)
     maps = None
-    effective = scopes.effective.reshape(b * m, n)
-    per_scope = {"cos_distance": scopes.cos_distance, "datr_shift": scopes.shift, "iou": scopes.iou,
-                 "kept_queries": scopes.kept_count, "effective_tokens": scopes.effective.sum(-1)}  # (B, M) each
-    for d in cfg.dims:
-        z = projected[..., :d].contiguous()
-        explained = explained_all[: b * m, :d].sum(-1).double()
-        for k in cfg.ks:
-            km = controls.cluster_grid_point(z, b, m, k, cfg, backend)
-            labels = km.labels[: b * m]
-            metric, aligned, aligned_processed = score_clustering(z[: b * m], labels, k, (b, m, h, w), effective,
-                                                                  gt_flat, num_classes, cfg)
-            if cfg.controls:
-                metric.update(controls.control_columns(km, (b, m, h, w), k, effective))
-            per_slot = {**metric, **per_scope, "inertia": km.inertia[: b * m].double(), "n_iter": km.n_iter[: b * m],
-                        "explained_variance_ratio": explained}
-            append_rows(columns, batch.image_ids, slots, d, k, per_slot, n, cfg.kmeans_init)
-            if keep_maps and maps is None:
-                encoder_pca = projected[: b * m].reshape(b, m, n, -1)[:, 0, :, :3].reshape(b, h, w, -1)
-                maps = figure_maps(batch, tokens, slots, d, k, aligned.reshape(b, m, h, w),
-                                   aligned_processed.reshape(b, m, h, w), scopes, encoder_pca, gt_tokens, cfg.taus[0])
+    if keep_maps:
+        d, k = cfg.dims[0], cfg.ks[0]
+        maps = figure_maps(inputs, list(layout.slots), d, k, state.maps, measures, cfg.taus[0])
     return BatchResult(columns=columns, maps=maps)
 
 
-def build_problems(tokens: torch.Tensor, batch: SourceBatch, cfg: AnalysisConfig, m: int, class_ids: tuple[int, ...],
-                   gt_mask: torch.Tensor | None, scope_names: list[str]) -> tuple[DatrFactors, ScopeMeasures]:
-    """The problems as factors -- encoder tokens at slot 0, then DATR_s(F) = F + alpha A_s per
-    (tau, alpha, scope), in build_slots' order, A_s held once per (tau, scope) -- and the per-slot
-    measures. Attention runs once per tau, for every alpha.
+def batch_inputs(batch: SourceBatch, class_ids: tuple[int, ...], num_classes: int, gt_tokens: torch.Tensor | None,
+                 gt_mask: torch.Tensor | None) -> BatchInputs:
+    """The batch's tokens (B, N, C) and GT on the features' device."""
+    feats = batch.features.float()
+    b, _, h, w = feats.shape
+    dev = feats.device
+    return BatchInputs(tokens=feats.flatten(2).transpose(1, 2).contiguous(), batch=batch,
+                       gt_tokens=None if gt_tokens is None else gt_tokens.to(dev).reshape(b, h * w).long(),
+                       gt_mask=None if gt_mask is None else gt_mask.to(dev), class_ids=torch.tensor(class_ids, device=dev),
+                       grid=(h, w), num_classes=num_classes)
 
-    With controls, M - 1 more slots follow per image: the null control of every DATR slot, the
-    same alpha on A_s with its token rows permuted (one permutation per (image, scope, tau),
-    shared by every alpha; engine.analysis.controls), held as groups after the real ones."""
+
+class BatchState:
+    """What the parts of one batch fill in: per grid point the (B, M) columns and the encoder clustering
+    (clustered in part 0, the reference of every later part), and the first grid point's maps."""
+
+    def __init__(self, layout: ProblemLayout, cfg: AnalysisConfig, measures: ScopeMeasures, keep_maps: bool):
+        self.layout, self.measures = layout, measures
+        self.points: dict[tuple[int, int], dict[str, torch.Tensor]] = {(d, k): {} for d in cfg.dims for k in cfg.ks}
+        self.encoders: dict[tuple[int, int], EncoderClustering] = {}
+        self.maps: dict[str, torch.Tensor] | None = {} if keep_maps else None
+
+    def column(self, point: tuple[int, int], name: str, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The (B, M) column `name` of a grid point, created NaN (or 0) on first use."""
+        cols = self.points[point]
+        if name not in cols:
+            b = self.measures.effective.shape[0]
+            fill = float("nan") if dtype.is_floating_point else 0
+            cols[name] = torch.full((b, self.layout.m), fill, dtype=dtype, device=device)
+        return cols[name]
+
+    def put(self, point: tuple[int, int], slot_ids: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Write (B, J) values into the slots slot_ids (J,) of every named column."""
+        for name, value in values.items():
+            self.column(point, name, value.dtype, value.device)[:, slot_ids] = value
+
+
+def analyze_part(inputs: BatchInputs, part: Part, state: BatchState, cfg: AnalysisConfig, backend: ClusterBackend) -> None:
+    """One tau's problems: build, PCA, then KMeans and every score at each (d, k) of the grid."""
+    b, n, _ = inputs.tokens.shape
+    factors = build_part(inputs, part, state, cfg)
+    fit, projected = fit_and_project(factors, backend, max(cfg.dims))
+    del factors
+    kept = part.kept_factor_slots()
+    per = part.per_image
+    projected = projected.reshape(b, part.factor_slots, n, -1)[:, kept].reshape(b * per, n, -1)
+    explained_all = fit.explained_variance_ratio.reshape(b, part.factor_slots, -1)[:, kept].reshape(b * per, -1)
+    index = part.index(b, projected.device)
+    scored = torch.cat([index.encoder[:, None], index.real], 1) if part.has_encoder else index.real  # (B, J')
+    slot_ids = part.scored_slots(projected.device)
+    for d in cfg.dims:
+        z = projected[..., :d].contiguous()
+        explained = explained_all[scored, :d].sum(-1).double()
+        for k in cfg.ks:
+            point = (d, k)
+            clustering = cluster_point(z, index, part, state, point, k, cfg, backend)
+            values = score_part(z, clustering, index, scored, slot_ids, inputs, state, point, k, cfg)
+            values.update(inertia=clustering.inertia[scored].double(), n_iter=clustering.n_iter[scored],
+                          explained_variance_ratio=explained)
+            state.put(point, slot_ids, values)
+    if state.maps is not None and part.has_encoder:
+        state.maps["encoder_pca"] = projected[index.encoder][..., :3].reshape(b, *inputs.grid, 3)
+
+
+def cluster_point(z: torch.Tensor, index: PartIndex, part: Part, state: BatchState, point: tuple[int, int], k: int,
+                  cfg: AnalysisConfig, backend: ClusterBackend) -> controls.PartClustering:
+    """KMeans of the part's problems at one grid point; part 0 also keeps the encoder clustering."""
+    encoder = state.encoders.get(point)
+    if part.has_encoder and cfg.kmeans_init == "encoder":
+        encoder = controls.encoder_fixed_points(z[index.encoder], k, cfg, backend)
+    clustering = controls.cluster_part(z, index, encoder, k, cfg, backend)
+    if part.has_encoder:
+        labels = clustering.labels[index.encoder]
+        reseed = None
+        if cfg.controls and cfg.kmeans_init == "independent":
+            reseed = controls.reseed_labels(z[index.encoder], labels, k, cfg, backend)
+        members = None if clustering.members is None else clustering.members[index.encoder]
+        state.encoders[point] = EncoderClustering(labels=labels, members=members, reseed=reseed)
+    return clustering
+
+
+def score_part(z: torch.Tensor, clustering: controls.PartClustering, index: PartIndex, scored: torch.Tensor,
+               slot_ids: torch.Tensor, inputs: BatchInputs, state: BatchState, point: tuple[int, int], k: int,
+               cfg: AnalysisConfig) -> dict[str, torch.Tensor]:
+    """Every (B, J') column of the part's scored slots (the encoder slot in part 0, then the DATR slots)."""
+    b, j = scored.shape
+    n = z.shape[1]
+    encoder = state.encoders[point]
+    effective = state.measures.effective[:, slot_ids]  # (B, J', N)
+    labels = clustering.labels[scored]  # (B, J', N)
+    reference = encoder.labels[:, None].expand(b, j, n)
+    gt = None if inputs.gt_tokens is None else inputs.gt_tokens[:, None].expand(b, j, n).reshape(b * j, n)
+    metric, aligned, aligned_f = score_clustering(z[scored.reshape(-1)], labels.reshape(b * j, n), reference.reshape(b * j, n),
+                                                  k, inputs.grid, effective.reshape(b * j, n), gt, inputs.num_classes, cfg)
+    values = {name: value.reshape(b, j) for name, value in metric.items()}
+    datr = slice(1, None) if index.encoder is not None else slice(None)
+    datr_eff = effective[:, datr]
+    if cfg.controls:
+        for name, value in controls.control_columns(clustering.labels[index.null], encoder, datr_eff, k, inputs.grid).items():
+            values[name] = pad_encoder(value, index)
+    if cfg.seeds:
+        ensemble = ensemble_measures(encoder.members, clustering.members[index.real],
+                                     None if index.null is None else clustering.members[index.null], datr_eff, k,
+                                     paired=cfg.kmeans_init == "encoder")
+        values.update({name: pad_encoder(getattr(ensemble, name), index) for name in ENSEMBLE_COLUMNS})
+    if state.maps is not None and point == next(iter(state.points)):
+        keep_maps_of_part(state, slot_ids, aligned.reshape(b, j, n), aligned_f.reshape(b, j, n))
+    return values
+
+
+def pad_encoder(value: torch.Tensor, index: PartIndex) -> torch.Tensor:
+    """A DATR-slot column (B, J) with a NaN encoder slot in front when the part holds the encoder."""
+    if index.encoder is None:
+        return value
+    return torch.cat([torch.full_like(value[:, :1], float("nan")), value], 1)
+
+
+def keep_maps_of_part(state: BatchState, slot_ids: torch.Tensor, aligned: torch.Tensor, aligned_f: torch.Tensor) -> None:
+    """The first grid point's aligned label maps of the part's slots, into the (B, M, N) figure maps."""
+    b, _, n = aligned.shape
+    for key, value in (("labels", aligned), ("labels_processed", aligned_f)):
+        if key not in state.maps:
+            state.maps[key] = torch.zeros(b, state.layout.m, n, dtype=value.dtype, device=value.device)
+        state.maps[key][:, slot_ids] = value
+
+
+def build_part(inputs: BatchInputs, part: Part, state: BatchState, cfg: AnalysisConfig) -> DatrFactors:
+    """The part's problems as factors -- F at factor slot 0, then DATR_s(F) = F + alpha A_s for each of
+    the tau's (alpha, scope) slots, A_s held once per scope and shared by every alpha, then (with
+    controls) the null of each slot: the same alpha on A_s with its token rows permuted -- and the
+    part's per-slot measures, written into state.measures."""
+    tokens, batch = inputs.tokens, inputs.batch
     b, n, c = tokens.shape
     dev = tokens.device
     queries = batch.queries.to(dev).float()
     p, q = queries.shape[1:3]
+    kept = batch.scores.to(dev) >= part.tau  # (B, P, Q)
+    width_c, width_g = kept_widths(kept)  # the one host read per tau: the compacted widths
+    w_class = mask_weights(batch.query_masks.to(dev), kept, width_c)  # (B, P, N)
+    weights = torch.cat([w_class.amax(1, keepdim=True), w_class], 1)  # (B, S, N): global, then each prompt
+    keys_c, mask_c = compact_kept(queries, kept, width_c)
+    keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q), width_g)
     s_count = p + 1
-    a_count = len(cfg.alphas)
-    attended_all, nulls_all = [], []  # (B, S, N, C) per tau
-    slot_group, slot_alpha = [], []
-    nan = torch.full((b, m), float("nan"), dtype=torch.float64, device=dev)
-    measures = ScopeMeasures(effective=torch.zeros(b, m, n, dtype=torch.bool, device=dev),
-                             kept_count=torch.zeros(b, m, dtype=torch.long, device=dev), cos_distance=nan.clone(),
-                             shift=nan.clone(), iou=nan.clone(),
-                             mask_weights=torch.zeros(b, len(cfg.taus), s_count, n, device=dev))
-    class_t = torch.tensor(class_ids, device=dev)
+    groups = torch.empty(b, s_count * (2 if part.controls else 1), n, c, dtype=tokens.dtype, device=dev)
+    groups[:, :1] = attend_queries(tokens, keys_g, mask_g)
+    groups[:, 1:s_count] = attend_queries(tokens, keys_c, mask_c)
+    attended = groups[:, :s_count]
+    counts = torch.cat([kept.sum((1, 2))[:, None], kept.sum(2)], 1)  # (B, S)
+    write_measures(inputs, part, state, cfg, weights, attended, counts)
+    if part.controls:
+        perm = controls.null_permutations(cfg.seed, list(batch.image_ids), state.layout.scopes, part.tau, n, dev)
+        groups[:, s_count:] = permute_token_rows(attended, perm)
+    return DatrFactors(tokens, groups, list(part.slot_group), list(part.slot_alpha))
 
-    for ti, tau in enumerate(cfg.taus):
-        kept = batch.scores.to(dev) >= tau  # (B, P, Q)
-        w_class = mask_weights(batch.query_masks.to(dev), kept)  # (B, P, N)
-        weights = torch.cat([w_class.amax(1, keepdim=True), w_class], 1)  # (B, S, N): global, then each prompt
-        measures.mask_weights[:, ti] = weights
-        eff = weights >= cfg.effective_threshold
-        keys_c, mask_c = compact_kept(queries, kept)
-        keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q))
-        attended = torch.cat([attend_queries(tokens, keys_g, mask_g), attend_queries(tokens, keys_c, mask_c)], 1)
-        counts = torch.cat([kept.sum((1, 2))[:, None], kept.sum(2)], 1)  # (B, S)
-        paper_dist, shift_dist = datr_cosine_distances(tokens, attended, cfg.alphas)
-        paper_cos = masked_mean(paper_dist, eff)  # (B, S)
-        scope_iou = None
-        if gt_mask is not None:
-            union = batch.union_masks[:, ti].to(dev)
-            scope_iou = torch.cat([torch.full((b, 1), float("nan"), dtype=torch.float64, device=dev),
-                                   mask_iou(union, gt_mask.to(dev), class_t)], 1)
-        for ai, alpha in enumerate(cfg.alphas):
-            lo = 1 + (ti * a_count + ai) * s_count
-            sl = slice(lo, lo + s_count)
-            slot_group += range(ti * s_count, (ti + 1) * s_count)
-            slot_alpha += [alpha] * s_count
-            measures.effective[:, sl] = eff
-            measures.kept_count[:, sl] = counts
-            measures.cos_distance[:, sl] = paper_cos
-            measures.shift[:, sl] = masked_mean(shift_dist[ai], eff)
-            if scope_iou is not None:
-                measures.iou[:, sl] = scope_iou
-        attended_all.append(attended)
-        if cfg.controls:
-            perm = controls.null_permutations(cfg.seed, list(batch.image_ids), scope_names, tau, n)
-            nulls_all.append(permute_token_rows(attended, perm))
-    groups = len(cfg.taus) * s_count  # the real (tau, scope) groups; the null copies follow them
-    if cfg.controls:  # null slot j mirrors DATR slot j, on the permuted copy of its group
-        slot_group, slot_alpha = slot_group + [g + groups for g in slot_group], slot_alpha + slot_alpha
-    factors = DatrFactors(tokens, torch.cat(attended_all + nulls_all, 1), slot_group, slot_alpha)
-    assert factors.slots == (2 * m - 1 if cfg.controls else m), f"{factors.slots} slots built for {m}"
-    return factors, measures
+
+def write_measures(inputs: BatchInputs, part: Part, state: BatchState, cfg: AnalysisConfig, weights: torch.Tensor,
+                   attended: torch.Tensor, counts: torch.Tensor) -> None:
+    """Effective tokens, kept counts, both cosine measures and IoU of the part's slots (per alpha)."""
+    tokens, measures = inputs.tokens, state.measures
+    b = tokens.shape[0]
+    measures.mask_weights[:, part.tau_index] = weights
+    eff = weights >= cfg.effective_threshold  # (B, S, N)
+    paper_dist, shift_dist = datr_cosine_distances(tokens, attended, cfg.alphas)
+    paper_cos = masked_mean(paper_dist, eff)  # (B, S)
+    scope_iou = None
+    if inputs.gt_mask is not None:
+        union = inputs.batch.union_masks[:, part.tau_index].to(tokens.device)
+        scope_iou = torch.cat([torch.full((b, 1), float("nan"), dtype=torch.float64, device=tokens.device),
+                               mask_iou(union, inputs.gt_mask, inputs.class_ids)], 1)
+    s_count = eff.shape[1]
+    for ai, _alpha in enumerate(cfg.alphas):  # the part's slots are alpha-major, then scope, and consecutive
+        first = part.slots[ai * s_count]
+        sl = slice(first, first + s_count)  # a slice, not a list: no index tensor to copy to the device
+        measures.effective[:, sl] = eff
+        measures.kept_count[:, sl] = counts
+        measures.cos_distance[:, sl] = paper_cos
+        measures.shift[:, sl] = masked_mean(shift_dist[ai], eff)
+        if scope_iou is not None:
+            measures.iou[:, sl] = scope_iou
 
 
 def fit_and_project(factors: DatrFactors, backend: ClusterBackend, n_components: int,
@@ -261,24 +353,23 @@ def fit_and_project(factors: DatrFactors, backend: ClusterBackend, n_components:
     return fit, datr_project(factors, fit.mean, fit.components)
 
 
-def score_clustering(z: torch.Tensor, labels: torch.Tensor, k: int, shape: tuple[int, int, int, int],
+def score_clustering(z: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, k: int, grid: tuple[int, int],
                      effective: torch.Tensor, gt_flat: torch.Tensor | None, num_classes: int,
                      cfg: AnalysisConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Flip ratios (raw and processed) and the quality scores of one grid point's labels.
 
-    z (B*M, N, d) the projected tokens, labels (B*M, N), effective (B*M, N), gt_flat (B*M, N)
-    or None; shape = (B, M, H, W). Returns the (B*M,) metrics and the labels aligned to the
-    encoder clustering, raw and 3x3-filtered (each (B*M, N)).
+    z (Q, N, d) the projected tokens, labels and reference (Q, N) (the encoder labels of each
+    problem's image), effective (Q, N), gt_flat (Q, N) or None; grid = (H, W). Returns the (Q,)
+    metrics and the labels aligned to the reference, raw and 3x3-filtered (each (Q, N)).
     """
-    b, m, h, w = shape
-    n = h * w
-    encoder = labels.reshape(b, m, n)[:, :1].expand(b, m, n).reshape(b * m, n)
-    aligned = align_to_reference(labels, encoder, k)
-    filtered = majority_filter(labels.reshape(b * m, h, w), k).reshape(b * m, n)
-    encoder_f = filtered.reshape(b, m, n)[:, :1].expand(b, m, n).reshape(b * m, n)
-    aligned_f = align_to_reference(filtered, encoder_f, k)
-    metric = {"flip_ratio": flip_ratio(aligned, encoder, effective),
-              "flip_ratio_processed": flip_ratio(aligned_f, encoder_f, effective)}
+    h, w = grid
+    q, n = labels.shape
+    aligned = align_to_reference(labels, reference, k)
+    filtered = majority_filter(labels.reshape(q, h, w), k).reshape(q, n)
+    reference_f = majority_filter(reference.reshape(q, h, w), k).reshape(q, n)
+    aligned_f = align_to_reference(filtered, reference_f, k)
+    metric = {"flip_ratio": flip_ratio(aligned, reference, effective),
+              "flip_ratio_processed": flip_ratio(aligned_f, reference_f, effective)}
     if gt_flat is None:  # no ground truth: internal cluster-quality scores instead
         metric.update(silhouette=silhouette_sampled(z, labels, k, cfg.silhouette_sample, seed=cfg.seed),
                       calinski_harabasz=calinski_harabasz(z, labels, k), davies_bouldin=davies_bouldin(z, labels, k))
@@ -288,23 +379,24 @@ def score_clustering(z: torch.Tensor, labels: torch.Tensor, k: int, shape: tuple
     return metric, aligned, aligned_f
 
 
-def figure_maps(batch: SourceBatch, tokens: torch.Tensor, slots: list[Slot], d: int, k: int, labels: torch.Tensor,
-                labels_processed: torch.Tensor, scopes: ScopeMeasures, encoder_pca: torch.Tensor,
-                gt_tokens: torch.Tensor | None, tau: float) -> BatchMaps:
+def figure_maps(inputs: BatchInputs, slots: list[Slot], d: int, k: int, maps: dict[str, torch.Tensor],
+                scopes: ScopeMeasures, tau: float) -> BatchMaps:
     """One grid point's label maps and the decoder outputs the figures draw, on the host."""
-    b, m, h, w = labels.shape
+    batch, tokens = inputs.batch, inputs.tokens
+    b, m, n = maps["labels"].shape
+    h, w = inputs.grid
     p, q = batch.scores.shape[1:]
     dev = tokens.device
     kept = batch.scores.to(dev) >= tau
     similarity = encoder_similarity(tokens, batch.query_masks.to(dev), kept)
     return BatchMaps(
         slots=slots, image_ids=list(batch.image_ids), d=d, k=k,
-        labels=labels.cpu(),
-        labels_processed=labels_processed.cpu(),
+        labels=maps["labels"].reshape(b, m, h, w).cpu(),
+        labels_processed=maps["labels_processed"].reshape(b, m, h, w).cpu(),
         effective=scopes.effective.reshape(b, m, h, w).cpu(),
         mask_weights=scopes.mask_weights.reshape(b, *scopes.mask_weights.shape[1:3], h, w).cpu(),
-        encoder_pca=encoder_pca.cpu(),
-        gt_tokens=None if gt_tokens is None else gt_tokens.cpu(),
+        encoder_pca=maps["encoder_pca"].cpu(),
+        gt_tokens=None if inputs.gt_tokens is None else inputs.gt_tokens.reshape(b, h, w).cpu(),
         kept=kept.cpu(),
         scores=batch.scores.cpu(),
         query_masks=batch.query_masks.reshape(b, p, q, h, w).cpu(),

@@ -1,8 +1,9 @@
 """What one result row is: the column schema of rows/*.parquet and how a grid point's rows are built.
 
 One row per image x slot x (d, k) grid point; a slot is the encoder clustering or one
-(tau, alpha, scope) DATR clustering (engine.analysis.batch.Slot). The README's Results
-table documents every column; the result store writes exactly this schema.
+(tau, alpha, scope) DATR clustering (engine.analysis.layout.Slot). The README's Results
+table documents every column; the result store writes exactly this schema. The column
+groups below are the one list of them that the rest of the engine reads.
 """
 
 from __future__ import annotations
@@ -13,12 +14,18 @@ import torch
 
 # Bump when a change alters what the rows of the same options hold (a run's identity
 # carries it, so `--resume` does not mix rows of two versions). 2: the flip-ratio controls and kmeans_init;
-# 3: DATR from factors (covariance algebra), last digits differ from built token sets.
-ROWS_VERSION = 3
+# 3: DATR from factors (covariance algebra), last digits differ from built token sets; 4: the seed ensemble's
+# columns, null permutations drawn on the device, --kmeans-init encoder from Lloyd fixed points.
+ROWS_VERSION = 4
 
-FLOAT_COLUMNS = ("flip_ratio", "flip_ratio_processed", "flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed",
-                 "cos_distance", "datr_shift", "iou", "accuracy", "nmi", "ari",
-                 "silhouette", "calinski_harabasz", "davies_bouldin", "inertia", "explained_variance_ratio")
+FLIP_COLUMNS = ("flip_ratio", "flip_ratio_processed")  # the paper's single flip ratio (best of n_init at --seed)
+CONTROL_COLUMNS = ("flip_ratio_null", "flip_ratio_null_processed", "flip_ratio_reseed")  # its single-draw controls
+ENSEMBLE_COLUMNS = ("flip_between", "flip_within", "flip_null_between", "effect_instability", "effect_instability_se",
+                    "effect_null", "effect_null_se")  # from the seed ensemble (engine.analysis.ensemble)
+MEASURE_COLUMNS = ("cos_distance", "datr_shift", "iou")
+QUALITY_COLUMNS = ("accuracy", "nmi", "ari", "silhouette", "calinski_harabasz", "davies_bouldin")
+FLOAT_COLUMNS = (*FLIP_COLUMNS, *CONTROL_COLUMNS, *ENSEMBLE_COLUMNS, *MEASURE_COLUMNS, *QUALITY_COLUMNS,
+                 "inertia", "explained_variance_ratio")
 COUNT_COLUMNS = ("kept_queries", "effective_tokens")  # per DATR slot; null for the encoder slot
 
 ROW_SCHEMA = pa.schema([
@@ -52,7 +59,7 @@ def append_rows(columns: dict[str, list], image_ids: list[str], slots: list, d: 
     names = list(FLOAT_COLUMNS) + list(COUNT_COLUMNS) + ["n_iter"]
     host = torch.stack([per_slot[name].reshape(b, m).double() if name in per_slot else missing for name in names]).cpu().numpy()
     at = {name: host[i].reshape(-1) for i, name in enumerate(names)}  # row r = image r // M, slot r % M
-    encoder = np.tile([slot.kind == "encoder" for slot in slots], b)
+    encoder = np.tile([slot.is_encoder for slot in slots], b)
 
     def floats(values: np.ndarray) -> list:
         return [None if v != v else v for v in values.tolist()]  # NaN -> null

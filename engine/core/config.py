@@ -17,7 +17,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
+from engine.core.choices import (
+    RESERVED_SCOPES,
+    Backend,
+    CacheDtype,
+    DatasetKind,
+    Decode,
+    Eigh,
+    KMeansInit,
+    Mode,
+    Model,
+)
 from engine.core.errors import ConfigError
 from engine.core.files import file_stem
 from engine.core.geometry import MODEL_SIDE
@@ -49,7 +59,7 @@ class SimulatedConfig:
     false_positive_rate: float = 0.5  # expected false-positive blobs per (image, prompt)
     query_noise: float = 0.3  # std of the noise on instance query vectors (before LayerNorm)
     min_instance_area: int = 3  # GT components smaller than this (288-grid pixels) get no query
-    planted_effect: float = 0.0  # strength of the planted decoder effect (0 = none)
+    planted_effect: float = 0.0  # the planted decoder effect: e / 2 of the class moved, in [0, 1] (0 = none)
     planted_class: int = 0  # the GT class whose prompt carries it (0 = vegetation in UDD5)
 
     def __post_init__(self) -> None:
@@ -66,6 +76,9 @@ class SimulatedConfig:
             raise ConfigError(f"simulated.variation_rank must be >= 1, got {self.variation_rank!r}")
         if self.min_instance_area < 1:
             raise ConfigError(f"simulated.min_instance_area must be >= 1, got {self.min_instance_area!r}")
+        if self.planted_effect > 1:
+            raise ConfigError(f"simulated.planted_effect must be in [0, 1] (the share of the class moved is e / 2), "
+                              f"got {self.planted_effect!r}")
         if not 0 <= self.planted_class < 255:
             raise ConfigError(f"simulated.planted_class must be a GT class id in [0, 254], got {self.planted_class!r}")
 
@@ -89,7 +102,7 @@ class AnalysisConfig:
     dataset_sample: int = 0  # tokens in the dataset-level reservoir (0 = no dataset-level clustering)
     controls: bool = True  # the null and reseed controls of every flip ratio (engine.analysis.controls)
     kmeans_init: str = "independent"  # how DATR scopes start KMeans (engine.core.choices.KMeansInit)
-    seeds: int = 10  # KMeans seeds per scope for the effect statistics (the ensemble; README "Effects")
+    seeds: int = 10  # KMeans seeds per scope for the effect statistics (the ensemble; README "Effects"); 0 = none
 
     def validate(self) -> AnalysisConfig:
         def need(ok: bool, option: str, msg: str) -> None:
@@ -102,7 +115,8 @@ class AnalysisConfig:
         need(len(self.dims) > 0 and all(1 <= d <= 256 for d in self.dims), "--dims", f"need values in [1, 256], got {list(self.dims)}")
         need(len(self.taus) > 0 and all(math.isfinite(t) and 0 < t <= 1 for t in self.taus), "--tau", f"need values in (0, 1], got {list(self.taus)}")
         need(self.n_init >= 1, "--n-init", f"need >= 1, got {self.n_init}")
-        need(isinstance(self.seeds, int) and self.seeds >= 2, "--seeds", f"need >= 2 (pairs of seeds), got {self.seeds}")
+        need(isinstance(self.seeds, int) and not isinstance(self.seeds, bool) and (self.seeds == 0 or self.seeds >= 3), "--seeds",
+             f"need 0 (no seed ensemble, no effects) or >= 3 (seed pairs with a standard error), got {self.seeds}")
         need(self.max_iter >= 1, "--max-iter", f"need >= 1, got {self.max_iter}")
         need(math.isfinite(self.tol) and self.tol >= 0, "--tol", f"need a finite value >= 0, got {self.tol}")
         need(0 < self.effective_threshold <= 1, "effective_threshold", f"need (0, 1], got {self.effective_threshold}")
@@ -193,8 +207,9 @@ class RunConfig:
             raise ConfigError(f"grid_chunk: need >= 1, got {self.grid_chunk}")
         if len(self.prompts) == 0 or len(self.prompts) != len(self.class_ids):
             raise ConfigError(f"--prompts: need one prompt per class id, got {len(self.prompts)} prompts for {len(self.class_ids)} classes")
-        if len(set(self.prompts)) != len(self.prompts) or "global" in self.prompts or "encoder" in self.prompts:
-            raise ConfigError(f"--prompts: prompts must be unique and not 'global' or 'encoder', got {list(self.prompts)}")
+        if len(set(self.prompts)) != len(self.prompts) or any(p in RESERVED_SCOPES for p in self.prompts):
+            raise ConfigError(f"--prompts: prompts must be unique and not {' or '.join(map(repr, RESERVED_SCOPES))}, "
+                              f"got {list(self.prompts)}")
         check_prompts(self.prompts)
         if self.data.root is None and self.from_cache is None:
             raise ConfigError("give a DATASET folder (or --from-cache DIR)")

@@ -92,6 +92,12 @@ def print_summary(out: Path, echo, paper: bool = False) -> None:
     if paper:
         table = with_paper_column(table, rows)
     echo(render_summary(table, f"datr summary: {out}"))
+    if not paper:  # across images: the effect statistics (one image has no test)
+        from engine.analysis.effects import dataset_effects
+        from engine.present.effects import render_effects
+        from engine.present.report.rows import Rows
+
+        echo(render_effects(dataset_effects(Rows.from_table(rows))).rstrip("\n"))
     if paper:
         echo(PAPER_NOTE)
 

@@ -66,8 +66,6 @@ class FolderLock:
             self.fd = None
 
 
-OutLock = FolderLock  # the --out lock of a sweep
-
 
 def same_file(fd: int, path: Path) -> bool:
     """Whether `path` still names the file open as `fd`."""

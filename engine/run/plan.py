@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine.analysis.batch import build_slots
+from engine.analysis.layout import build_slots
 from engine.core.config import RunConfig
 from engine.core.errors import BackendError, ConfigError, DataError
 from engine.data.index import DatasetIndex, index_dataset

@@ -29,6 +29,22 @@ Decoder outputs, for each prompt p (targeting GT class c_p) and each image:
   The 200 query slots are shuffled. query_masks = pool_to_tokens(mask probabilities);
   union_masks[t, p] = OR over queries with score >= taus[t] of (probability >= 0.5).
 
+Planted effect (`[simulated] planted_effect = e` in [0, 1], `planted_class = c`; for calibrating
+the effect statistics, README "Effects"). Two fixed unit directions per source: `select`, class
+c's first within-class variation direction made orthogonal to mu_c (token . select follows the
+smooth coordinate a_1(j) within the class), and `away`, orthogonal to every class mean,
+variation direction and the colour projection of the labels in use (token . away is noise only).
+In each image, the known part P of class c is its tokens with the largest token . select, a
+share e / 2 of the class (half at e = 1): a smooth, spatially coherent piece. The prompt of
+class c gets one more kept query (score 0.9, mask = P), in the slot of its last background
+query (no other draw changes):
+    Q_plant = LayerNorm(mean feature over P) + PLANT_SELECT * (select - b mu_c / |mu_c|^2) + PLANT_SCALE * away
+with b the threshold of token . select that defines P. A class-c token's logit for Q_plant then
+rises with (token . select - b), so P's tokens attend to it and the rest of the class does
+not; DATR moves them along `away`, out of the class's cluster (about alpha * PLANT_SCALE), across
+the structural boundary that L_enc draws around the class. A larger e moves a larger part.
+e = 0 adds nothing: the source is then bitwise what it is without the knob.
+
 Determinism: the output for an image depends only on (config, prompts/class ids, the
 image id, that image's GT and pixels) -- never on its batch or its position in it. Every
 random draw comes from a CPU generator seeded with (seed, crc32(image_id)), and all the
@@ -54,6 +70,9 @@ from engine.sources.base import SourceBatch
 from kernels.grid import IGNORE, majority_downsample, pool_to_tokens
 
 NUM_LABELS = 256  # one class mean per possible uint8 label value (255 = ignore included)
+PLANT_SCALE = 64.0  # the planted query's displacement along `away` (4x a LayerNormed query's norm)
+PLANT_SELECT = 32.0  # its weight on the selecting direction: 2 logits per unit of token . select
+PLANT_SCORE = 0.9
 POOL = MASK_GRID // TOKEN_GRID
 
 
@@ -109,6 +128,10 @@ class SimulatedSource:
             raise ConfigError(f"simulated model: need one GT class per prompt, got {len(prompts)} prompts and {len(class_ids)} class ids")
         if any(not 0 <= c < IGNORE for c in class_ids):
             raise ConfigError(f"simulated model: class ids must be in [0, 254], got {tuple(class_ids)}")
+        cfg = config or SimulatedConfig()
+        if cfg.planted_effect > 0 and cfg.planted_class not in class_ids:
+            raise ConfigError(f"simulated.planted_class = {cfg.planted_class} is no prompt's class (the prompts' classes are "
+                              f"{list(class_ids)}): plant the effect in one of them")
         self.prompts = tuple(prompts)
         self.class_ids = tuple(int(c) for c in class_ids)
         self.device = torch.device(device)
@@ -119,6 +142,7 @@ class SimulatedSource:
         self.class_means = torch.randn(NUM_LABELS, c, generator=gen) * cfg.class_separation  # mu_c
         self.variation = torch.randn(NUM_LABELS, cfg.variation_rank, c, generator=gen) * (cfg.within_class / math.sqrt(cfg.variation_rank))
         self.colour_projection = torch.randn(3, c, generator=gen) * cfg.colour_weight
+        self.plant_direction = self._plant_direction() if cfg.planted_effect > 0 else None
 
     def describe(self) -> dict:
         return {
@@ -196,6 +220,12 @@ class SimulatedSource:
         token_features = features.flatten(1).T  # (N, C)
         gt = gt_mask.numpy()
         outs = [self._prompt(gen, gt, class_id, token_features, taus, keep_mask_probs) for class_id in self.class_ids]
+        if self.plant_direction is not None:
+            for out, class_id in zip(outs, self.class_ids, strict=True):
+                if class_id == self.config.planted_class:
+                    self._plant(out, gt, gt_tokens, token_features, taus, keep_mask_probs)
+        for out in outs:
+            out.pop("spare_slot")
         merged = {key: torch.stack([o[key] for o in outs]) for key in outs[0]}
         merged["union_masks"] = merged["union_masks"].transpose(0, 1).contiguous()  # (T, P, 288, 288)
         merged["features"] = features
@@ -240,16 +270,7 @@ class SimulatedSource:
         queries_obj = layer_norm(region_mean + cfg.query_noise * torch.randn(n_obj, FEATURE_DIM, generator=gen))
 
         n_bg = q - n_obj
-        scores_bg = 0.2 * torch.rand(n_bg, generator=gen) ** 2
-        queries_bg = layer_norm(0.3 * target + torch.randn(n_bg, FEATURE_DIM, generator=gen))
-        peak = _uniform(gen, n_bg, 0.02, 0.3)
-        centre = torch.rand(n_bg, 2, generator=gen) * s
-        spread = _uniform(gen, 2 * n_bg, 5.0, 40.0).view(n_bg, 2)
-        axis = torch.arange(s, dtype=torch.float32) + 0.5
-        profile_y = torch.exp(-0.5 * ((axis[None] - centre[:, :1]) / spread[:, :1]) ** 2)  # (n_bg, 288)
-        profile_x = torch.exp(-0.5 * ((axis[None] - centre[:, 1:]) / spread[:, 1:]) ** 2)
-        pool1d = lambda p: p.view(n_bg, TOKEN_GRID, POOL).mean(-1)  # noqa: E731 -- pooling a separable map = pooling each factor
-        tokens_bg = peak[:, None, None] * pool1d(profile_y)[:, :, None] * pool1d(profile_x)[:, None, :]
+        scores_bg, queries_bg, tokens_bg, bg_full = self._background(gen, n_bg, target)
 
         order = torch.randperm(q, generator=gen)  # slot order[k] holds query k (objects first)
         scores = torch.empty(q)
@@ -266,14 +287,79 @@ class SimulatedSource:
             (binary & (scores_obj >= tau)[:, None, None]).any(0) if n_obj else torch.zeros(s, s, dtype=torch.bool)
             for tau in taus
         ])
-        out = {"queries": queries, "scores": scores, "query_masks": query_masks.half(), "union_masks": union}
+        out = {"queries": queries, "scores": scores, "query_masks": query_masks.half(), "union_masks": union,
+               "spare_slot": int(order[q - 1]) if n_bg > 0 else None}  # the last background query's slot
         if keep_mask_probs:
             full = torch.empty(q, s, s, dtype=torch.float16)
             full[order[:n_obj]] = probs.half()
-            bg = peak[:, None, None] * profile_y[:, :, None] * profile_x[:, None, :]
-            full[order[n_obj:]] = bg.half()
+            full[order[n_obj:]] = bg_full().half()
             out["mask_probs"] = full
         return out
+
+    @staticmethod
+    def _background(gen: torch.Generator, n_bg: int, target: torch.Tensor):
+        """The n_bg background queries: scores < 0.2, vectors near the class mean, faint separable blobs.
+
+        Returns scores (n_bg,), queries (n_bg, C), their maps pooled to the token grid (n_bg, 72, 72)
+        and a function giving the full-resolution maps (n_bg, 288, 288) when they are kept."""
+        s = MASK_GRID
+        scores_bg = 0.2 * torch.rand(n_bg, generator=gen) ** 2
+        queries_bg = layer_norm(0.3 * target + torch.randn(n_bg, FEATURE_DIM, generator=gen))
+        peak = _uniform(gen, n_bg, 0.02, 0.3)
+        centre = torch.rand(n_bg, 2, generator=gen) * s
+        spread = _uniform(gen, 2 * n_bg, 5.0, 40.0).view(n_bg, 2)
+        axis = torch.arange(s, dtype=torch.float32) + 0.5
+        profile_y = torch.exp(-0.5 * ((axis[None] - centre[:, :1]) / spread[:, :1]) ** 2)  # (n_bg, 288)
+        profile_x = torch.exp(-0.5 * ((axis[None] - centre[:, 1:]) / spread[:, 1:]) ** 2)
+        pool1d = lambda p: p.view(n_bg, TOKEN_GRID, POOL).mean(-1)  # noqa: E731 -- pooling a separable map = pooling each factor
+        tokens_bg = peak[:, None, None] * pool1d(profile_y)[:, :, None] * pool1d(profile_x)[:, None, :]
+        return scores_bg, queries_bg, tokens_bg, lambda: peak[:, None, None] * profile_y[:, :, None] * profile_x[:, None, :]
+
+    def _plant_direction(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(select, away): select is the planted class's first variation direction made orthogonal to its
+        mean (token . select ~ a_1(j) within the class); away is a unit vector orthogonal to the means and
+        variation directions of every label the prompts and the ignore label use, and to the colour
+        projection (so token . away is only noise)."""
+        c = self.config.planted_class
+        labels = sorted({*self.class_ids, IGNORE})
+        mean = self.class_means[c].double()
+        select = self.variation[c, 0].double()
+        select = select - mean * (mean @ select) / (mean @ mean)
+        basis = torch.cat([self.class_means[labels], self.variation[labels].reshape(-1, FEATURE_DIM), self.colour_projection])
+        gen = torch.Generator().manual_seed(self.config.seed * 7919 + 104729)  # its own stream: no other draw moves
+        away = torch.randn(FEATURE_DIM, generator=gen, dtype=torch.float64)
+        q, _ = torch.linalg.qr(basis.double().T)  # (C, r) orthonormal basis of their span
+        away = away - q @ (q.T @ away)
+        return (select / select.norm()).float(), (away / away.norm()).float()
+
+    def _plant(self, out: dict, gt: np.ndarray, gt_tokens: torch.Tensor, token_features: torch.Tensor,
+               taus: tuple[float, ...], keep_mask_probs: bool) -> None:
+        """Put the planted query into the prompt's spare (background) slot; see the module docstring."""
+        c = self.config.planted_class
+        slot = out["spare_slot"]
+        in_class = gt_tokens.flatten() == c  # (N,)
+        if slot is None or int(in_class.sum()) < 2:
+            return
+        select, away = self.plant_direction
+        along = token_features[in_class] @ select
+        threshold = torch.quantile(along.double(), 1.0 - self.config.planted_effect / 2).float()
+        part = in_class.clone()
+        part[in_class] = along > threshold
+        if not bool(part.any()):
+            return
+        mean = self.class_means[c]
+        query = (layer_norm(token_features[part].mean(0)) + PLANT_SELECT * (select - threshold * mean / (mean @ mean))
+                 + PLANT_SCALE * away)
+        region = part.reshape(TOKEN_GRID, TOKEN_GRID).repeat_interleave(POOL, 0).repeat_interleave(POOL, 1)
+        region = region & torch.from_numpy(gt == c)  # (288, 288)
+        out["queries"][slot] = query
+        out["scores"][slot] = PLANT_SCORE
+        out["query_masks"][slot] = pool_to_tokens(region[None].float())[0].half()
+        for t, tau in enumerate(taus):
+            if PLANT_SCORE >= tau:
+                out["union_masks"][t] |= region
+        if keep_mask_probs:
+            out["mask_probs"][slot] = region.half()
 
     def _instances(self, gt: np.ndarray, class_id: int, limit: int) -> list[torch.Tensor]:
         """Boolean (288, 288) regions of the connected components of GT == class, largest first."""

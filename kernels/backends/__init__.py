@@ -55,8 +55,10 @@ class ClusterBackend(Protocol):
         seed: int,
         init: torch.Tensor | None = None,
         weights: torch.Tensor | None = None,
+        keep_restarts: int = 0,
     ) -> KMeansResult:
-        """x (P, N, d) -> KMeansResult with (P, ...) fields on x's device."""
+        """x (P, N, d) -> KMeansResult with (P, ...) fields on x's device; keep_restarts = S > 0 also
+        returns the partitions of S single-start runs (restart_labels (P, S, N), the seed ensemble)."""
         ...
 
 

@@ -31,5 +31,6 @@ class TorchBackend:
         """PCA from moments (DATR token sets that are never built); see kernels.datr.datr_moments."""
         return pca_from_moments(mean, cov, total, n_components, eigh=self._eigh)
 
-    def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None) -> KMeansResult:
-        return kmeans(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights)
+    def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None, keep_restarts=0) -> KMeansResult:
+        return kmeans(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights,
+                      keep_restarts=keep_restarts)

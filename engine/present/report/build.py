@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from engine.analysis.effects import dataset_effects, write_effects_csv
 from engine.core.errors import DataError
 from engine.present.html import ReportFigure, write_image_page
 from engine.present.report.page import render_index
@@ -53,7 +54,7 @@ from engine.present.report.rows import (
 from engine.present.report.story import write_image_pages
 from engine.present.report.tables import grid_table, image_table, summary_table, write_csv, write_latex
 from engine.present.style import STYLE, check_formats
-from engine.run.record import read_run_json
+from engine.run.record import is_simulated, read_run_json
 
 
 def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",)) -> Path:
@@ -93,6 +94,8 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         write_csv(out / "summary.csv", summary)
         write_csv(out / "summary_grid.csv", grid_summary)
         write_latex(out / "summary.tex", summary, ref)
+        write_effects_csv(out / "effects.csv", dataset_effects(rows),
+                          comment="SIMULATED source: these numbers say nothing about SAM3" if is_simulated(run) else None)
     image_pages = find_image_pages(sweep_dir)
     index = out / "index.html"
     index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages,
