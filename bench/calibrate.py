@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from engine.analysis.effects import CONTRASTS, dataset_effects
-from engine.core.config import AnalysisConfig, RunConfig, SimulatedConfig
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig, SimulatedConfig
 from engine.data.scenes import write_scene_set
 from engine.present.report.rows import Rows
 from engine.run.store import read_rows
@@ -39,7 +39,7 @@ def one_dataset(work: Path, index: int, images: int, effect: float, analysis: An
     if not scenes.exists():
         write_scene_set(scenes, images, size=(400, 300), seed=1000 + index)
     out = work / f"sweep-{index}-{effect:g}"
-    cfg = RunConfig(dataset=scenes / "UDD5", out=out, model="simulated", num_workers=0, batch_size=4,
+    cfg = RunConfig(data=DataConfig(root=scenes / "UDD5", num_workers=0), out=out, model="simulated", batch_size=4,
                     simulated=SimulatedConfig(seed=index, planted_effect=effect, planted_class=0),
                     analysis=analysis).validate()
     run_sweep(cfg, echo=lambda _msg: None, show_progress=False)

@@ -134,11 +134,11 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
     analysis = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus), controls=False, seeds=0)
     with tempfile.TemporaryDirectory(prefix="datr-bench-") as tmp:
         root = write_scene_set(Path(tmp) / "scenes", cfg.images, size=cfg.image_size, seed=0)
-        run_cfg = RunConfig(dataset=root, out=Path(tmp) / "sweep", model="simulated", device=str(device),
-                            batch_size=cfg.batch_size, num_workers=cfg.workers, analysis=analysis)
+        run_cfg = RunConfig(data=DataConfig(root=root, num_workers=cfg.workers), out=Path(tmp) / "sweep", model="simulated",
+                            device=str(device), batch_size=cfg.batch_size, analysis=analysis)
         # warm-up on one batch so allocators and kernels are ready
         echo(f"sweep bench: warm-up, then {cfg.images} simulated images end to end ...")
-        run_sweep(replace(run_cfg, out=Path(tmp) / "warm", limit=1), echo=lambda s: None, show_progress=False)
+        run_sweep(replace(run_cfg, out=Path(tmp) / "warm", data=replace(run_cfg.data, limit=1)), echo=lambda s: None, show_progress=False)
         with PeakMemory(device) as peak_batched:
             start = time.perf_counter()
             result = run_sweep(run_cfg, echo=lambda s: None, show_progress=False)

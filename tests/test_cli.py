@@ -32,7 +32,7 @@ def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path, one_line_err
 
 def test_config_file_values_and_command_line_precedence(scenes, tmp_path, one_line_error):
     toml = tmp_path / "run.toml"
-    toml.write_text('batch_size = 1\nnum_workers = 0\n[analysis]\nalphas = [0.1, 0.2]\nn_init = 1\ndims = [4]\n')
+    toml.write_text('batch_size = 1\n[data]\nnum_workers = 0\n[analysis]\nalphas = [0.1, 0.2]\nn_init = 1\ndims = [4]\n')
     out = tmp_path / "cfg"
     result = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), "--config", str(toml), "--alpha", "0.7", "--no-progress"])
     assert result.exit_code == 0, result.output
