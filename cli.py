@@ -376,7 +376,7 @@ def demo(
     root = write_scene_set(out / "scenes", images, seed=0)
     cfg = RunConfig(data=DataConfig(root=root, num_workers=0), out=out / "sweep", model="simulated", device=device or R.device,
                     batch_size=batch_size or R.batch_size, figures=figures,
-                    analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4, dataset_sample=DEMO_SAMPLE)).validate()
+                    analysis=AnalysisConfig(alphas=(0.3, 0.5), dataset_sample=DEMO_SAMPLE)).validate()  # default n_init and seeds
     switches(device=cfg.device)
     result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)
     pages = draw_figures(result, cfg) if figures else []
