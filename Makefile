@@ -8,7 +8,7 @@ DEMO_OUT ?= demo-out
 DIR ?= $(DEMO_OUT)
 ARGS ?=
 
-.PHONY: setup demo show report test bench lint clean
+.PHONY: setup demo show report test test-fast bench lint clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "sam3-datr needs Python 3.11+ (run.toml is read with tomllib), $(PYTHON) is " + sys.version.split()[0] + ": run make PYTHON=python3.11 ...")'
@@ -33,6 +33,10 @@ report: setup
 test: setup
 	$(PY) -m pytest -q
 
+# the inner loop: everything but the slow tests (Dask clusters, the GPU check's quick run, subprocess-heavy runs)
+test-fast: setup
+	$(PY) -m pytest -q -m 'not slow'
+
 bench: setup
 	$(VENV)/bin/datr bench kernels --json bench-kernels.json
 
@@ -42,23 +46,20 @@ lint: setup
 clean:
 	rm -rf $(VENV) $(DEMO_OUT)
 
-# One-command GPU check (see DEVELOPERS.md "On a lent GPU"): installs the carried wheels
-# offline when GPU_WHEELS holds any, then runs every GPU test and benchmark.
+# One-command GPU check (see DEVELOPERS.md "On a lent GPU"). On the GPU machine: install, offline
+# and without dependencies, only the carried wheels of packages the machine lacks (its torch,
+# torchvision and numpy stay as they are), then run every GPU test and benchmark.
 GPU_WHEELS ?= gpu-wheels
 GPU_CHECK_OUT ?= gpu-check-out
 GPU_PYTHON ?= python3
+GPU_PY_VERSION ?= 3.12
 
 .PHONY: gpu-check gpu-wheels
 gpu-check:
-	@if ls $(GPU_WHEELS)/*.whl >/dev/null 2>&1; then \
-		$(GPU_PYTHON) -m pip install -q --no-index --no-deps --find-links $(GPU_WHEELS) -r gpu-requirements.txt; fi
+	$(GPU_PYTHON) -m bench.gpu_wheels install --wheels $(GPU_WHEELS)
 	$(GPU_PYTHON) -m bench.gpu_check --out $(GPU_CHECK_OUT)
 
-# Run where the network is: the wheels gpu-check needs beyond what the GPU machine has.
-# GPU_PY_VERSION: the GPU machine's Python, e.g. 3.12 (binary wheels are per version).
+# Run where the network is: the wheels of gpu-requirements.txt for the GPU machine's Python
+# (GPU_PY_VERSION, binary wheels are per version; manylinux x86_64), into GPU_WHEELS (git-ignored).
 gpu-wheels:
-	@test -n "$(GPU_PY_VERSION)" || (echo 'make gpu-wheels GPU_PY_VERSION=3.X (the GPU machine'"'"'s python)'; exit 2)
-	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --dest $(GPU_WHEELS) \
-		--python-version $(GPU_PY_VERSION) --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
-		--platform manylinux_2_17_x86_64 -r gpu-requirements.txt
-	du -sh $(GPU_WHEELS)
+	$(PYTHON) -m bench.gpu_wheels download --dest $(GPU_WHEELS) --python-version $(GPU_PY_VERSION)

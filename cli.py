@@ -1,10 +1,12 @@
 """`datr`: thin typer commands that build a config and call one engine function.
 
-Process-wide switches (threads, TF32) are set here for this process; a Dask worker sets
-the same ones when it starts (engine.run.distributed.WorkerState.setup). Option names
-match the config fields they set (`--num-workers` -> RunConfig.num_workers), so building a
-config is one mapping (`build_run_config`); choice options are checked by the config
-(engine.core.choices), which names the option and the values in one line.
+Process-wide switches (threads, TF32, SIGTERM/SIGHUP handled like Ctrl-C) are set here
+for this process; a Dask worker sets the same matmul ones when it starts
+(engine.run.distributed.WorkerState.setup). Option names match the config fields they set
+(`--num-workers` -> DataConfig.num_workers) and default to None, so building a config is
+one mapping (`build_run_config`) and the defaults live in the config only; choice options
+are checked by the config (engine.core.choices), which names the option and the values in
+one line.
 """
 
 from __future__ import annotations
@@ -12,15 +14,17 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
-from engine.core.config import AnalysisConfig, RunConfig, parse_list
-from engine.core.errors import DatrError
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig, parse_list, split_entries
+from engine.core.errors import DatrError, os_error_message
 from engine.core.options import build_run_config
+from engine.core.processes import exit_code, signals_interrupt
 from engine.present.terminal import (
     DatrGroup,
     draw_figures,
@@ -29,7 +33,6 @@ from engine.present.terminal import (
     print_next,
     print_summary,
     project_version,
-    split_list,
 )
 
 app = typer.Typer(
@@ -63,40 +66,38 @@ def root(
 
 
 def user_errors(fn):
-    """A DatrError as one line on stderr, exit 2 (no traceback); Ctrl-C as one line (with the --resume hint), exit 130."""
+    """A DatrError as one line on stderr, exit 2 (no traceback); Ctrl-C, SIGTERM or SIGHUP as the --resume hint, exit 128 + signal."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DatrError as err:
-            typer.echo(f"datr: error: {err.message}", err=True)
-            raise typer.Exit(err.exit_code) from None
-        except OSError as err:  # full disk, read-only or forbidden folder, ...: the user's to fix
-            from engine.core.errors import os_error_message
-
-            typer.echo(f"datr: error: {os_error_message(err)}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo(interrupted_message(fn.__name__), err=True)
-            raise typer.Exit(130) from None
+        with signals_interrupt():
+            try:
+                return fn(*args, **kwargs)
+            except DatrError as err:
+                typer.echo(f"datr: error: {err.message}", err=True)
+                raise typer.Exit(err.exit_code) from None
+            except OSError as err:  # full disk, read-only or forbidden folder, ...: the user's to fix
+                typer.echo(f"datr: error: {os_error_message(err)}", err=True)
+                raise typer.Exit(2) from None
+            except KeyboardInterrupt as err:  # Ctrl-C, SIGTERM, SIGHUP (engine.core.processes)
+                typer.echo(interrupted_message(fn.__name__), err=True)
+                raise typer.Exit(exit_code(err)) from None
 
     return wrapper
 
 
-def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
+def switches(threads: int | None = None, device: str | None = None) -> None:
+    """The process-wide switches: torch's CPU threads, and fp32 meaning fp32 on CUDA (imports torch: not at startup)."""
+    import torch
 
+    from engine.core.devices import set_matmul_precision
+
+    if threads is not None:
         if threads < 1:
             raise DatrError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-
-
-def set_matmul_precision(device: str) -> None:
-    from engine.core.devices import set_matmul_precision as set_for_device  # imports torch: not at startup
-
-    set_for_device(device)
+    if device is not None:
+        set_matmul_precision(device)
 
 
 def choices(enum) -> str:
@@ -149,11 +150,9 @@ def bench_kernels(
     Both in the same process, on the same synthetic problems."""
     from bench.kernels import KernelBenchConfig, run_kernel_bench
 
-    set_threads(threads)
-    set_matmul_precision(device)
-    cfg = KernelBenchConfig(
-        device=device, images=images, batch_size=batch_size, reference_images=reference_images, threads=threads, eigh=eigh
-    )
+    switches(threads, device)
+    cfg = KernelBenchConfig(device=device, images=images, batch_size=batch_size, reference_images=reference_images,
+                            threads=threads, eigh=eigh)
     result = run_kernel_bench(cfg, echo=typer.echo)
     write_json(json_path, result)
 
@@ -175,103 +174,130 @@ def bench_encoder(
     Grounding over the 5 prompts, one image x prompt grid per batch."""
     from bench.encoder import EncoderBenchConfig, run_encoder_bench
 
-    set_threads(threads)
-    set_matmul_precision(device)
-    cfg = EncoderBenchConfig(
-        random_weights=random_weights, checkpoint=checkpoint, bpe_path=bpe, device=device,
-        images=images, batch_size=batch_size,
-    )
+    switches(threads, device)
+    cfg = EncoderBenchConfig(random_weights=random_weights, checkpoint=checkpoint, bpe_path=bpe, device=device,
+                             images=images, batch_size=batch_size)
     result = run_encoder_bench(cfg, echo=typer.echo)
     write_json(json_path, result)
 
 
-ModelOpt = Annotated[str, typer.Option(help=f"{choices(Model)}: sam3 needs --checkpoint; simulated is a GT-derived stand-in, no weights.")]
+def default(owner, name: str) -> str:
+    """A config field's default, for an option's help (the config holds the defaults; the CLI's options are None)."""
+    value = getattr(owner, name)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+A, D, R = AnalysisConfig, DataConfig, RunConfig
+ModelOpt = Annotated[str | None, typer.Option(help=f"{choices(Model)} (default {default(R, 'model')}): sam3 needs --checkpoint; simulated is a GT-derived stand-in, no weights.")]
 CheckpointOpt = Annotated[Path | None, typer.Option(help="SAM3 checkpoint sam3.pt (from the gated facebook/sam3 release).")]
 BpeOpt = Annotated[Path | None, typer.Option("--bpe", help="BPE vocabulary; found in the open_clip package if omitted.")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N (no silent fallback).")]
-BackendOpt = Annotated[str, typer.Option(help=f"Clustering backend: {choices(Backend)}; auto records what it chose.")]
-AlphaOpt = Annotated[str | None, typer.Option("--alpha", help="DATR blend alpha, a comma list is a grid (default 0.3).")]
-ClustersOpt = Annotated[str | None, typer.Option("--clusters", help="KMeans k, a comma list is a grid (default 5).")]
-DimsOpt = Annotated[str | None, typer.Option("--dims", help="PCA dimensions d, a comma list is a grid (default 32).")]
-TauOpt = Annotated[str | None, typer.Option("--tau", help="Score threshold tau for kept queries, a comma list is a grid (default 0.5).")]
-ModeOpt = Annotated[str, typer.Option(help=f"{choices(Mode)}: squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
-DatasetKindOpt = Annotated[str, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)}.")]
-NInitOpt = Annotated[int | None, typer.Option(help="KMeans restarts (default 10).")]
+DeviceOpt = Annotated[str | None, typer.Option(help=f"cpu, cuda or cuda:N (default {default(R, 'device')}; no silent fallback).")]
+BackendOpt = Annotated[str | None, typer.Option(help=f"Clustering backend: {choices(Backend)} (default {default(A, 'backend')}; auto records what it chose).")]
+LIST = "a comma list, or the option repeated, is a grid"
+AlphaOpt = Annotated[list[str] | None, typer.Option("--alpha", metavar="<list>", help=f"DATR blend alpha; {LIST} (default {default(A, 'alphas')}).")]
+ClustersOpt = Annotated[list[str] | None, typer.Option("--clusters", metavar="<list>", help=f"KMeans k; {LIST} (default {default(A, 'ks')}).")]
+DimsOpt = Annotated[list[str] | None, typer.Option("--dims", metavar="<list>", help=f"PCA dimensions d; {LIST} (default {default(A, 'dims')}).")]
+TauOpt = Annotated[list[str] | None, typer.Option("--tau", metavar="<list>", help=f"Score threshold tau for kept queries; {LIST} (default {default(A, 'taus')}).")]
+ModeOpt = Annotated[str | None, typer.Option(help=f"{choices(Mode)} (default {default(D, 'mode')}): squash is SAM3's 1008 resize; tile cuts 1008 crops.")]
+KindOpt = Annotated[str | None, typer.Option("--dataset", help=f"Dataset kind: {choices(DatasetKind)} (default {default(D, 'kind')}).")]
+NInitOpt = Annotated[int | None, typer.Option(help=f"KMeans restarts (default {default(A, 'n_init')}).")]
+SeedsOpt = Annotated[int | None, typer.Option(help=f"KMeans seeds per scope for the effect statistics (>= 3, or 0 for none; default {default(A, 'seeds')}).")]
 ControlsOpt = Annotated[bool | None, typer.Option("--controls/--no-controls", help="Measure the null and reseed controls of every flip ratio (default on; about doubles the analysis time).")]
-KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default independent: k-means++; encoder: from the encoder partition).")]
-ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml with run options at the top level and analysis parameters under [analysis].")]
-FormatsOpt = Annotated[str, typer.Option(help="Figure formats, a comma list of png, pdf, svg.")]
-FigureIdsOpt = Annotated[str | None, typer.Option(help="Draw the per-image figures of these image ids (a comma list).")]
+KMeansInitOpt = Annotated[str | None, typer.Option(help=f"How DATR scopes start KMeans: {choices(KMeansInit)} (default {default(A, 'kmeans_init')}; independent: k-means++; encoder: from the encoder partition).")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="run.toml: run options at the top level, [data], [analysis] and [simulated] tables.")]
+FormatsOpt = Annotated[list[str] | None, typer.Option(metavar="<list>", help="Figure formats: a comma list (or the option repeated) of png, pdf, svg (default png).")]
+FigureIdsOpt = Annotated[list[str] | None, typer.Option(metavar="<list>", help="Draw the per-image figures of these image ids (a comma list, or the option repeated).")]
+PromptsOpt = Annotated[list[str] | None, typer.Option(metavar="<list>", help=f"Text prompts, one per class in class order: a comma list or the option repeated (default {default(R, 'prompts')}).")]
 
 
 @app.command()
 @user_errors
 def sweep(
     ctx: typer.Context,
-    dataset: Annotated[Path | None, typer.Argument(help="UDD5 root (holding train/ val/), a split folder, or an image folder.")] = None,
-    out: Annotated[Path, typer.Option(help="Result folder (rows/*.parquet, errors.parquet, run.json).")] = Path("datr-out"),
-    model: ModelOpt = "simulated",
+    root: Annotated[Path | None, typer.Argument(metavar="DATASET", help="UDD5 root (holding train/ val/), a split folder, or an image folder.")] = None,
+    out: Annotated[Path | None, typer.Option(help=f"Result folder: rows/*.parquet, errors.parquet, run.json (default {default(R, 'out')}).")] = None,
+    model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
     bpe_path: BpeOpt = None,
-    split: Annotated[str | None, typer.Option(help="Split folder to read.")] = "val",
-    mode: ModeOpt = "squash",
-    tile_overlap: Annotated[int, typer.Option(help="Pixels shared by neighbouring tiles.")] = 0,
-    dataset_kind: DatasetKindOpt = "auto",
-    device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 4,
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 2,
-    decode: Annotated[str, typer.Option(help=f"JPEG decoding: {choices(Decode)}.")] = "auto",
-    backend: BackendOpt = "auto",
+    split: Annotated[str | None, typer.Option(help=f"Split folder to read (default {default(D, 'split')}).")] = None,
+    mode: ModeOpt = None,
+    tile_overlap: Annotated[int | None, typer.Option(help=f"Pixels shared by neighbouring tiles (default {default(D, 'tile_overlap')}).")] = None,
+    kind: KindOpt = None,
+    device: DeviceOpt = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Images per batch (default {default(R, 'batch_size')}).")] = None,
+    num_workers: Annotated[int | None, typer.Option(help=f"DataLoader worker processes (default {default(D, 'num_workers')}).")] = None,
+    decode: Annotated[str | None, typer.Option(help=f"JPEG decoding: {choices(Decode)} (default {default(D, 'decode')}).")] = None,
+    backend: BackendOpt = None,
     alphas: AlphaOpt = None,
     ks: ClustersOpt = None,
     dims: DimsOpt = None,
     taus: TauOpt = None,
     n_init: NInitOpt = None,
+    seeds: SeedsOpt = None,
     controls: ControlsOpt = None,
     kmeans_init: KMeansInitOpt = None,
-    seed: Annotated[int | None, typer.Option(help="KMeans seed (default 0).")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"KMeans seed (default {default(A, 'seed')}).")] = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue a sweep in --out, skipping finished images.")] = False,
-    prompts: Annotated[str | None, typer.Option(help="Comma list of text prompts, one per class in class order.")] = None,
+    resume: Annotated[bool | None, typer.Option("--resume", help="Continue the sweep in --out (its run.json must be there): finished images are skipped, changed ones computed again.")] = None,
+    prompts: PromptsOpt = None,
     save_features: Annotated[Path | None, typer.Option(help="Also write the feature cache (safetensors) here.")] = None,
-    cache_dtype: Annotated[str, typer.Option(help=f"Feature cache precision: {choices(CacheDtype)} (float32 reruns bitwise, twice the disk).")] = "float16",
+    cache_dtype: Annotated[str | None, typer.Option(help=f"Feature cache precision: {choices(CacheDtype)} (default {default(R, 'cache_dtype')}; float32 reruns bitwise, twice the disk).")] = None,
     from_cache: Annotated[Path | None, typer.Option(help="Analyse a feature cache instead of running the model.")] = None,
-    figures: Annotated[int, typer.Option(help="Draw the per-image figures for the first N images.")] = 0,
+    figures: Annotated[int | None, typer.Option(help="Draw the per-image figures for the first N images (with --resume: the ones not drawn yet).")] = None,
     figure_ids: FigureIdsOpt = None,
-    formats: FormatsOpt = "png",
+    formats: FormatsOpt = None,
     config: ConfigOpt = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
-    eigh: Annotated[str | None, typer.Option(help=f"PCA eigensolver of the torch backend: {choices(Eigh)} (default auto).")] = None,
+    eigh: Annotated[str | None, typer.Option(help=f"PCA eigensolver of the torch backend: {choices(Eigh)} (default {default(A, 'eigh')}).")] = None,
     dataset_sample: Annotated[int | None, typer.Option(help="Also cluster a reservoir sample of this many tokens from all images (0 = off).")] = None,
     scheduler: Annotated[str | None, typer.Option(help="Run the shards on this Dask scheduler (tcp://HOST:8786); the dataset and --out must be on a filesystem every worker shares.")] = None,
     cluster: Annotated[str | None, typer.Option(help="local: start a Dask cluster here (one worker per GPU with --device cuda).")] = None,
     dask_workers: Annotated[int | None, typer.Option(help="Workers of --cluster local (default: one per GPU; 2 on a CPU).")] = None,
 ) -> None:
     """Run the analysis over a dataset; results to --out (resumable). --scheduler/--cluster: over a Dask cluster."""
-    set_threads(threads)
-    options, ids = figure_options(formats, figure_ids)
+    switches(threads)
+    options, ids = figure_choices(formats, figure_ids)
     cfg = build_run_config(ctx, **({"figures": len(ids)} if ids else {}))
-    set_matmul_precision(cfg.device)
+    switches(device=cfg.device)
+    result = run_sweep_command(cfg, scheduler, cluster, dask_workers, threads, progress, ids, options)
+    typer.echo(f"{result.images_done} items analysed, {result.images_skipped_resume} already done, "
+               f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
+    pages = draw_figures(result, cfg, options) if result.figures.maps else []
+    drawn = {str(maps.image_ids[row]) for maps, row in result.figures.maps} | set(result.figures.done_before)
+    if missing := sorted(set(ids) - drawn):
+        typer.echo(f"figures: no image with id {', '.join(missing)} was analysed in this run", err=True)
+    print_summary(cfg.out, typer.echo)
+    print_next(cfg.out, pages)
+
+
+def run_sweep_command(cfg: RunConfig, scheduler, cluster, dask_workers, threads, progress: bool, ids: tuple[str, ...],
+                      options):
+    """The sweep itself: over Dask (--scheduler/--cluster) or here, with the figures asked for."""
     if scheduler is not None or cluster is not None:
         from engine.run.distributed import ClusterConfig, run_distributed_sweep  # imports dask: only here
 
         where = ClusterConfig(scheduler=scheduler, cluster=cluster, workers=dask_workers, threads=threads)
-        result = run_distributed_sweep(cfg, where, echo=typer.echo, show_progress=progress)
-    elif dask_workers is not None:
+        return run_distributed_sweep(cfg, where, echo=typer.echo, show_progress=progress)
+    if dask_workers is not None:
         raise DatrError("--dask-workers applies to --cluster local")
-    else:
-        from engine.run.sweep import run_sweep
+    from engine.run.sweep import run_sweep
 
-        result = run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=ids or cfg.figures)
-    typer.echo(f"{result.images_done} items analysed, {result.images_skipped_resume} already done, "
-               f"{result.errors} skipped with errors, in {result.seconds:.1f} s -> {cfg.out}")
-    pages = draw_figures(result, cfg, options) if cfg.figures else []
-    missing = sorted(set(ids) - {str(maps.image_ids[row]) for maps, row in result.figures.maps}) if ids else []
-    if missing:
-        typer.echo(f"figures: no image with id {', '.join(missing)} was analysed in this run", err=True)
-    print_summary(cfg.out, typer.echo)
-    print_next(cfg.out, pages)
+    drawn = None
+    if ids or cfg.figures:  # with --resume, images whose figures are complete are not drawn again
+        from engine.present.figures.parallel import figures_complete
+
+        drawn = functools.partial(figures_complete, cfg.out, formats=options.formats)
+    return run_sweep(cfg, echo=typer.echo, show_progress=progress, keep_figures=ids or cfg.figures, figures_drawn=drawn)
+
+
+def figure_choices(formats: list[str] | None, figure_ids: list[str] | None):
+    """FigureOptions from --formats and the ids of --figure-ids, both list options (an empty entry is an error)."""
+    from engine.present.figures.view import FigureOptions
+
+    chosen = split_entries(formats, "--formats")
+    ids = split_entries(figure_ids, "--figure-ids") or ()
+    return (figure_options(",".join(chosen))[0] if chosen else FigureOptions()), ids
 
 
 @app.command()
@@ -281,22 +307,23 @@ def analyze(
     image: Annotated[Path, typer.Argument(help="One image file.")],
     out: Annotated[Path, typer.Option(help="Result folder.")],
     gt: Annotated[Path | None, typer.Option(help="Its ground-truth PNG (index or colour).")] = None,
-    model: ModelOpt = "simulated",
+    model: ModelOpt = None,
     checkpoint: CheckpointOpt = None,
     bpe_path: BpeOpt = None,
-    mode: ModeOpt = "squash",
-    dataset_kind: DatasetKindOpt = "auto",
-    device: DeviceOpt = "cpu",
-    backend: BackendOpt = "auto",
+    mode: ModeOpt = None,
+    kind: KindOpt = None,
+    device: DeviceOpt = None,
+    backend: BackendOpt = None,
     alphas: AlphaOpt = None,
     ks: ClustersOpt = None,
     dims: DimsOpt = None,
     taus: TauOpt = None,
     n_init: NInitOpt = None,
+    seeds: SeedsOpt = None,
     controls: ControlsOpt = None,
     kmeans_init: KMeansInitOpt = None,
     draw: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the paper's per-image figures.")] = True,
-    formats: FormatsOpt = "png",
+    formats: FormatsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """The paper's single-image analysis and every figure.
@@ -305,18 +332,17 @@ def analyze(
     from engine.data.index import index_image
     from engine.run.sweep import run_sweep
 
-    options, _ = figure_options(formats)
-    index = index_image(image, gt, mode=mode, dataset=dataset_kind)
-    cfg = build_run_config(ctx, dataset=image.parent, split=None, batch_size=1, num_workers=0, decode="cpu",
-                           figures=len(index.items) if draw else 0)
-    set_matmul_precision(cfg.device)
+    options, _ = figure_choices(formats, None)
+    cfg = build_run_config(ctx, root=image.parent, split=None, batch_size=1, num_workers=0, decode="cpu")
+    index = index_image(image, gt, mode=cfg.data.mode, dataset=cfg.data.kind)
+    cfg = replace(cfg, figures=len(index.items) if draw else 0)
+    switches(device=cfg.device)
     typer.echo(f"analyze: {len(index.items)} item(s) of {image}: model, clustering and metrics ...")
     result = run_sweep(cfg, echo=typer.echo, show_progress=len(index.items) > 1, index=index, keep_figures=cfg.figures)
     if result.images_done == 0 and not result.images_skipped_resume:
         from engine.run.store import read_shard
 
-        failed = read_shard(cfg.out / "errors.parquet").to_pylist()
-        raise DatrError(failed[0]["error"] if failed else f"{image}: no rows were written")
+        raise DatrError(next((e["error"] for e in read_shard(cfg.out / "errors.parquet").to_pylist()), f"{image}: no rows were written"))
     pages = draw_figures(result, cfg, options) if cfg.figures else []
     print_summary(cfg.out, typer.echo, paper=True)
     print_next(cfg.out, pages)
@@ -330,8 +356,8 @@ DEMO_SAMPLE = 20000  # tokens of the demo's dataset-level clustering (of 8 x 518
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the scenes, the sweep and the report.")] = Path("demo-out"),
     images: Annotated[int, typer.Option(min=1, help="Simulated scenes to generate.")] = 8,
-    device: DeviceOpt = "cpu",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.")] = 4,
+    device: DeviceOpt = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help=f"Images per batch (default {default(R, 'batch_size')}).")] = None,
     figures: Annotated[int, typer.Option(min=0, help="Per-image figure sets to draw.")] = 1,
 ) -> None:
     """Simulated scenes end to end: sweep, figures, report.
@@ -350,10 +376,10 @@ def demo(
         shutil.rmtree(out)
     typer.echo(f"demo: writing {images} SIMULATED scenes to {out / 'scenes'}")
     root = write_scene_set(out / "scenes", images, seed=0)
-    cfg = RunConfig(dataset=root, out=out / "sweep", model="simulated", device=device, batch_size=batch_size,
-                    num_workers=0, figures=figures,
-                    analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=4, dataset_sample=DEMO_SAMPLE)).validate()
-    set_matmul_precision(cfg.device)
+    cfg = RunConfig(data=DataConfig(root=root, num_workers=0), out=out / "sweep", model="simulated", device=device or R.device,
+                    batch_size=batch_size or R.batch_size, figures=figures,
+                    analysis=AnalysisConfig(alphas=(0.3, 0.5), dataset_sample=DEMO_SAMPLE)).validate()  # default n_init and seeds
+    switches(device=cfg.device)
     result = run_sweep(cfg, echo=typer.echo, keep_figures=figures)
     pages = draw_figures(result, cfg) if figures else []
     print_summary(cfg.out, typer.echo)
@@ -385,8 +411,7 @@ def bench_sweep(
 
     from bench.sweep import SweepBenchConfig, run_sweep_bench
 
-    set_threads(threads)
-    set_matmul_precision(device)
+    switches(threads, device)
     grid = {"--alpha": parse_list(alphas, float, "--alpha"), "--tau": parse_list(taus, float, "--tau"),
             "--count-batches": parse_list(count_batches, int, "--count-batches") if count_batches.strip() else ()}
     AnalysisConfig(alphas=grid["--alpha"], taus=grid["--tau"])  # the same checks as a sweep's grid
@@ -404,16 +429,15 @@ def bench_sweep(
 @user_errors
 def report(
     sweep_dir: Annotated[Path, typer.Argument(help="A sweep's --out folder (or a folder holding one, e.g. demo-out).")],
-    formats: FormatsOpt = "png",
+    formats: FormatsOpt = None,
 ) -> None:
     """The report of a sweep: DIR/report/index.html.
 
     Dataset-level figures, tables and the per-image table from a sweep's results."""
     from engine.present.report.build import build_report
     from engine.present.report.rows import find_sweep
-    from engine.present.style import check_formats
 
-    formats_ok = check_formats(split_list(formats))
+    formats_ok = figure_choices(formats, None)[0].formats
     found = find_sweep(sweep_dir, echo=typer.echo)
     index = build_report(found, echo=typer.echo, formats=formats_ok)
     typer.echo(f"report: {index}")

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from engine.analysis.effects import CONTRASTS, dataset_effects
-from engine.core.config import AnalysisConfig, RunConfig, SimulatedConfig
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig, SimulatedConfig
 from engine.data.scenes import write_scene_set
 from engine.present.report.rows import Rows
 from engine.run.store import read_rows
@@ -39,7 +39,7 @@ def one_dataset(work: Path, index: int, images: int, effect: float, analysis: An
     if not scenes.exists():
         write_scene_set(scenes, images, size=(400, 300), seed=1000 + index)
     out = work / f"sweep-{index}-{effect:g}"
-    cfg = RunConfig(dataset=scenes / "UDD5", out=out, model="simulated", num_workers=0, batch_size=4,
+    cfg = RunConfig(data=DataConfig(root=scenes / "UDD5", num_workers=0), out=out, model="simulated", batch_size=4,
                     simulated=SimulatedConfig(seed=index, planted_effect=effect, planted_class=0),
                     analysis=analysis).validate()
     run_sweep(cfg, echo=lambda _msg: None, show_progress=False)
@@ -55,6 +55,7 @@ def summarise(tables: list[list[dict]]) -> dict:
         out[f"rows_{contrast}"] = len(rows)
         out[f"datasets_with_any_{contrast}"] = sum(any(e["significant"] for e in t if e["contrast"] == contrast)
                                                     for t in tables) / max(1, len(tables))
+    out["datasets_with_any"] = sum(any(e["significant"] for e in t) for t in tables) / max(1, len(tables))
     planted = [all(e["significant"] and (e["median_effect"] or 0) > 0 for e in t if e["scope"] == PLANTED_SCOPE)
                and any(e["scope"] == PLANTED_SCOPE for e in t) for t in tables]
     out["planted_found_both"] = sum(planted) / max(1, len(tables))
@@ -94,7 +95,20 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+    print(markdown_table(results))
     return 0
+
+
+def markdown_table(results: dict) -> str:
+    """The README's calibration table from main()'s results."""
+    lines = ["| planted_effect | datasets | significant rows, instability | significant rows, null | datasets with any "
+             "significant row | planted class significant against both |", "| --- | --- | --- | --- | --- | --- |"]
+    for effect, s in results["effects"].items():
+        any_row = s["datasets_with_any"]
+        lines.append(f"| {effect} | {s['datasets']} | {100 * s['significant_rows_instability']:.1f}% of {s['rows_instability']} "
+                     f"| {100 * s['significant_rows_null']:.1f}% of {s['rows_null']} | {100 * any_row:.0f}% "
+                     f"| {100 * s['planted_found_both']:.0f}% |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

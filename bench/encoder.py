@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from bench.machine import machine_info
-from engine.core.config import DEFAULT_PROMPTS
+from engine.core.config import DEFAULT_PROMPTS, GRID_CHUNK
 from engine.core.devices import parse_device
 from engine.core.errors import ConfigError
 from engine.core.geometry import MODEL_SIDE
@@ -40,7 +40,7 @@ class EncoderBenchConfig:
     images: int | None = None  # None: 1 on a CPU, 16 on a GPU
     batch_size: int = 1
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    grid_chunk: int = 8
+    grid_chunk: int = GRID_CHUNK
     seed: int = 0
     image_side: int = MODEL_SIDE  # tests only: a smaller side for the tiny model
     model_factory: Callable[[str], torch.nn.Module] | None = None  # tests only: the tiny model

@@ -12,21 +12,31 @@ DIR/gpu-check.json and a readable DIR/gpu-check.md. Steps, in order:
                      process, with the device's peak memory
   encoder            `datr bench encoder --random-weights` (bf16 autocast on CUDA) at batch 1, 4, 8
   sweep_bN_GRID      `datr bench sweep` on the simulated source at batch 16 and 64, default grid and
-                     the 5-alpha x 3-tau grid (the first also counts aten ops and host syncs on the CPU)
+                     the 5-alpha x 3-tau grid (the first also counts aten ops, host syncs and
+                     host-to-device copies per analysis call, on the CPU and on the device)
 
-`--device cpu --quick` runs the same steps at toy sizes (tests/test_gpu_check.py runs it, so
-the script cannot rot); its encoder step uses the tiny SAM3 of tests/tiny_sam3.py.
-A step's process is this module again with `--step KIND --params JSON` (see `child`).
-The exit status is 0 when every step passed, 1 otherwise.
+Every step but pytest runs under torch.cuda.set_sync_debug_mode("warn"), and its record holds
+the count of CUDA's sync warnings and the lines that raised the most (null off CUDA).
+Before any step runs, one line says which torch, CUDA and Python the check found and whether
+that torch is within what the code asks for (pyproject.toml; CI tests constraints.txt's).
+
+`--device cpu --quick` runs the same steps at toy sizes (tests/test_gpu_check.py runs it with
+`--no-time-boxes`, so the script cannot rot and a slow machine fails nothing); its encoder
+step uses the tiny SAM3 of engine/sources/sam3/tiny.py. A step's process is this module again
+with `--step KIND --params JSON` (see `child`). The exit status is 0 when every step passed,
+1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import re
 import subprocess
 import sys
 import time
+import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,9 +104,10 @@ def step_argv(step: Step, json_path: Path) -> list[str]:
             "--json", str(json_path)]
 
 
-def run_step(step: Step, argv: list[str], json_path: Path, timeout_s: float) -> dict:
-    """Run one step's process under its time box; the record says what happened, whatever it was."""
-    record = {"name": step.name, "kind": step.kind, "params": step.params, "timeout_s": round(timeout_s, 1)}
+def run_step(step: Step, argv: list[str], json_path: Path, timeout_s: float | None) -> dict:
+    """Run one step's process under its time box (None: none); the record says what happened, whatever it was."""
+    record = {"name": step.name, "kind": step.kind, "params": step.params,
+              "timeout_s": None if timeout_s is None else round(timeout_s, 1)}
     start = time.perf_counter()
     try:
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
@@ -126,26 +137,32 @@ def junit_counts(path: Path) -> dict:
     return counts
 
 
-def run_check(out: Path, steps: list[Step], budget_s: float, echo=print) -> dict:
-    """Run every step within the budget; write DIR/gpu-check.json and DIR/gpu-check.md."""
+def run_check(out: Path, steps: list[Step], budget_s: float | None, echo=print) -> dict:
+    """Run every step within the budget (None: no budget and no time boxes); write DIR/gpu-check.json
+    and DIR/gpu-check.md."""
     (out / "steps").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     records = []
     for step in steps:
-        left = budget_s - (time.perf_counter() - start)
+        left = None if budget_s is None else budget_s - (time.perf_counter() - start)
         json_path = out / "steps" / f"{step.name}.json"
         json_path.unlink(missing_ok=True)
-        if left < 5:
+        if left is not None and left < 5:
             records.append({"name": step.name, "kind": step.kind, "params": step.params, "status": "skipped",
                             "why": f"the {budget_s:.0f} s budget was spent"})
         else:
-            records.append(run_step(step, step_argv(step, json_path), json_path, min(step.timeout_s, left)))
+            box = None if left is None else min(step.timeout_s, left)
+            records.append(run_step(step, step_argv(step, json_path), json_path, box))
         rec = records[-1]
         echo(f"gpu-check: {step.name:<22} {rec['status']:<8} {rec.get('seconds', 0):7.1f} s")
     from bench.machine import machine_info  # torch: imported by the parent only here
 
+    versions = version_check()
+    versions["line"] = version_line(versions)
+
     report = {"ok": all(r["status"] == "ok" for r in records), "seconds": round(time.perf_counter() - start, 1),
-              "budget_s": budget_s, "machine": machine_info(), "targets": TARGETS, "steps": records}
+              "budget_s": budget_s, "machine": machine_info(), "versions": versions, "targets": TARGETS,
+              "steps": records}
     (out / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "gpu-check.md").write_text(markdown(report))
     return report
@@ -161,15 +178,28 @@ def markdown(report: dict) -> str:
 
 
 def child(kind: str, params: dict, json_path: Path) -> None:
-    """Run one step in this process and write its JSON (the parent time-boxes the process)."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    from bench.memory import PeakMemory
+    """Run one step in this process under CUDA's sync debug mode and write its JSON (the parent
+    time-boxes the process)."""
+    from bench.dispatch import SyncWarnings
     from engine.core.devices import set_matmul_precision
 
     device = params.get("device", "cpu")
     set_matmul_precision(device)  # TF32 off on CUDA: parity and fp32 figures mean fp32
+    with SyncWarnings(device) as sync:
+        payload = run_kind(kind, params, device)
+    payload["sync_warnings"] = sync.as_dict()
+    json_path.write_text(json.dumps(payload, indent=2, default=str))
+    if kind == "parity" and not payload["ok"]:
+        raise SystemExit(1)
+
+
+def run_kind(kind: str, params: dict, device: str) -> dict:
+    """One step's benchmark, in this process; returns its JSON payload."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from bench.memory import PeakMemory
+
     echo = print
     if kind == "parity":
         from bench.parity import ParityConfig, run_parity
@@ -194,9 +224,7 @@ def child(kind: str, params: dict, json_path: Path) -> None:
         payload = encoder_step(params, echo)
     else:
         raise SystemExit(f"gpu_check: unknown step kind {kind!r}")
-    json_path.write_text(json.dumps(payload, indent=2, default=str))
-    if kind == "parity" and not payload["ok"]:
-        raise SystemExit(1)
+    return payload
 
 
 def encoder_step(params: dict, echo) -> dict:
@@ -205,15 +233,56 @@ def encoder_step(params: dict, echo) -> dict:
 
     extra = {}
     if params.get("tiny"):  # --quick: the tests' tiny SAM3 (same classes, cut widths) at 224 px
-        from tests.tiny_sam3 import TINY_SIDE, build_tiny_sam3
+        from engine.sources.sam3.tiny import TINY_SIDE, build_tiny_sam3
 
         extra = {"model_factory": build_tiny_sam3, "image_side": TINY_SIDE}
     cfg = EncoderBenchConfig(random_weights=True, device=params["device"], images=params["images"], **extra)
     with PeakMemory(params["device"]) as peak:
         payload = run_encoder_bench(cfg, echo=echo, batch_sizes=tuple(params["batch_sizes"]))
     payload["peak_memory"] = peak.as_dict()
-    payload["config"]["model_factory"] = "tests.tiny_sam3.build_tiny_sam3" if params.get("tiny") else None
+    payload["config"]["model_factory"] = "engine.sources.sam3.tiny.build_tiny_sam3" if params.get("tiny") else None
     return payload
+
+
+CHECKED_PACKAGES = ("torch", "numpy")  # the machine's own, never replaced by the carried wheels
+
+
+def version_check() -> dict:
+    """Which torch (and CUDA), numpy and Python run the check, against what the code asks for
+    (pyproject.toml) and what CI tests (constraints.txt): {package: {here, wanted, tested, fits}}."""
+    import numpy
+    import torch
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    constraints = (ROOT / "constraints.txt").read_text()
+    out = {"python": platform.python_version(), "cuda": torch.version.cuda}
+    for name, module in zip(CHECKED_PACKAGES, (torch, numpy), strict=True):
+        wanted = next(d for d in deps if re.match(rf"{name}\b", d))[len(name):]
+        pins = re.findall(rf"^{name}==(\S+)", constraints, re.M)
+        here = module.__version__
+        out[name] = {"here": here, "wanted": wanted, "tested": pins[0] if pins else None,
+                     "fits": all(_holds(_release(here), op, _release(bound))
+                                 for op, bound in re.findall(r"(>=|<=|==|<|>)\s*([\d.]+)", wanted))}
+    return out
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def _holds(here: tuple, op: str, bound: tuple) -> bool:
+    here = (here + (0,) * len(bound))[: len(bound)]  # 2.11.0 against 2.15 compares (2, 11) with (2, 15)
+    return {">=": here >= bound, "<=": here <= bound, "==": here == bound, "<": here < bound, ">": here > bound}[op]
+
+
+def version_line(v: dict) -> str:
+    """One line, printed before any step: what runs the check and whether it is what the code asks for."""
+    parts = [f"{name} {v[name]['here']}" + (f" (CUDA {v['cuda']})" if name == "torch" else "") for name in CHECKED_PACKAGES]
+    outside = [f"{name} {v[name]['here']} is outside {name}{v[name]['wanted']}" for name in CHECKED_PACKAGES
+               if not v[name]["fits"]]
+    tested = ", ".join(f"{name} {v[name]['tested']}" for name in CHECKED_PACKAGES if v[name]["tested"])
+    verdict = "; ".join(outside) + " (steps that fail may fail on that)" if outside else "within what the code asks for"
+    return f"gpu_check: {', '.join(parts)} on Python {v['python']} (CI tests {tested}): {verdict}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu")
     parser.add_argument("--quick", action="store_true", help="the same steps at toy sizes (a CPU test of this script)")
     parser.add_argument("--budget-s", type=float, default=None, help="wall-clock budget for all steps (360; 150 with --quick)")
+    parser.add_argument("--no-time-boxes", action="store_true",
+                        help="no budget and no per-step time box (tests on a loaded machine: slow is not failed)")
     parser.add_argument("--step", help=argparse.SUPPRESS)
     parser.add_argument("--params", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
@@ -238,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gpu_check: error: --device {args.device} but CUDA is not available here; "
                   "use --device cpu --quick to check the script", file=sys.stderr)
             return 2
-    budget = args.budget_s or (150.0 if args.quick else 360.0)
+    print(version_line(version_check()), flush=True)
+    budget = None if args.no_time_boxes else (args.budget_s or (150.0 if args.quick else 360.0))
     report = run_check(args.out, plan_steps(args.device, args.quick), budget)
     print(f"gpu-check: {'all steps passed' if report['ok'] else 'some steps did not pass'} in {report['seconds']} s; "
           f"see {args.out / 'gpu-check.md'}")

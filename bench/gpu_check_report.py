@@ -12,11 +12,20 @@ def _fmt(value, spec: str = ".2f") -> str:
 
 
 def step_line(rec: dict) -> str:
-    """One line of headline figures for a step that ran (empty when it wrote nothing)."""
+    """One line of headline figures for a step that ran (empty when it wrote nothing), with the
+    count of CUDA's sync warnings where there is one."""
     res = rec.get("result")
     if not res:
         return ""
-    kind = rec["kind"]
+    line = figures_line(rec["kind"], res)
+    sync = res.get("sync_warnings") or {}
+    if sync.get("count") is not None:
+        top = ", ".join(f"{where} x{n}" for where, n in list(sync["where"].items())[:3])
+        line += f"; {sync['count']} sync warnings" + (f" ({top})" if top else "")
+    return line
+
+
+def figures_line(kind: str, res: dict) -> str:
     if kind == "pytest":
         return f"{res['passed']} passed, {res['skipped']} skipped, {res['failures']} failed, {res['errors']} errors"
     if kind == "parity":
@@ -38,7 +47,9 @@ def step_line(rec: dict) -> str:
     if kind == "sweep":
         rows = _rows(res)
         mem = res.get("peak_memory", {}).get("batched_sweep", {})
-        counts = "; ".join(f"batch {c['batch_size']}: {c['aten_ops']} ops, {c['host_syncs']} syncs"
+        counts = "; ".join(f"batch {c['batch_size']} on {c.get('device', 'cpu')}: {c['aten_ops']} ops, {c['host_syncs']} syncs, "
+                           f"{c.get('host_to_device', '-')} host-to-device copies, {c.get('host_data_tensors', '-')} "
+                           f"host-data tensors" + ("" if c.get("sync_warnings") is None else f", {c['sync_warnings']} sync warnings")
                            for c in res.get("dispatch_counts", []))
         return (f"{_fmt(rows['sweep_end_to_end']['images_per_s'], '.1f')} images/s end to end, analysis "
                 f"{_fmt(rows['analysis_batched']['ms_per_image'], '.2f')} ms/image vs paper's way "
@@ -61,9 +72,10 @@ def render(report: dict) -> str:
         "# GPU check",
         "",
         f"- result: **{'all steps passed' if report['ok'] else 'some steps did not pass'}** in {report['seconds']} s "
-        f"(budget {report['budget_s']:.0f} s)",
+        + ("(no time boxes)" if report["budget_s"] is None else f"(budget {report['budget_s']:.0f} s)"),
         f"- machine: {machine.get('gpu', 'no GPU')} / {machine.get('cpu')} ({machine.get('cpu_count')} CPUs), "
         f"torch {machine.get('torch')}, CUDA {machine.get('cuda')}",
+        f"- versions: {report.get('versions', {}).get('line', '-')}",
         "",
         "| step | status | seconds | headline |",
         "| --- | --- | ---: | --- |",

@@ -5,7 +5,8 @@ folders (rows/ shards, errors.parquet, dataset_clustering.parquet) by schema and
 values, dataset_clustering.json by content, and each feature-cache file by tensors and
 metadata (the safetensors header orders metadata keys by a hash map, so its bytes vary
 from run to run). Timestamped error shards (errors/part-*) are left out: errors.parquet
-merges them. Use it to check that a refactor, a batch size or a worker count changes
+merges them; so are superseded/ shards (rows of items whose files changed) and each
+shard's footer metadata (which files its rows came from). Use it to check that a refactor, a batch size or a worker count changes
 no number: run the same sweep both ways, then diff the two folders. Exit status 1 on a
 difference, with one line per differing file.
 """
@@ -22,7 +23,8 @@ def _parquet_digest(path: Path) -> str:
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    payload = json.dumps([table.schema.to_string(), table.to_pylist()], sort_keys=True, default=repr)
+    # the footer's metadata (each item's input files: paths, mtimes) says how the rows were made, not what they are
+    payload = json.dumps([table.schema.remove_metadata().to_string(), table.to_pylist()], sort_keys=True, default=repr)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -44,8 +46,8 @@ def digests(folder: Path) -> dict[str, str]:
     folder = Path(folder)
     out = {}
     for path in sorted(folder.rglob("*.parquet")):
-        if path.parent.name == "errors" and path.name.startswith("part-"):
-            continue
+        if (path.parent.name == "errors" and path.name.startswith("part-")) or "superseded" in path.relative_to(folder).parts:
+            continue  # error shards are merged into errors.parquet; superseded shards are no longer results
         out[str(path.relative_to(folder))] = _parquet_digest(path)
     for path in sorted(folder.rglob("dataset_clustering.json")):
         out[str(path.relative_to(folder))] = hashlib.sha256(

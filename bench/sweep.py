@@ -2,9 +2,10 @@
 paper's way of doing the same analysis (one image and one problem at a time with
 scikit-learn and scipy, over the same alpha x tau grid), in the same process on the same
 decoder outputs. Beside the times: the peak memory of each way (bench/memory.py), and the
-aten ops and host synchronisations one `analyze_batch` call issues at each of
-`count_batches` (bench/dispatch.py; counted on the CPU so a regression shows without a GPU,
-with one KMeans call per batch as on a GPU, at the default grid).
+aten ops, host synchronisations and host-to-device copies one `analyze_batch` call issues at
+each of `count_batches` (bench/dispatch.py; counted on the CPU so a regression shows without a
+GPU, with one KMeans call per batch as on a GPU, at the default grid; on a CUDA device the same
+calls are counted there too, with the sync debug mode's warnings).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 import engine.analysis.controls as controls_module
-from bench.dispatch import OpCounter
+from bench.dispatch import OpCounter, SyncWarnings
 from bench.machine import machine_info
 from bench.memory import PeakMemory, max_rss_mb
 from engine.analysis.batch import analyze_batch
@@ -99,23 +100,29 @@ def simulated_batch(index, source: SimulatedSource, analysis: AnalysisConfig, ba
     return batch, gt_tokens, gt_mask
 
 
-def count_analysis_ops(index, run_cfg: RunConfig, batch_sizes: tuple[int, ...]) -> list[dict]:
-    """aten ops and host syncs of one analyze_batch call at each batch size (CPU, torch backend), at the
-    default grid (one alpha, one tau) so that counts from different grids compare; without the flip-ratio
-    controls, as the timed analysis (they add the null problems' work and the reseed KMeans)."""
+def count_analysis_ops(index, run_cfg: RunConfig, batch_sizes: tuple[int, ...], device: str = "cpu") -> list[dict]:
+    """aten ops, host syncs and host-to-device copies of one analyze_batch call at each batch size (torch
+    backend on `device`), at the default grid (one alpha, one tau) so that counts from different grids
+    compare; without the flip-ratio controls, as the timed analysis (they add the null problems' work and
+    the reseed KMeans). On the CPU the copies are 0 and host_data_tensors (tensors built from host values,
+    bench/dispatch.py) stands for them; on CUDA the sync debug mode's warnings are counted too."""
     analysis = AnalysisConfig(n_init=run_cfg.analysis.n_init, controls=False)
     source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
-    backend, _ = resolve_backend("torch", torch.device("cpu"))
+    backend, _ = resolve_backend("torch", torch.device(device))
     out = []
     for b in batch_sizes:
         batch, gt_tokens, gt_mask = simulated_batch(index, source, analysis, b)
         # one KMeans call per batch, as on a GPU with room for it (on a CPU the analysis splits
         # KMeans into 128 MiB chunks, each with its own syncs; see kmeans_memory_budget)
-        with mock.patch.object(controls_module, "kmeans_memory_budget", lambda device: 2**62), OpCounter() as count:
+        with (mock.patch.object(controls_module, "kmeans_memory_budget", lambda device: 2**62),
+              SyncWarnings(device) as sync, OpCounter() as count):
             analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
                           gt_tokens=gt_tokens, gt_mask=gt_mask)
-        out.append({"batch_size": b, "aten_ops": count.ops, "host_syncs": count.syncs,
-                    "aten_ops_per_image": count.ops / b, "syncs_by_op": dict(count.sync_by_op)})
+        out.append({"batch_size": b, "device": device, "aten_ops": count.ops, "host_syncs": count.syncs,
+                    "host_to_device": count.host_to_device, "host_data_tensors": count.host_data,
+                    "sync_warnings": sync.count, "aten_ops_per_image": count.ops / b,
+                    "syncs_by_op": dict(count.sync_by_op), "copies_by_op": dict(count.copy_by_op),
+                    "sync_warnings_where": sync.as_dict()["where"]})
     return out
 
 
@@ -123,47 +130,92 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
     if cfg.reference_images > cfg.images:
         raise ConfigError(f"--reference-images ({cfg.reference_images}) cannot exceed --images ({cfg.images})")
     device = parse_device(cfg.device)
-    # like for like: the paper's way has no controls
-    analysis = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus), controls=False)
+    # like for like: the paper's way has no controls and no seed ensemble (their cost: ensemble_cost)
+    analysis = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus), controls=False, seeds=0)
     with tempfile.TemporaryDirectory(prefix="datr-bench-") as tmp:
         root = write_scene_set(Path(tmp) / "scenes", cfg.images, size=cfg.image_size, seed=0)
-        run_cfg = RunConfig(dataset=root, out=Path(tmp) / "sweep", model="simulated", device=str(device),
-                            batch_size=cfg.batch_size, num_workers=cfg.workers, analysis=analysis)
+        run_cfg = RunConfig(data=DataConfig(root=root, num_workers=cfg.workers), out=Path(tmp) / "sweep", model="simulated",
+                            device=str(device), batch_size=cfg.batch_size, analysis=analysis)
         # warm-up on one batch so allocators and kernels are ready
         echo(f"sweep bench: warm-up, then {cfg.images} simulated images end to end ...")
-        run_sweep(replace(run_cfg, out=Path(tmp) / "warm", limit=1), echo=lambda s: None, show_progress=False)
+        run_sweep(replace(run_cfg, out=Path(tmp) / "warm", data=replace(run_cfg.data, limit=1)), echo=lambda s: None, show_progress=False)
         with PeakMemory(device) as peak_batched:
             start = time.perf_counter()
             result = run_sweep(run_cfg, echo=lambda s: None, show_progress=False)
             total = time.perf_counter() - start
-        stages = result.run["seconds_per_stage"]
 
         # the paper's way, on the same decoder outputs for the first reference images
         echo(f"sweep bench: the paper's way (sklearn, one problem at a time) on {cfg.reference_images} image(s) ...")
         index = index_dataset(DataConfig(root=root, num_workers=0))
-        source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
-        ref_seconds = 0.0
-        with PeakMemory("cpu") as peak_paper:
-            for i in range(cfg.reference_images):
-                batch, _, _ = simulated_batch_at(index, source, analysis, i)
-                tokens = batch.features[0].flatten(1).T.double().numpy()
-                qm = batch.query_masks[0].flatten(2).float().numpy()
-                t0 = time.perf_counter()
-                paper_way(tokens, batch.queries[0].double().numpy(), batch.scores[0].numpy(), qm, analysis)
-                ref_seconds += time.perf_counter() - t0
+        ref_seconds, peak_paper = time_paper_way(index, run_cfg, cfg.reference_images)
         counts = count_analysis_ops(index, run_cfg, cfg.count_batches) if cfg.count_batches else []
+        if cfg.count_batches and device.type == "cuda":  # the same calls on the device: its real copies and syncs
+            counts += count_analysis_ops(index, run_cfg, cfg.count_batches, str(device))
+        echo("sweep bench: the analysis with the default controls, without and with the seed ensemble ...")
+        ensemble = time_ensemble_cost(index, run_cfg, cfg, device)
+    timing = {"images": result.images_done, "total_s": total, "stages": result.run["seconds_per_stage"],
+              "reference_s": ref_seconds}
+    report = sweep_report(cfg, device, timing, {"batched_sweep": peak_batched, "paper_way": peak_paper}, counts, echo)
+    echo(f"  seed ensemble ({ensemble['seeds']} seeds, controls on): {ensemble['ms_per_image_with']:.0f} ms/image with, "
+         f"{ensemble['ms_per_image_without']:.0f} without: {ensemble['ratio']:.2f}x (best of {ensemble['repeats']} each)")
+    return report | {"ensemble_cost": ensemble}
 
-    n = result.images_done
+
+def time_ensemble_cost(index, run_cfg: RunConfig, cfg: SweepBenchConfig, device: torch.device, repeats: int = 2) -> dict:
+    """The analysis (analyze_batch on the same simulated batches, controls on as by default) without the
+    seed ensemble (--seeds 0, the analysis before it existed) and with the default seeds, alternating
+    the two `repeats` times; the best time of each, per image."""
+    with_ensemble = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus))
+    variants = {"without": replace(with_ensemble, seeds=0), "with": with_ensemble}
+    source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, str(device))
+    batches = [simulated_batch(index, source, with_ensemble, cfg.batch_size) for _ in range(max(1, cfg.images // cfg.batch_size))]
+    backend, _ = resolve_backend("torch", device)
+    best = {name: float("inf") for name in variants}
+    for _ in range(repeats):
+        for name, analysis in variants.items():
+            start = time.perf_counter()
+            for batch, gt_tokens, gt_mask in batches:
+                analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
+                              gt_tokens=gt_tokens, gt_mask=gt_mask)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    images = len(batches) * cfg.batch_size
+    return {"seeds": with_ensemble.seeds, "n_init": cfg.n_init, "images": images, "repeats": repeats,
+            "ms_per_image_without": 1e3 * best["without"] / images, "ms_per_image_with": 1e3 * best["with"] / images,
+            "ratio": best["with"] / best["without"]}
+
+
+def time_paper_way(index, run_cfg: RunConfig, images: int) -> tuple[float, PeakMemory]:
+    """Seconds the paper's way takes on the first `images` images (their decoder outputs from the
+    simulated source), and its peak memory."""
+    source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, "cpu")
+    seconds = 0.0
+    with PeakMemory("cpu") as peak:
+        for i in range(images):
+            batch, _, _ = simulated_batch_at(index, source, run_cfg.analysis, i)
+            tokens = batch.features[0].flatten(1).T.double().numpy()
+            qm = batch.query_masks[0].flatten(2).float().numpy()
+            t0 = time.perf_counter()
+            paper_way(tokens, batch.queries[0].double().numpy(), batch.scores[0].numpy(), qm, run_cfg.analysis)
+            seconds += time.perf_counter() - t0
+    return seconds, peak
+
+
+def sweep_report(cfg: SweepBenchConfig, device: torch.device, timing: dict, peaks: dict[str, PeakMemory],
+                 counts: list[dict], echo: Callable[[str], None]) -> dict:
+    """The bench's rows and JSON from its measurements; prints the table."""
+    n, stages = timing["images"], timing["stages"]
     ms_analysis = 1e3 * stages.get("analysis", 0.0) / n
-    ms_ref = 1e3 * ref_seconds / cfg.reference_images
+    ms_ref = 1e3 * timing["reference_s"] / cfg.reference_images
     rows = [
-        {"name": "sweep_end_to_end", "ms_per_image": 1e3 * total / n, "images_per_s": n / total},
+        {"name": "sweep_end_to_end", "ms_per_image": 1e3 * timing["total_s"] / n, "images_per_s": n / timing["total_s"]},
         {"name": "analysis_batched", "ms_per_image": ms_analysis, "images_per_s": 1e3 / ms_analysis},
         {"name": "analysis_paper_way_sklearn", "ms_per_image": ms_ref, "images_per_s": 1e3 / ms_ref},
     ]
     for stage, seconds in stages.items():
         rows.append({"name": f"stage_{stage}", "ms_per_image": 1e3 * seconds / n, "images_per_s": n / seconds if seconds else None})
-    memory = {"batched_sweep": peak_batched.as_dict(), "paper_way": peak_paper.as_dict(), "process_max_rss_mb": round(max_rss_mb(), 1)}
+    memory = {name: peak.as_dict() for name, peak in peaks.items()} | {"process_max_rss_mb": round(max_rss_mb(), 1)}
     grid = f"{len(cfg.alphas)} alpha x {len(cfg.taus)} tau (alphas {list(cfg.alphas)}, taus {list(cfg.taus)})"
     echo(f"sweep bench: {n} simulated images of {cfg.image_size[0]}x{cfg.image_size[1]}, batch {cfg.batch_size}, "
          f"device {device}, n_init {cfg.n_init}, grid {grid}, {torch.get_num_threads()} thread(s)")
@@ -171,24 +223,17 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
         ips = row["images_per_s"]
         echo(f"  {row['name']:<28} {row['ms_per_image']:10.1f} ms/image  {'' if ips is None else f'{ips:8.2f} img/s'}")
     echo(f"  analysis speedup vs the paper's way: {ms_ref / ms_analysis:.2f}x")
-    echo(f"  peak memory above start: batched sweep {_mem(peak_batched)}, paper's way {_mem(peak_paper)}; "
+    echo(f"  peak memory above start: batched sweep {_mem(peaks['batched_sweep'])}, paper's way {_mem(peaks['paper_way'])}; "
          f"process max RSS {memory['process_max_rss_mb']:.0f} MiB")
     for c in counts:
-        echo(f"  analyze_batch at batch {c['batch_size']:>3}: {c['aten_ops']:>7} aten ops "
-             f"({c['aten_ops_per_image']:.0f} per image), {c['host_syncs']:>5} host syncs")
-    return {
-        "bench": "sweep",
-        "machine": machine_info(device),
-        "device": str(device),
-        "batch_size": cfg.batch_size,
-        "config": asdict(cfg),
-        "grid": {"alphas": list(cfg.alphas), "taus": list(cfg.taus)},
-        "results": rows,
-        "analysis_speedup_vs_paper_way": ms_ref / ms_analysis,
-        "peak_memory": memory,
-        "dispatch_counts": counts,
-        "simulated": True,
-    }
+        warned = "" if c["sync_warnings"] is None else f", {c['sync_warnings']} sync warnings"
+        echo(f"  analyze_batch at batch {c['batch_size']:>3} on {c['device']}: {c['aten_ops']:>7} aten ops "
+             f"({c['aten_ops_per_image']:.0f} per image), {c['host_syncs']:>5} host syncs, "
+             f"{c['host_to_device']} host-to-device copies, {c['host_data_tensors']} host-data tensors{warned}")
+    return {"bench": "sweep", "machine": machine_info(device), "device": str(device), "batch_size": cfg.batch_size,
+            "config": asdict(cfg), "grid": {"alphas": list(cfg.alphas), "taus": list(cfg.taus)}, "results": rows,
+            "analysis_speedup_vs_paper_way": ms_ref / ms_analysis, "peak_memory": memory, "dispatch_counts": counts,
+            "simulated": True}
 
 
 def simulated_batch_at(index, source: SimulatedSource, analysis: AnalysisConfig, i: int):

@@ -1,4 +1,4 @@
-"""Query-conditioned token re-encoding (DATR) and the mask-weighted decision-aware tokens.
+"""Query-conditioned token re-encoding (DATR), its kept queries and mask weights, and its token sets as factors.
 
 DATR_s(F)_j = F_j + alpha * A_j,  A_j = sum_{q in K_s} softmax_q(F_j . Q_q / sqrt(C)) Q_q
 
@@ -10,23 +10,46 @@ DATR_s(F) = F exactly and nothing is NaN.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 
-def compact_kept(queries: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def kept_widths(kept: torch.Tensor) -> tuple[int, int]:
+    """The compacted widths of a batch's kept queries, from ONE host read: (the most queries any
+    (image, prompt) keeps, the most any image keeps over all its prompts), each at least 1.
+
+    kept (B, P, Q) bool. The width is a data-dependent size (it sets the shapes of the attention
+    and of the mask maxima), so the host must know it; the callers pass it on to compact_kept
+    (per prompt and global) and mask_weights, which then read nothing.
+    """
+    base = kept.shape[1] * kept.shape[2] + 1  # above any count: both maxima travel in one integer
+    both = int(kept.sum(-1).amax() * base + kept.sum((-1, -2)).amax())  # the one read
+    return max(both // base, 1), max(both % base, 1)
+
+
+def kept_first(kept: torch.Tensor, width: int | None) -> torch.Tensor:
+    """Indices (..., K) of each row's kept entries first (in their original order), cut to K = width.
+
+    kept (..., Q) bool; width None reads K = the largest kept count (at least 1) from the host.
+    """
+    if width is None:
+        width = max(int(kept.sum(-1).max()), 1)  # a host read: pass the width to avoid it
+    return torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)[..., :width]
+
+
+def compact_kept(queries: torch.Tensor, kept: torch.Tensor, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Move each scope's kept queries to the front and cut the padding.
 
     queries (B, S, Q, C), kept (B, S, Q) bool -> (B, S, K, C), key mask (B, S, K), with
-    K = the largest kept count in the batch (at least 1). Attention over the kept set
-    does not depend on query order, and K << Q makes the attention call cheap.
+    K = width, or without it the largest kept count in the batch (at least 1; one host read).
+    Attention over the kept set does not depend on query order, and K << Q makes the attention
+    call cheap. A width above the largest count only adds masked padding (an exact no-op for
+    attend_queries); below it, it would drop kept queries.
     """
     assert queries.shape[:3] == kept.shape, f"queries {tuple(queries.shape)} vs kept {tuple(kept.shape)}"
-    order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)  # kept first, original order
-    n_keep = max(int(kept.sum(-1).max()), 1)
-    order = order[..., :n_keep]
+    order = kept_first(kept, width)
     q = torch.gather(queries, 2, order[..., None].expand(*order.shape, queries.shape[-1]))
     return q, torch.gather(kept, 2, order)
 
@@ -101,22 +124,15 @@ def permute_token_rows(attended: torch.Tensor, perm: torch.Tensor) -> torch.Tens
     return torch.gather(attended, 2, index)
 
 
-def decision_aware_tokens(tokens: torch.Tensor, mask_weights: torch.Tensor, alpha: float) -> torch.Tensor:
-    """D = F + alpha * (F * W): tokens (B, N, C), mask_weights (B, S, N) -> (B, S, N, C).
-
-    Each token is only rescaled by (1 + alpha * W_j), so no cosine measure can move.
-    """
-    return tokens[:, None] * (1.0 + alpha * mask_weights[..., None].to(tokens.dtype))
-
-
-def mask_weights(query_masks: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+def mask_weights(query_masks: torch.Tensor, kept: torch.Tensor, width: int | None = None) -> torch.Tensor:
     """W(j) = max over kept queries of the pooled mask probability; 0 with no kept query.
 
     query_masks (B, P, Q, N) or (B, P, Q, H, W) probabilities; kept (B, P, Q) bool
-    -> (B, P, N) float32. Only the kept queries' maps are read (moved to the front first).
+    -> (B, P, N) float32. Only the kept queries' maps are read (moved to the front first);
+    width: as compact_kept's (the per-prompt width of kept_widths); None reads it from the host.
     """
     qm = query_masks.reshape(*query_masks.shape[:3], -1)
-    order = torch.argsort((~kept).to(torch.int8), dim=-1, stable=True)[..., : max(int(kept.sum(-1).max()), 1)]
+    order = kept_first(kept, width)
     maps = torch.gather(qm, 2, order[..., None].expand(*order.shape, qm.shape[-1])).float()  # (B, P, K, N)
     keep = torch.gather(kept, 2, order)[..., None]
     return torch.where(keep, maps, torch.zeros_like(maps)).amax(dim=2)
@@ -132,19 +148,63 @@ def mask_weights(query_masks: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
 # projection is (F - mean) W + alpha A_g W. Memory: one (N, C) set per A_g instead of one per slot.
 
 
+def host_to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of host values on `device`. On CUDA it is staged in pinned memory and copied
+    without blocking the host (torch.tensor(values, device=cuda) would wait for the copy)."""
+    host = torch.tensor(values, dtype=dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+@dataclass
+class AlphaGroup:
+    """The DATR slots of one alpha: slots (J,) in 1..M-1 and their groups (J,) on the device (None
+    when they are every group in order, so that attended needs no gather)."""
+
+    alpha: float
+    slots: torch.Tensor
+    groups: torch.Tensor | None
+
+
 @dataclass
 class DatrFactors:
     """Problem slots of one batch as factors. Slot 0 of each image is F itself; slot j >= 1 is
     F + slot_alpha[j-1] * attended[:, slot_group[j-1]].
 
     tokens (B, N, C); attended (B, G, N, C) one A_g per scope group (a scope at a tau, or a
-    control of one); slot_group, slot_alpha: one entry per DATR slot (M - 1 of them).
+    control of one); slot_group, slot_alpha: one entry per DATR slot (M - 1 of them). Their
+    index tensors are built on the tokens' device once, here, in two host-to-device copies
+    (group_index, alpha_values and alpha_groups), not in every call that uses them.
     """
 
     tokens: torch.Tensor
     attended: torch.Tensor
     slot_group: list[int]
     slot_alpha: list[float]
+    group_index: torch.Tensor = field(init=False, repr=False)  # (M-1,) int64
+    alpha_values: torch.Tensor = field(init=False, repr=False)  # (M-1,) tokens' dtype
+    alpha_groups: list[AlphaGroup] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        assert len(self.slot_group) == len(self.slot_alpha), f"{len(self.slot_group)} groups, {len(self.slot_alpha)} alphas"
+        dev = self.tokens.device
+        by_alpha: dict[float, tuple[list[int], list[int]]] = {}  # distinct alphas in first-seen order
+        for j, (g, a) in enumerate(zip(self.slot_group, self.slot_alpha, strict=True)):
+            slots, groups = by_alpha.setdefault(a, ([], []))
+            slots.append(j + 1)
+            groups.append(g)
+        every_group = list(range(self.attended.shape[1]))
+        # one copy for every index: the slot groups, then each alpha's slots and (unless all) groups
+        flat, cuts = list(self.slot_group), []
+        for slots, groups in by_alpha.values():
+            cuts.append((len(flat), len(slots), groups != every_group))
+            flat += slots + (groups if groups != every_group else [])
+        index = host_to_device(flat, torch.long, dev)
+        self.group_index = index[: len(self.slot_group)]
+        self.alpha_values = host_to_device(self.slot_alpha, self.tokens.dtype, dev)
+        self.alpha_groups = [AlphaGroup(a, index[lo : lo + n], index[lo + n : lo + 2 * n] if gathered else None)
+                             for a, (lo, n, gathered) in zip(by_alpha, cuts, strict=True)]
 
     @property
     def slots(self) -> int:  # M, the encoder slot included
@@ -152,19 +212,9 @@ class DatrFactors:
 
     def materialise(self) -> torch.Tensor:
         """The token sets themselves (B, M, N, C): the reference the factored path is tested against."""
-        group = torch.tensor(self.slot_group, device=self.tokens.device)
-        alpha = torch.tensor(self.slot_alpha, dtype=self.tokens.dtype, device=self.tokens.device)
-        datr = self.tokens[:, None] + alpha[None, :, None, None] * self.attended[:, group]
+        alpha = self.alpha_values[None, :, None, None]
+        datr = self.tokens[:, None] + alpha * self.attended[:, self.group_index]
         return torch.cat([self.tokens[:, None], datr], 1)
-
-    def alpha_groups(self) -> list[tuple[float, list[int], list[int]]]:
-        """(alpha, slot indices in 1..M-1, their groups) for each distinct alpha, in first-seen order."""
-        out: dict[float, tuple[list[int], list[int]]] = {}
-        for j, (g, a) in enumerate(zip(self.slot_group, self.slot_alpha, strict=True)):
-            slots, groups = out.setdefault(a, ([], []))
-            slots.append(j + 1)
-            groups.append(g)
-        return [(a, slots, groups) for a, (slots, groups) in out.items()]
 
 
 def datr_moments(f: DatrFactors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,8 +236,8 @@ def datr_moments(f: DatrFactors) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         a_c = attended[:, gi] - mean_a[:, gi, None]
         cross[:, gi] = f_c.transpose(1, 2) @ a_c / denom
         own[:, gi] = a_c.transpose(1, 2) @ a_c / denom
-    group = torch.tensor(f.slot_group, device=tokens.device)
-    alpha = torch.tensor(f.slot_alpha, dtype=tokens.dtype, device=tokens.device)[None, :, None, None]
+    group = f.group_index
+    alpha = f.alpha_values[None, :, None, None]
     cross_s = cross[:, group]  # (B, M-1, C, C)
     cov = cov_f[:, None] + alpha * (cross_s + cross_s.transpose(-1, -2)) + alpha * alpha * own[:, group]
     mean = mean_f[:, None] + alpha[..., 0] * mean_a[:, group]  # (B, M-1, C)
@@ -211,10 +261,11 @@ def datr_project(f: DatrFactors, mean: torch.Tensor, components: torch.Tensor) -
     d = w.shape[-1]
     z = torch.empty(b, m, n, d, dtype=tokens.dtype, device=tokens.device)
     z[:, 0] = tokens @ w[:, 0]
-    for alpha, slots, groups in f.alpha_groups():
-        ws = w[:, slots]  # (B, J, C, d)
+    for group in f.alpha_groups:
+        ws = w[:, group.slots]  # (B, J, C, d)
+        j = ws.shape[1]
         # F W for this alpha's J slots from one (N, C) x (C, J*d) product per image (no per-slot copy of F)
-        fw = (tokens @ ws.permute(0, 2, 1, 3).reshape(b, c, len(slots) * d)).reshape(b, n, len(slots), d)
-        a = attended if groups == list(range(attended.shape[1])) else attended[:, groups]
-        z[:, slots] = fw.permute(0, 2, 1, 3) + alpha * torch.matmul(a, ws)
+        fw = (tokens @ ws.permute(0, 2, 1, 3).reshape(b, c, j * d)).reshape(b, n, j, d)
+        a = attended if group.groups is None else attended[:, group.groups]
+        z[:, group.slots] = fw.permute(0, 2, 1, 3) + group.alpha * torch.matmul(a, ws)
     return z.sub_(offset).reshape(b * m, n, -1)

@@ -8,6 +8,11 @@ feature variance, strict convergence when labels stop changing, empty clusters m
 to the points farthest from their centres, a final relabel) so that, started from the
 same centres, both give the same labels.
 
+Lloyd is written once (kernels/lloyd.py); a backend supplies only the assignment step (the
+nearest centre of every token, see `kernels.lloyd.Assignment`): the torch default is one batched product, the faiss
+and cuML backends (kernels/backends/) search their own indexes. Per-iteration statistics
+come back on request (`stats=True`, LloydStats), as in faiss's contrib/clustering.py.
+
 Randomness: one CPU generator seeded with `seed` draws the uniforms for restart i,
 and every problem uses the same draws. A problem's result therefore depends only on
 its own data and the seed -- not on its position in the batch or the batch size --
@@ -18,11 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
 from kernels.checks import check_finite
+from kernels.lloyd import SYNC_EVERY, Assignment, LiveProblems, LloydStats, lloyd, torch_assignment
 
 
 @dataclass
@@ -31,13 +36,21 @@ class KMeansResult:
     inertia (P,) weighted sum of squared distances; n_iter (P,) Lloyd iterations run
     by the restart that was kept; restart_labels (P, S, N) int64, the partition of each of
     the first S restarts (each restart is one single-start run: the seed ensemble), None
-    unless asked for with keep_restarts = S."""
+    unless asked for with keep_restarts = S; stats: per-iteration statistics (LloydStats) when
+    asked for with stats=True."""
 
     labels: torch.Tensor
     centres: torch.Tensor
     inertia: torch.Tensor
     n_iter: torch.Tensor
     restart_labels: torch.Tensor | None = None
+    stats: LloydStats | None = None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> KMeansResult:
+        """The result on another device, its real-valued fields in dtype (labels and counts stay int64)."""
+        return KMeansResult(self.labels.to(device), self.centres.to(device, dtype), self.inertia.to(device, dtype),
+                            self.n_iter.to(device), None if self.restart_labels is None else self.restart_labels.to(device),
+                            self.stats)
 
 
 def kmeans_bytes_per_problem(n: int, d: int, k: int, n_init: int, element_size: int = 4) -> int:
@@ -125,164 +138,7 @@ def kmeans_plusplus(
     return x[batch[:, :, None], ids].to(dt)  # (P, n_init, k, d)
 
 
-def assign(xt: torch.Tensor, x_sq: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre for every restart.
-
-    xt (P, d, N) the transposed tokens, x_sq (P, N), centres (P, n_init, k, d)
-    -> labels (P, n_init, N) int64 and squared distance to that centre (P, n_init, N).
-    The layout (P, n_init*k, N) keeps N innermost, so the min over k is a cheap
-    elementwise pass; ||x||^2 is added only after the argmin.
-    """
-    labels, partial = nearest(xt, centres)
-    return labels, (partial + x_sq[:, None, :]).clamp_(min=0)
-
-
-class Workspace:
-    """Reused buffers for the Lloyd loop, sized for all problems and restarts.
-
-    On the CPU a fresh multi-MB tensor per iteration costs page faults comparable to the
-    arithmetic itself; slicing views out of buffers allocated once avoids that.
-    """
-
-    def __init__(self, p: int, n_init: int, k: int, n: int, dtype: torch.dtype, device: torch.device):
-        self.scores = torch.empty(p * n_init * k * n, dtype=dtype, device=device)
-        self.onehot = torch.empty(p * n_init * k * n, dtype=dtype, device=device)
-        self.values = torch.empty(p * n_init * n, dtype=dtype, device=device)
-        self.labels = torch.empty(p * n_init * n, dtype=torch.long, device=device)
-
-    def views(self, p: int, m: int, k: int, n: int):
-        return (self.scores[: p * m * k * n].view(p, m * k, n), self.onehot[: p * m * k * n].view(p, m, k, n),
-                self.values[: p * m * n].view(p, m, n), self.labels[: p * m * n].view(p, m, n))
-
-
-def nearest(xt: torch.Tensor, centres: torch.Tensor, ws: Workspace | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """labels (P, n_init, N) and ||c||^2 - 2 x.c of the nearest centre (||x||^2 left out)."""
-    p, n_init, k, d = centres.shape
-    n = xt.shape[-1]
-    c = centres.reshape(p, n_init * k, d)
-    c_sq = (c * c).sum(-1)[:, :, None]  # (P, n_init*k, 1)
-    if ws is None:
-        partial = torch.baddbmm(c_sq, c, xt, alpha=-2.0).reshape(p, n_init, k, n)
-        values, labels = partial.min(dim=2)
-        return labels, values
-    scores, _, values, labels = ws.views(p, n_init, k, n)
-    torch.baddbmm(c_sq, c, xt, alpha=-2.0, out=scores)
-    torch.min(scores.view(p, n_init, k, n), 2, out=(values, labels))
-    return labels, values
-
-
-def update_centres(
-    x: torch.Tensor, w: torch.Tensor | None, labels: torch.Tensor, partial: torch.Tensor, x_sq: torch.Tensor,
-    old: torch.Tensor, k: int, ws: Workspace | None = None,
-) -> torch.Tensor:
-    """Weighted means of the assigned tokens, with scikit-learn's empty-cluster relocation.
-
-    x (P, N, d); w (P, N) or None for unit weights; labels and partial (P, n_init, N)
-    from `nearest`; old centres (P, n_init, k, d) -> new centres (P, n_init, k, d).
-    (Counting through an extra column of ones in the same matmul was tried: the
-    33-wide product's float sums then depended on the batch size.)
-    """
-    p, n, d = x.shape
-    n_init = labels.shape[1]
-    if ws is None:
-        onehot = torch.zeros(p, n_init, k, n, dtype=x.dtype, device=x.device)
-    else:
-        onehot = ws.views(p, n_init, k, n)[1].zero_()
-    if w is None:
-        onehot.scatter_(2, labels[:, :, None, :], 1.0)
-    else:
-        onehot.scatter_(2, labels[:, :, None, :], w[:, None, None, :].expand(p, n_init, 1, n).to(x.dtype))
-    sums = (onehot.reshape(p, n_init * k, n) @ x).reshape(p, n_init, k, d)
-    counts = onehot.sum(-1)  # (P, n_init, k) weight per cluster
-
-    # Branch-free (no host read of "any empty?"): with no empty cluster every term below adds
-    # exact zeros or keeps the old value, so the result is bitwise the same as skipping it.
-    empty = counts <= 0
-    w_full = torch.ones(p, n, dtype=x.dtype, device=x.device) if w is None else w.to(x.dtype)
-    d2_nearest = (partial + x_sq[:, None, :]).clamp_(min=0)  # (P, n_init, N)
-    # the j-th empty cluster takes the j-th farthest token from its own centre
-    n_far = min(k, n)
-    farthest = d2_nearest.topk(n_far, dim=-1).indices  # (P, n_init, n_far), farthest first
-    rank = (torch.cumsum(empty.long(), dim=-1) - 1).clamp(min=0, max=n_far - 1)
-    token = torch.gather(farthest, 2, rank)  # (P, n_init, k) token for each (empty) cluster
-    problem = torch.arange(p, device=x.device)[:, None, None]
-    moved = x[problem, token]  # (P, n_init, k, d)
-    moved_w = torch.gather(w_full[:, None, :].expand(p, n_init, n), 2, token)  # (P, n_init, k)
-    owner = torch.gather(labels, 2, token)  # cluster the token leaves
-    is_empty = empty.to(x.dtype)
-    # remove moved tokens from their old clusters, then seat them in the empty ones
-    sums = sums.scatter_add(2, owner[..., None].expand(p, n_init, k, d), -(moved * (moved_w * is_empty)[..., None]))
-    counts = counts.scatter_add(2, owner, -(moved_w * is_empty))
-    sums = torch.where(empty[..., None], moved * moved_w[..., None], sums)
-    counts = torch.where(empty, moved_w, counts)
-    safe = counts.clamp(min=torch.finfo(x.dtype).tiny)
-    new = sums / safe[..., None]
-    # a cluster that is still empty (all weights zero) keeps its old centre
-    return torch.where((counts > 0)[..., None], new, old)
-
-
-class LiveProblems(NamedTuple):
-    """The per-problem inputs of Lloyd, cut to the problems that still have a running restart (P' of P)."""
-
-    x: torch.Tensor  # (P', N, d) centred tokens
-    xt: torch.Tensor  # (P', d, N) the same, transposed
-    x_sq: torch.Tensor  # (P', N) squared norms
-    w: torch.Tensor  # (P', N) weights
-    tol: torch.Tensor  # (P',) absolute tolerance on the centre shift
-
-
-SYNC_EVERY = 4  # Lloyd steps between the host's "is anything still running?" reads
-
-
-def lloyd(
-    xc: torch.Tensor, xt: torch.Tensor, x_sq: torch.Tensor, w: torch.Tensor, centres: torch.Tensor,
-    has_tokens: torch.Tensor, tol_abs: torch.Tensor, max_iter: int, unit_weights: bool = False,
-    sync_every: int = SYNC_EVERY,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd iterations for every problem and restart until each restart converges.
-
-    centres (P, n_init, k, d) are updated in place and returned with n_iter (P, n_init).
-    Every `sync_every` steps the host reads which restarts still run and repacks: problems
-    with none left are dropped (P' live problems); within each live problem the running
-    restarts are packed to the front of a restart axis of width R = the most any live
-    problem still runs, so one batched call covers (P', R) restarts. Between two reads a
-    restart that converges is frozen on the device (its centres and n_iter stop changing,
-    as if it had been dropped), so the results are those of a repack at every step; a
-    packed slot that holds a finished restart is computed and its result dropped. The
-    tokens are never copied per restart.
-    """
-    p, n_init, k, d = centres.shape
-    dev = xc.device
-    running = has_tokens[:, None].expand(p, n_init).clone()  # (P, n_init) restart still iterating
-    n_iter = torch.zeros(p, n_init, dtype=torch.long, device=dev)
-    workspace = Workspace(p, n_init, k, xc.shape[1], xc.dtype, dev)
-    live = LiveProblems(xc, xt, x_sq, w, tol_abs)
-    n_live = p
-    for it in range(max_iter):
-        if it % sync_every == 0:  # the only host reads of the loop
-            running_count = running.sum(1)  # (P,)
-            live_ids = torch.nonzero(running_count > 0)[:, 0]  # (P',)
-            if live_ids.numel() == 0:
-                break
-            width = int(running_count.max())  # R
-            if live_ids.numel() != n_live:  # the live set only shrinks: same size, same problems
-                n_live = live_ids.numel()
-                live = LiveProblems(xc[live_ids], xt[live_ids], x_sq[live_ids], w[live_ids], tol_abs[live_ids])
-            # restart_ids[i, r]: the restart in packed slot r of live problem i, running ones first (stable order)
-            restart_ids = torch.argsort((~running[live_ids]).to(torch.int8), dim=1, stable=True)[:, :width]  # (P', R)
-            problem_ids = live_ids[:, None].expand_as(restart_ids)  # (P', R)
-        active = running[problem_ids, restart_ids]  # (P', R) the slot holds a restart still running
-        packed = centres[problem_ids, restart_ids]  # (P', R, k, d)
-        labels, partial = nearest(live.xt, packed, workspace)
-        new = update_centres(live.x, None if unit_weights else live.w, labels, partial, live.x_sq, packed, k, workspace)
-        shift = ((new - packed) ** 2).sum((-1, -2))  # (P', R) squared centre movement
-        # Unchanged labels give bitwise-unchanged centres (shift 0), so this one test
-        # covers scikit-learn's strict convergence as well as its tolerance.
-        converged = shift <= live.tol[:, None]
-        centres[problem_ids, restart_ids] = torch.where(active[..., None, None], new, packed)
-        n_iter[problem_ids, restart_ids] = torch.where(active, it + 1, n_iter[problem_ids, restart_ids])
-        running[problem_ids, restart_ids] = active & ~converged
-    return n_iter, centres
+# ------------------------------------------------------------------ the common start and the entry point
 
 
 @dataclass
@@ -302,6 +158,10 @@ class Prepared:
     mean: torch.Tensor
     tol_abs: torch.Tensor
     centres: torch.Tensor
+
+    def problems(self) -> LiveProblems:
+        """Every problem as Lloyd takes them (with the transposed copy of the tokens)."""
+        return LiveProblems(self.xc, self.xc.transpose(1, 2).contiguous(), self.x_sq, self.w, self.tol_abs)
 
 
 def prepare(
@@ -352,6 +212,9 @@ def kmeans(
     init: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
     keep_restarts: int = 0,
+    assign: Assignment = torch_assignment,
+    sync_every: int = SYNC_EVERY,
+    stats: bool = False,
 ) -> KMeansResult:
     """Cluster every problem of x (P, N, d) into k clusters; keep the best restart each.
 
@@ -363,33 +226,40 @@ def kmeans(
     stream (restart_labels, the seed ensemble). Restarts past n_init run in a second call, so
     the best of the first n_init -- `labels` and every other field -- is bitwise what it is
     without the ensemble. With init, the ensemble is the given starts (S <= their number).
+    assign: the assignment step (torch_assignment; the faiss and cuML backends pass theirs).
+    sync_every: Lloyd steps between the host's reads (any value gives the same results).
+    stats: also return per-iteration statistics (KMeansResult.stats, LloydStats).
     Raises ValueError on NaN/inf input, k < 1, or k larger than N.
     """
-    args = dict(max_iter=max_iter, tol=tol, seed=seed, weights=weights)
+    args = dict(max_iter=max_iter, tol=tol, seed=seed, weights=weights, assign=assign, sync_every=sync_every,
+                stats=stats)
     best, members = _kmeans_call(x, k, n_init=n_init, init=init, restart_range=None, **args)
     if keep_restarts <= 0:
         return best
     if keep_restarts > members.shape[1]:
         assert init is None, f"keep_restarts = {keep_restarts} but init holds {members.shape[1]} starts"
-        _, extra = _kmeans_call(x, k, n_init=n_init, init=None, restart_range=(n_init, keep_restarts), **args)
-        members = torch.cat([members, extra], 1)
+        extra, more = _kmeans_call(x, k, n_init=n_init, init=None, restart_range=(n_init, keep_restarts), **args)
+        members = torch.cat([members, more], 1)
+        if stats:
+            best.stats = best.stats.beside(extra.stats)
     best.restart_labels = members[:, :keep_restarts]
     return best
 
 
 def _kmeans_call(x: torch.Tensor, k: int, *, n_init: int, max_iter: int, tol: float, seed: int,
-                 init: torch.Tensor | None, weights: torch.Tensor | None,
-                 restart_range: tuple[int, int] | None) -> tuple[KMeansResult, torch.Tensor]:
+                 init: torch.Tensor | None, weights: torch.Tensor | None, restart_range: tuple[int, int] | None,
+                 assign: Assignment, sync_every: int, stats: bool) -> tuple[KMeansResult, torch.Tensor]:
     """One batched run of the given restarts: the best of them and every restart's labels (P, R, N)."""
     prep = prepare(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights,
                    restart_range=restart_range)
-    xc, x_sq, w, has_tokens, mean, tol_abs, centres = (prep.xc, prep.x_sq, prep.w, prep.has_tokens, prep.mean,
-                                                       prep.tol_abs, prep.centres)
+    xc, w, has_tokens, mean = prep.xc, prep.w, prep.has_tokens, prep.mean
     p, n, d = xc.shape
-    restarts = centres.shape[1]
-    xt = xc.transpose(1, 2).contiguous()  # (P, d, N)
-    n_iter, centres = lloyd(xc, xt, x_sq, w, centres, has_tokens, tol_abs, max_iter, unit_weights=weights is None)
-    labels, d2min = assign(xt, x_sq, centres)
+    restarts = prep.centres.shape[1]
+    problems = prep.problems()
+    steps = [] if stats else None
+    n_iter, centres = lloyd(problems, prep.centres, has_tokens, max_iter, unit_weights=weights is None, assign=assign,
+                            sync_every=sync_every, stats=steps)
+    labels, d2min = assign(problems, centres)
     pidx = torch.arange(p, device=x.device)
     if restarts > 1:
         best = (d2min * w[:, None, :]).sum(-1).argmin(dim=1)  # first minimum on ties
@@ -407,4 +277,11 @@ def _kmeans_call(x: torch.Tensor, k: int, *, n_init: int, max_iter: int, tol: fl
         centres=best_centres + mean[:, None, :],
         inertia=torch.where(has_tokens, inertia, torch.zeros_like(inertia)),
         n_iter=torch.where(has_tokens, n_iter[pidx, best], torch.zeros_like(n_iter[:, 0])),
+        stats=LloydStats.stack(steps) if stats and steps else (empty_stats(p, restarts, x.device) if stats else None),
     ), members
+
+
+def empty_stats(p: int, restarts: int, device: torch.device) -> LloydStats:
+    """The statistics of a call in which no restart ran (no problem had a weighted token)."""
+    nan = torch.full((0, p, restarts), math.nan, dtype=torch.float64, device=device)
+    return LloydStats(nan, nan.clone(), torch.zeros(0, dtype=torch.long, device=device))

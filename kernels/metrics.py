@@ -44,8 +44,10 @@ def majority_filter(label_map: torch.Tensor, k: int) -> torch.Tensor:
     Votes come from the in-bounds neighbours and the centre; the winner replaces the
     centre only when it is the unique maximum (any tie keeps the centre label).
     """
-    # vote counts are small integers (<= 9): exact in float32, which GPUs convolve fast
-    onehot = F.one_hot(label_map.long(), k).permute(0, 3, 1, 2).float()  # (B, k, H, W)
+    # vote counts are small integers (<= 9): exact in float32, which GPUs convolve fast. The one-hot
+    # maps by scatter: F.one_hot checks the label range with two host reads on a CPU
+    b, h, w = label_map.shape
+    onehot = torch.zeros(b, k, h, w, device=label_map.device).scatter_(1, label_map.long()[:, None], 1.0)  # (B, k, H, W)
     votes = F.conv2d(onehot.reshape(-1, 1, *label_map.shape[1:]), torch.ones(1, 1, 3, 3, device=label_map.device), padding=1)
     votes = votes.reshape(onehot.shape)
     top2 = votes.topk(min(2, k), dim=1)
@@ -68,11 +70,6 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     count = m.sum(-1)
     total = (values.double() * m).sum(-1)
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(count, float("nan")))
-
-
-def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1 - cos(a_j, b_j) along the last axis; a zero vector counts as cos = 0."""
-    return 1.0 - F.cosine_similarity(a, b, dim=-1, eps=1e-12)
 
 
 def datr_cosine_distances(

@@ -44,11 +44,12 @@ def weighted_moments(
     """
     p, n, c = x.shape
     if weights is None:
-        # X^T X - n mean mean^T, as scikit-learn's covariance_eigh does: no centred copy
-        # of x (a full pass over memory); the cancellation error is ~ eps * |mean|^2 / var
+        # two passes: the mean, then the products of the centred tokens. (X^T X - n m m^T, as
+        # scikit-learn's covariance_eigh, cancels: its error is ~ eps * |m|^2 / var, which gave
+        # eigenvalues [1.06, .38, .19, 0] for [.99, .24, .039, .0097] at mean 1e3 in float32.)
         total = torch.full((p,), float(n), dtype=x.dtype, device=x.device)
         mean = x.mean(dim=1)
-        cov = torch.baddbmm(x.transpose(1, 2) @ x, mean[:, :, None], mean[:, None, :], alpha=-float(n))
+        cov = centred_products(x, mean)
     else:
         assert weights.shape == (p, n), f"weights must be (P, N) = {(p, n)}, got {tuple(weights.shape)}"
         w = weights.to(x.dtype)
@@ -60,11 +61,30 @@ def weighted_moments(
     return mean, cov, total
 
 
+CENTRED_CHUNK_ELEMENTS = 2**24  # centred copies are made this many elements at a time (64 MiB in float32)
+
+
+def centred_products(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """sum_j (x_j - mean)(x_j - mean)^T for x (P, N, C), mean (P, C) -> (P, C, C).
+
+    The centred tokens are made a block of tokens at a time, so the extra memory stays within
+    CENTRED_CHUNK_ELEMENTS however many tokens a problem has (the dataset-level sample).
+    """
+    p, n, c = x.shape
+    rows = max(1, CENTRED_CHUNK_ELEMENTS // max(p * c, 1))
+    out = None
+    for lo in range(0, n, rows):
+        block = x[:, lo : lo + rows] - mean[:, None, :]
+        part = block.transpose(1, 2) @ block
+        out = part if out is None else out.add_(part)
+    return out if out is not None else torch.zeros(p, c, c, dtype=x.dtype, device=x.device)
+
+
 def fix_signs(components: torch.Tensor) -> torch.Tensor:
     """Flip each component (P, d, C) so its largest-|value| entry is positive."""
     idx = components.abs().argmax(dim=-1, keepdim=True)
     signs = torch.sign(torch.gather(components, -1, idx))
-    signs[signs == 0] = 1
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)  # (no boolean-mask write: no host read)
     return components * signs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.kmeans import LiveProblems, Workspace, nearest
+from kernels.lloyd import LiveProblems, Workspace, nearest
 
 
 def update_centres_reference(
@@ -58,8 +58,8 @@ def update_centres_reference(
 
 
 def lloyd_reference(
-    xc: torch.Tensor, xt: torch.Tensor, x_sq: torch.Tensor, w: torch.Tensor, centres: torch.Tensor,
-    has_tokens: torch.Tensor, tol_abs: torch.Tensor, max_iter: int, unit_weights: bool = False,
+    problems: LiveProblems, centres: torch.Tensor, has_tokens: torch.Tensor, max_iter: int, *,
+    unit_weights: bool = False, **ignored,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd iterations for every problem and restart until each restart converges.
 
@@ -71,6 +71,8 @@ def lloyd_reference(
     holds a finished restart, is computed and its result dropped. The tokens are never
     copied per restart.
     """
+    assert ignored.get("stats") is None, "the reference keeps no statistics"
+    xc, xt, x_sq, w, tol_abs = problems  # (the torch assignment step only: it calls nearest itself)
     p, n_init, k, d = centres.shape
     dev = xc.device
     running = has_tokens[:, None].expand(p, n_init).clone()  # (P, n_init) restart still iterating

@@ -163,11 +163,47 @@ def test_faiss_kmeans_on_duplicates_and_an_emptied_cluster_stays_sound(faiss_bac
     out = faiss_backend.kmeans(x, 4, n_init=1, max_iter=50, tol=0.0, seed=0, init=init)
     ref = SklearnBackend().kmeans(x, 4, n_init=1, max_iter=50, tol=0.0, seed=0, init=init)
     assert bool(torch.isfinite(out.centres).all()) and bool(((out.labels >= 0) & (out.labels < 4)).all())
-    # sklearn reaches the 3-point optimum (0); faiss keeps splitting the emptied cluster off a
-    # duplicated point with a tiny perturbation, so its objective is bounded, not equal
+    # sklearn (float64) reaches the 3-point optimum (0) and stops; in float32 the squared distances of
+    # duplicates are rounding noise, so the relocation keeps refilling the emptied cluster (the torch
+    # backend does the same in float32): the objective is bounded, not equal
     total = float(((x - x.mean(1, keepdim=True)) ** 2).sum())
     assert float(out.inertia[0]) <= float(ref.inertia[0]) + 1e-4 * total
     assert len(out.labels[0].unique()) == 3 and adjusted_rand_score(out.labels[0].numpy(), ref.labels[0].numpy()) == 1.0
+
+
+def test_faiss_is_the_shared_lloyd_with_faiss_as_the_assignment_step(faiss_backend, reference):
+    """The same k-means++ starts, update and stopping rule as the torch backend: in float32 from the
+    same seed, the same partitions, iterations and best restart."""
+    z = reference["z"].float()
+    mine = faiss_backend.kmeans(z, K, n_init=3, max_iter=300, tol=1e-4, seed=4, keep_restarts=4)
+    torch_way = resolve_backend("torch", "cpu")[0].kmeans(z, K, n_init=3, max_iter=300, tol=1e-4, seed=4, keep_restarts=4)
+    assert torch.equal(mine.labels, torch_way.labels) and torch.equal(mine.n_iter, torch_way.n_iter)
+    assert torch.equal(mine.restart_labels, torch_way.restart_labels)
+    torch.testing.assert_close(mine.inertia, torch_way.inertia, rtol=1e-5, atol=0)
+
+
+def test_cuml_assignment_step_with_a_cpu_stand_in_for_cuml(monkeypatch, reference):
+    """The cuML adapter's assignment (DLPack in and out, (N, k) squared distances -> nearest centre),
+    run on the CPU with a stand-in for cuml.metrics.pairwise_distances: the torch backend's result."""
+    from kernels.backends.cuml_backend import CumlAssignment
+    from kernels.kmeans import kmeans
+
+    calls = []
+
+    def pairwise_distances(x, y, metric):
+        calls.append(metric)
+        return ((x[:, None, :] - y[None, :, :]) ** 2).sum(-1)
+
+    metrics = types.ModuleType("cuml.metrics")
+    metrics.pairwise_distances = pairwise_distances
+    monkeypatch.setitem(sys.modules, "cuml", types.ModuleType("cuml"))
+    monkeypatch.setitem(sys.modules, "cuml.metrics", metrics)
+    z, init = reference["z"], reference["init"]
+    mine = kmeans(z, K, init=init, tol=0.0, assign=CumlAssignment(lambda t: t.detach().contiguous()))
+    ref = kmeans(z, K, init=init, tol=0.0)
+    assert set(calls) == {"sqeuclidean"} and len(calls) >= z.shape[0]
+    assert torch.equal(mine.labels, ref.labels) and torch.equal(mine.n_iter, ref.n_iter)
+    torch.testing.assert_close(mine.centres, ref.centres, rtol=0, atol=1e-10)
 
 
 def test_faiss_results_do_not_depend_on_batch_position(faiss_backend, reference):

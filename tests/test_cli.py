@@ -8,28 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from engine.data.scenes import write_scene_set
 from engine.run.store import read_rows
 
 runner = CliRunner()
 FAST = ["--n-init", "1", "--dims", "4", "--num-workers", "0", "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return write_scene_set(tmp_path_factory.mktemp("cli"), 2, size=(400, 300), seed=5)
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("datr: error:"), result.stderr
-    assert "Traceback" not in result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path):
+def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path, one_line_error):
     out = tmp_path / "out"
     result = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
@@ -45,9 +30,9 @@ def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path):
     assert resumed.exit_code == 0 and "0 items analysed, 2 already done" in resumed.stdout
 
 
-def test_config_file_values_and_command_line_precedence(scenes, tmp_path):
+def test_config_file_values_and_command_line_precedence(scenes, tmp_path, one_line_error):
     toml = tmp_path / "run.toml"
-    toml.write_text('batch_size = 1\nnum_workers = 0\n[analysis]\nalphas = [0.1, 0.2]\nn_init = 1\ndims = [4]\n')
+    toml.write_text('batch_size = 1\n[data]\nnum_workers = 0\n[analysis]\nalphas = [0.1, 0.2]\nn_init = 1\ndims = [4]\n')
     out = tmp_path / "cfg"
     result = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), "--config", str(toml), "--alpha", "0.7", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -80,13 +65,13 @@ def test_config_file_values_and_command_line_precedence(scenes, tmp_path):
         (["sweep", "{scenes}", "--out", "{out}", "--kmeans-init", "random"], ["--kmeans-init"]),
     ],
 )
-def test_user_errors_exit_2_with_one_line(scenes, tmp_path, args, needles):
+def test_user_errors_exit_2_with_one_line(scenes, tmp_path, args, needles, one_line_error):
     fill = {"scenes": str(scenes), "out": str(tmp_path / "o"), "missing": str(tmp_path / "nowhere")}
     result = runner.invoke(app, [a.format(**fill) for a in args])
     one_line_error(result, *[n.format(**fill) for n in needles])
 
 
-def test_empty_dataset_folder_is_a_clear_error(tmp_path):
+def test_empty_dataset_folder_is_a_clear_error(tmp_path, one_line_error):
     (tmp_path / "empty").mkdir()
     one_line_error(runner.invoke(app, ["sweep", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]), str(tmp_path / "empty"))
 

@@ -15,14 +15,6 @@ from tests.test_report import add_synthetic_controls, write_sweep
 runner = CliRunner()
 
 
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("datr: error:"), result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def test_version_prints_the_project_version():
     import tomllib
     from pathlib import Path
@@ -39,7 +31,7 @@ def test_version_prints_the_project_version():
     (["sweep", "x", "--out", "y", "--mode", "tiles"], ["--mode", "tiles"]),
     (["report", "x", "--formats", "png,jpg"], ["'jpg'", "--formats"]),
 ])
-def test_usage_errors_are_one_line_with_exit_2(args, needles):
+def test_usage_errors_are_one_line_with_exit_2(args, needles, one_line_error):
     one_line_error(runner.invoke(app, args), *needles)
 
 
@@ -140,7 +132,7 @@ def test_show_csv_writes_one_row_per_image(tmp_path):
     assert [float(r["accuracy_encoder"]) for r in rows] == pytest.approx([0.70, 0.72, 0.74])
 
 
-def test_report_and_show_find_the_sweep_one_level_down_or_say_where_they_looked(tmp_path):
+def test_report_and_show_find_the_sweep_one_level_down_or_say_where_they_looked(tmp_path, one_line_error):
     write_sweep(tmp_path / "demo-out" / "sweep")
     result = runner.invoke(app, ["show", str(tmp_path / "demo-out")])
     assert result.exit_code == 0 and "using the sweep in" in result.stdout

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cli import app
 from engine.sources.sam3.build import expected_shapes
 from engine.sources.sam3.checkpoint import resolve_bpe_path
-from tests.tiny_sam3 import build_tiny_sam3
+from engine.sources.sam3.tiny import build_tiny_sam3
 
 runner = CliRunner()
 

@@ -20,11 +20,12 @@ from engine.core.config import AnalysisConfig, DataConfig
 from engine.core.errors import ConfigError
 from engine.data.index import index_dataset
 from engine.data.loader import make_loader
-from engine.data.scenes import write_scene_set
 from engine.sources.simulated import SimulatedSource
 from kernels.backends.torch_backend import TorchBackend
 from kernels.datr import attend_queries
 from kernels.pca import pca_transform
+
+SCENES = {"count": 2, "size": (400, 300), "seed": 9}  # the `scenes` fixture (tests/conftest.py)
 
 PROMPTS = ("vegetation", "building", "road", "vehicle", "other")
 CLASS_IDS = (0, 1, 2, 3, 4)
@@ -37,11 +38,6 @@ def simulated_batch(root, count):
     loaded = next(iter(make_loader(index_dataset(cfg), cfg, count, "cpu")))
     return SimulatedSource(PROMPTS, CLASS_IDS).run_batch(loaded.images, loaded.image_ids, (0.5,), gt_mask=loaded.gt_mask,
                                                           gt_tokens=loaded.gt_tokens)
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return write_scene_set(tmp_path_factory.mktemp("controls"), 2, size=(400, 300), seed=9)
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,7 @@ def test_udd6_folder_name_decides_without_roof(tmp_path):
 def test_udd6_tree_read_as_udd5_is_a_clear_error(tmp_path, encoding):
     write_udd_tree(tmp_path / "mine", 2, encoding=encoding, dataset="udd6")
     with pytest.raises(DataError) as err:
-        index_dataset(cfg_for(tmp_path / "mine", dataset="udd5"))
+        index_dataset(cfg_for(tmp_path / "mine", kind="udd5"))
     assert "--dataset udd6" in err.value.message and str(tmp_path / "mine") in err.value.message
 
 
@@ -111,7 +111,7 @@ def test_udd6_values_in_a_udd5_run_are_reported_per_item(tmp_path):
     bad = labels[stem].copy()
     bad[:4, :4] = 5
     write_gt(tmp_path / "t" / "val" / "gt" / f"{stem}.png", bad, "index", ())
-    cfg = cfg_for(tmp_path / "t", dataset="udd5")
+    cfg = cfg_for(tmp_path / "t", kind="udd5")
     index = index_dataset(cfg)
     batches = list(make_loader(index, cfg, 8, "cpu"))
     errors = [e for b in batches for e in b.errors]
@@ -190,7 +190,7 @@ def test_tree_errors_name_the_folder(tmp_path):
     write_image_folder(tmp_path / "nogt" / "val" / "src", 1)
     assert index_dataset(cfg_for(tmp_path / "nogt")).dataset == "images"
     with pytest.raises(DataError, match="--dataset images") as err:
-        index_dataset(cfg_for(tmp_path / "nogt", dataset="udd5"))
+        index_dataset(cfg_for(tmp_path / "nogt", kind="udd5"))
     assert str(tmp_path / "nogt" / "val" / "gt") in err.value.message
 
     (tmp_path / "a_file.JPG").write_bytes(b"x")
@@ -200,7 +200,7 @@ def test_tree_errors_name_the_folder(tmp_path):
 
 def test_config_ranges_name_the_option(tmp_path):
     for kwargs, option in [({"mode": "crop"}, "--mode"), ({"tile_overlap": 1008}, "--tile-overlap"),
-                           ({"tile_overlap": -1}, "--tile-overlap"), ({"dataset": "udd7"}, "--dataset"),
+                           ({"tile_overlap": -1}, "--tile-overlap"), ({"kind": "udd7"}, "--dataset"),
                            ({"decode": "gpu"}, "--decode"), ({"limit": 0}, "--limit"), ({"num_workers": -1}, "--num-workers"),
                            ({"split": ""}, "--split")]:
         with pytest.raises(ConfigError, match=option):

@@ -2,8 +2,8 @@
 
 import torch
 
-from kernels.datr import attend_queries, compact_kept, datr_tokens, decision_aware_tokens, mask_weights
-from kernels.metrics import cosine_distance
+from bench.dispatch import OpCounter
+from kernels.datr import attend_queries, compact_kept, datr_tokens, kept_widths, mask_weights
 
 
 def reference_attended(tokens, queries, kept):
@@ -67,13 +67,30 @@ def test_global_scope_is_one_softmax_over_all_prompts():
     torch.testing.assert_close(glob, ref, rtol=1e-10, atol=1e-12)
 
 
-def test_decision_aware_tokens_rescale_only():
-    tokens, _, _ = make()
-    w = torch.rand(3, 2, 50)
-    d = decision_aware_tokens(tokens, w, alpha=0.3)
-    torch.testing.assert_close(d, tokens[:, None] * (1 + 0.3 * w[..., None]))
-    cos = cosine_distance(d, tokens[:, None].expand_as(d))
-    assert float(cos.abs().max()) < 1e-6  # a rescaling cannot move a cosine measure
+def test_kept_widths_cost_one_host_read_and_spare_the_others():
+    """One read gives both widths; compact_kept and mask_weights given them read nothing and return
+    what they return when they read the width themselves. A wider width only adds masked padding,
+    which changes no attended vector."""
+    tokens, queries, kept = make(b=3, s=4, q=30, seed=5)
+    qm = torch.rand(3, 4, 30, 6, 6, generator=torch.Generator().manual_seed(6))
+    with OpCounter() as read:
+        width_c, width_g = kept_widths(kept)
+    assert read.syncs == 1
+    assert (width_c, width_g) == (int(kept.sum(-1).max()), int(kept.sum((1, 2)).max()))
+    glob_q, glob_k = queries.reshape(3, 1, 120, 16), kept.reshape(3, 1, 120)
+    with OpCounter() as rest:
+        keys, key_mask = compact_kept(queries, kept, width_c)
+        keys_g, mask_g = compact_kept(glob_q, glob_k, width_g)
+        weights = mask_weights(qm, kept, width_c)
+    assert rest.syncs == 0
+    for got, ref in ((keys, compact_kept(queries, kept)[0]), (keys_g, compact_kept(glob_q, glob_k)[0]),
+                     (weights, mask_weights(qm, kept))):
+        assert torch.equal(got, ref)
+    assert torch.equal(mask_weights(qm, kept, width_c + 7), weights)
+    wide = attend_queries(tokens, *compact_kept(queries, kept, width_c + 20))
+    assert torch.equal(wide, attend_queries(tokens, keys, key_mask))
+    empty = torch.zeros_like(kept)
+    assert kept_widths(empty) == (1, 1)  # at least one (masked) key: attention stays well defined
 
 
 def test_mask_weights_is_max_over_kept_queries():

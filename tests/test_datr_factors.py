@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import engine.analysis.batch as batch_mod
+from bench.dispatch import OpCounter
 from engine.analysis.batch import (
     BatchState,
     ScopeMeasures,
@@ -46,6 +47,25 @@ def test_moments_and_projection_equal_those_of_the_built_token_sets():
     comps = torch.linalg.qr(torch.randn(12, 12, 4, generator=gen, dtype=torch.float64))[0].transpose(1, 2)
     fit = type("Fit", (), {"mean": mean, "components": comps})
     torch.testing.assert_close(datr_project(factors, mean, comps), pca_transform(built, fit), rtol=0, atol=1e-11)
+
+
+def test_factors_copy_their_indexes_to_the_device_once():
+    """The slot indexes are built when the factors are (two host-data tensors: on a GPU, two copies);
+    moments, projection and the built reference then use them without a host read or a new one."""
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randn(2, 100, 8, generator=gen)
+    attended = torch.randn(2, 4, 100, 8, generator=gen)
+    with OpCounter() as built:
+        factors = DatrFactors(tokens, attended, slot_group=[0, 1, 2, 3, 0, 1, 2, 3, 3], slot_alpha=[0.3] * 4 + [0.8] * 4 + [1.0])
+    assert built.host_data == 2 and built.syncs == 0
+    assert [(g.alpha, g.slots.tolist(), None if g.groups is None else g.groups.tolist()) for g in factors.alpha_groups] == [
+        (0.3, [1, 2, 3, 4], None), (0.8, [5, 6, 7, 8], None), (1.0, [9], [3])]
+    comps = torch.linalg.qr(torch.randn(20, 8, 3, generator=gen))[0].transpose(1, 2)
+    with OpCounter() as used:
+        mean, cov, total = datr_moments(factors)
+        datr_project(factors, mean, comps)
+        factors.materialise()
+    assert used.host_data == 0 and used.syncs == 0 and used.host_to_device == 0
 
 
 @pytest.fixture(scope="module")

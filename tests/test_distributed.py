@@ -23,9 +23,9 @@ pytest.importorskip("distributed")
 
 import engine.run.sweep as pipeline  # noqa: E402
 from engine.analysis.dataset import TokenReservoir  # noqa: E402
-from engine.core.config import AnalysisConfig, RunConfig  # noqa: E402
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig  # noqa: E402
 from engine.core.errors import ConfigError, DataError  # noqa: E402
-from engine.data.scenes import write_scene_set  # noqa: E402
+from engine.core.options import DATA_FIELDS  # noqa: E402
 from engine.run.distributed import (  # noqa: E402
     ClusterConfig,
     check_run_config,
@@ -42,7 +42,10 @@ from engine.run.store import check_rows, read_rows  # noqa: E402
 ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200)
 SAMPLED = replace(ANALYSIS, dataset_sample=3000)  # tokens in the dataset-level sample (of 4 x 5184)
 SLOTS_PER_IMAGE = 1 + 6  # encoder + global + 5 prompts
+pytestmark = pytest.mark.slow  # Dask clusters of worker processes
+
 IMAGES = 4
+SCENES = {"count": IMAGES, "size": (400, 300), "seed": 3}  # the `scenes` fixture (tests/conftest.py)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,7 +59,8 @@ def quiet(_: str) -> None:
 
 
 def config(scenes, out, **kw) -> RunConfig:
-    return replace(RunConfig(dataset=scenes, out=out, model="simulated", batch_size=2, num_workers=0, analysis=ANALYSIS), **kw)
+    data = DataConfig(root=scenes, num_workers=0, **{k: kw.pop(k) for k in list(kw) if k in DATA_FIELDS})
+    return replace(RunConfig(data=data, out=out, model="simulated", batch_size=2, analysis=ANALYSIS), **kw)
 
 
 def sorted_rows(out):
@@ -65,11 +69,6 @@ def sorted_rows(out):
 
 def row_keys(out) -> list[tuple]:
     return [(r["image_id"], r["scope"], r["tau"], r["alpha"], r["d"], r["k"]) for r in read_rows(out).to_pylist()]
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return write_scene_set(tmp_path_factory.mktemp("scenes"), IMAGES, size=(400, 300), seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +174,7 @@ def sees_another_run(cfg, positions, index, run_id, token_sample):
 def test_a_shard_error_stops_the_sweep_with_its_message(scenes, scheduler, tmp_path):
     # what the client can tell (the run plan, shared with a local sweep) is refused before any shard runs
     with pytest.raises(DataError, match="simulated model needs ground truth"):
-        run_distributed_sweep(config(scenes, tmp_path / "no-gt", dataset_kind="images"), ClusterConfig(scheduler=scheduler),
+        run_distributed_sweep(config(scenes, tmp_path / "no-gt", kind="images"), ClusterConfig(scheduler=scheduler),
                               echo=quiet, show_progress=False)
     out = tmp_path / "bad-shard"
     with pytest.raises(DataError, match="does not see this run's"):
@@ -231,7 +230,7 @@ def test_row_check_names_duplicated_and_missing_rows(scenes, reference, tmp_path
     from engine.core.config import DataConfig
     from engine.data.index import index_dataset
 
-    index = index_dataset(DataConfig(root=scenes, split=cfg.split))
+    index = index_dataset(DataConfig(root=scenes, split=cfg.data.split))
     item_ids = [it.image_id for it in index.items]
     assert rows_per_item(cfg) == SLOTS_PER_IMAGE
     doubled = tmp_path / "doubled"

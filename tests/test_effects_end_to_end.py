@@ -15,7 +15,7 @@ from engine.present.report.rows import Rows
 from engine.run.store import read_rows
 
 runner = CliRunner()
-QUICK = "num_workers = 0\nbatch_size = 4\n[analysis]\nn_init = 3\nseeds = 5\ndims = [16]\n"
+QUICK = "batch_size = 4\n[data]\nnum_workers = 0\n[analysis]\nn_init = 3\nseeds = 5\ndims = [16]\n"
 
 
 def read_effects(path) -> list[dict]:

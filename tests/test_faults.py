@@ -13,8 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,12 +24,14 @@ from typer.testing import CliRunner
 import cli
 import engine.run.store as store
 import engine.run.sweep as pipeline
-from engine.core.config import AnalysisConfig, RunConfig
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig
 from engine.core.errors import CheckpointError, ConfigError, DataError
+from engine.core.options import DATA_FIELDS
 from engine.data.loader import _decode_cpu
-from engine.data.scenes import write_scene_set
-from engine.run.lock import LOCK_FILE
+from engine.run.lock import LOCK_FILE, FolderLock
 from engine.run.store import read_rows
+
+SCENES = {"count": 4, "size": (160, 120), "seed": 5}  # the `scenes` fixture (tests/conftest.py)
 
 ANALYSIS = AnalysisConfig(n_init=1, dims=(4,), silhouette_sample=100)
 ROWS = 1 + 6  # encoder + global + 5 prompts
@@ -43,18 +43,14 @@ def quiet(_msg: str) -> None:
     pass
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    return write_scene_set(tmp_path_factory.mktemp("faults"), 4, size=(160, 120), seed=5)
-
-
 def fresh(scenes: Path, tmp_path: Path) -> Path:
     """A private copy of the scene tree (the cases change it)."""
     return Path(shutil.copytree(scenes, tmp_path / "UDD5"))
 
 
 def config(dataset, out, **kw) -> RunConfig:
-    return replace(RunConfig(dataset=dataset, out=out, batch_size=2, num_workers=0, analysis=ANALYSIS), **kw)
+    data = DataConfig(root=dataset, num_workers=0, **{k: kw.pop(k) for k in list(kw) if k in DATA_FIELDS})
+    return replace(RunConfig(data=data, out=out, batch_size=2, analysis=ANALYSIS), **kw)
 
 
 def sweep(cfg: RunConfig):
@@ -71,15 +67,6 @@ def rows_by_key(out: Path) -> dict:
 
 def run_json(out: Path) -> dict:
     return json.loads((out / "run.json").read_text())
-
-
-def one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    line = [ln for ln in result.output.splitlines() if ln.startswith("datr: error:")]
-    assert len(line) == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert needle in line[0], line[0]
-    return line[0]
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +103,7 @@ def test_deleting_items_then_resuming_loses_no_rows(scenes, reference, tmp_path)
     (["--seed", "1"], None, "--seed"),
     (["--mode", "tile"], None, "--mode (run: squash, now: tile)"),
 ])
-def test_resume_with_other_options_is_refused(scenes, tmp_path, option, value, named):
+def test_resume_with_other_options_is_refused(scenes, tmp_path, option, value, named, one_line_error):
     out = tmp_path / "out"
     assert runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, "--limit", "2"]).exit_code == 0
     before = {p.name: p.read_bytes() for p in (out / "rows").iterdir()}
@@ -128,18 +115,14 @@ def test_resume_with_other_options_is_refused(scenes, tmp_path, option, value, n
     assert extended.exit_code == 0 and "2 items analysed, 2 already done" in extended.output
 
 
-def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(scenes, reference, tmp_path):
+def test_a_second_writer_is_refused_and_a_left_lock_file_taken(scenes, reference, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # a live run
-    with pytest.raises(ConfigError, match=f"another datr run \\(pid {os.getpid()}\\) is writing it"):
-        sweep(config(scenes, out, resume=True))
-    assert not (out / "rows").exists()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (out / LOCK_FILE).write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))
-    messages = []
-    pipeline.run_sweep(config(scenes, out, resume=True), echo=messages.append, show_progress=False)
-    assert any("taking it over" in m for m in messages)
+    with FolderLock(out, "--out"):  # a live run (flock: another open of the file conflicts, even in this process)
+        with pytest.raises(ConfigError, match=f"--out {out}: another datr run \\(pid {os.getpid()} on "):
+            sweep(config(scenes, out))
+        assert not (out / "rows").exists()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # left, nobody holds it
+    sweep(config(scenes, out))
     assert rows_by_key(out) == reference and not (out / LOCK_FILE).exists()
 
 
@@ -167,7 +150,7 @@ def test_a_damaged_shard_is_named_not_read(scenes, tmp_path):
 # ----------------------------------------------------------------------------- disks and files
 
 
-def test_a_full_disk_is_one_line_and_resumes_to_the_same_rows(scenes, reference, tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_resumes_to_the_same_rows(scenes, reference, tmp_path, monkeypatch, one_line_error):
     out = tmp_path / "out"
     real = store.write_once_table
     calls = {"n": 0}
@@ -189,7 +172,7 @@ def test_a_full_disk_is_one_line_and_resumes_to_the_same_rows(scenes, reference,
     assert rows_by_key(out) == reference
 
 
-def test_a_read_only_out_and_save_features_are_one_line(scenes, tmp_path, monkeypatch):
+def test_a_read_only_out_and_save_features_are_one_line(scenes, tmp_path, monkeypatch, one_line_error):
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system", str(path))
 
@@ -206,7 +189,7 @@ def test_a_read_only_out_and_save_features_are_one_line(scenes, tmp_path, monkey
     assert run_json(tmp_path / "o2")["status"] == "failed"
 
 
-def test_a_toml_value_of_the_wrong_type_is_one_line(scenes, tmp_path):
+def test_a_toml_value_of_the_wrong_type_is_one_line(scenes, tmp_path, one_line_error):
     toml = tmp_path / "run.toml"
     toml.write_text("batch_size = 2\n[analysis]\nalphas = \"0.3\"\n")
     one_line_error(runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(tmp_path / "o"), "--config", str(toml)]),
@@ -260,7 +243,7 @@ def read_rows_errors(out: Path) -> list[dict]:
     (lambda m: {k: v for k, v in m.items() if k != "image_ids"}, "'image_ids' is missing"),
     (lambda m: b"\xff\xfe not utf-8", "not UTF-8 text"),
 ])
-def test_a_broken_cache_index_is_one_line(cache_run, tmp_path, edit, message):
+def test_a_broken_cache_index_is_one_line(cache_run, tmp_path, edit, message, one_line_error):
     cache = Path(shutil.copytree(cache_run[1], tmp_path / "cache"))
     edited = edit(json.loads((cache / "index.json").read_text()))
     (cache / "index.json").write_bytes(edited if isinstance(edited, bytes) else json.dumps(edited).encode())
@@ -334,13 +317,13 @@ def test_symlink_loops_and_duplicate_stems_are_recorded(scenes, tmp_path):
     (["--tau", "nan"], "--tau: need values in (0, 1]"),
     (["--prompts", "a,b,c,d,e,f"], "[5] beyond udd5's 5 classes"),
 ])
-def test_bad_options_are_refused_before_any_work(scenes, tmp_path, args, message):
+def test_bad_options_are_refused_before_any_work(scenes, tmp_path, args, message, one_line_error):
     out = tmp_path / "o"
     one_line_error(runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(out), *FAST, *args]), message)
     assert not any((out / "rows").glob("*.parquet"))
 
 
-def test_analyze_exits_2_when_its_image_fails(scenes, tmp_path):
+def test_analyze_exits_2_when_its_image_fails(scenes, tmp_path, one_line_error):
     image = tmp_path / "broken.JPG"
     image.write_bytes((scenes / "val" / "src" / "scene_0000.JPG").read_bytes()[:400])
     result = runner.invoke(cli.app, ["analyze", str(image), "--out", str(tmp_path / "o"), "--no-figures"])
@@ -363,7 +346,7 @@ def test_a_code_carrying_checkpoint_is_refused_not_called_corrupt(tmp_path):
             read_checkpoint(path)
 
 
-def test_a_missing_checkpoint_is_named_before_the_run_identity_reads_it(scenes, tmp_path):
+def test_a_missing_checkpoint_is_named_before_the_run_identity_reads_it(scenes, tmp_path, one_line_error):
     result = runner.invoke(cli.app, ["sweep", str(scenes), "--out", str(tmp_path / "o"), *FAST, "--model", "sam3",
                                      "--checkpoint", str(tmp_path / "sam3.pt")])
     one_line_error(result, "sam3.pt: no such file; pass the path of SAM3's sam3.pt")

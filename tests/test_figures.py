@@ -19,7 +19,7 @@ from PIL import Image
 
 from engine.analysis.batch import BatchMaps
 from engine.analysis.layout import build_slots
-from engine.core.config import AnalysisConfig, RunConfig
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig
 from engine.core.errors import ConfigError
 from engine.present.figures.draw import draw_image_figures
 from engine.present.figures.panels import new_figure, percentile_rgb, show_labels
@@ -79,7 +79,7 @@ def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bo
     )
     image = torch.full((3, 1008, 1008), 128, dtype=torch.uint8)
     result = SimpleNamespace(maps=[(maps, 0)], images={"img/one": image}, mask_probs={"img/one": probs})
-    cfg = RunConfig(dataset=tmp_path, out=tmp_path / "sweep", prompts=PROMPTS, class_ids=CLASS_IDS, analysis=analysis)
+    cfg = RunConfig(data=DataConfig(root=tmp_path), out=tmp_path / "sweep", prompts=PROMPTS, class_ids=CLASS_IDS, analysis=analysis)
     return maps, result, cfg
 
 

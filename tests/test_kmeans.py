@@ -154,3 +154,26 @@ def test_seed_ensemble_keeps_the_best_of_n_init_and_holds_single_start_runs():
         single = kmeans(x, 5, n_init=1, seed=0, init=starts[:, r])
         assert torch.equal(single.labels, ens.restart_labels[:, r]), r
     assert all(any(torch.equal(ens.labels[p], ens.restart_labels[p, r]) for r in range(3)) for p in range(4))
+
+
+def test_per_iteration_statistics_on_request():
+    """stats=True changes no result; the objective of every restart never rises from one Lloyd step to
+    the next, the running count only falls, and with keep_restarts the statistics cover every restart."""
+    x = mixtures(5, seed=8, dtype=np.float64)
+    w = torch.as_tensor(np.random.default_rng(1).uniform(0.5, 2.0, size=x.shape[:2]))
+    plain = kmeans(x, 5, n_init=3, seed=2, weights=w)
+    res = kmeans(x, 5, n_init=3, seed=2, weights=w, stats=True, keep_restarts=5)
+    for name in ("labels", "centres", "inertia", "n_iter"):
+        assert torch.equal(getattr(plain, name), getattr(res, name)), name
+    obj, running = res.stats.objective, res.stats.running
+    assert obj.shape[1:] == (5, 5) and res.stats.shift.shape == obj.shape and running.shape == obj.shape[:1]
+    ran = ~obj.isnan()
+    assert bool(ran[0].all()), "every restart runs its first step"
+    later, earlier = obj[1:], obj[:-1]
+    both = ran[1:] & ran[:-1]
+    assert bool((later[both] <= earlier[both] * (1 + 1e-12)).all())
+    assert bool((running[1:] <= running[:-1]).all()) and int(running[-1]) == 0
+    # a restart's iteration count is the number of steps it ran (the first n_init restarts: n_iter of the best)
+    steps_run = ran.sum(0)  # (P, R)
+    best = [next(r for r in range(3) if torch.equal(res.labels[p], res.restart_labels[p, r])) for p in range(5)]
+    assert [int(steps_run[p, best[p]]) for p in range(5)] == res.n_iter.tolist()

@@ -17,6 +17,14 @@ ROOMS = ("core", "data", "sources", "analysis", "run", "present")  # engine's ro
 PACKAGES = ("engine", "kernels", "bench")
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
+# issue 21 asks for 60 everywhere; these files are there already (the rest follows, then one limit)
+SHORT_FUNCTION_FILES = ("kernels/", "bench/", "engine/sources/sam3/tiny.py")
+MAX_SHORT_FUNCTION_LINES = 60
+
+
+def function_limit(path: Path) -> int:
+    rel = path.relative_to(ROOT).as_posix()
+    return MAX_SHORT_FUNCTION_LINES if rel.startswith(SHORT_FUNCTION_FILES) else MAX_FUNCTION_LINES
 
 
 def module_name(path: Path) -> str:
@@ -97,8 +105,21 @@ def test_modules_and_functions_stay_short():
                     if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
     long_functions = []
     for path in FILES.values():
+        limit = function_limit(path)
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
-                long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit:
+                long_functions.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} "
+                                      f"lines, limit {limit})")
     assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
-    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+    assert not long_functions, f"functions over their limit: {long_functions}"
+
+
+def test_the_package_never_imports_the_tests():
+    """bench/ and engine/ are installed without tests/: an import of it works only in a checkout."""
+    bad = []
+    for path in FILES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                       [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {m}" for m in modules if m.split(".")[0] == "tests"]
+    assert not bad, bad

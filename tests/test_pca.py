@@ -6,7 +6,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from bench.synthetic import token_maps
-from kernels.pca import fix_signs, pca_fit, pca_transform, subspace_agreement
+from kernels.pca import fix_signs, pca_fit, pca_transform, subspace_agreement, weighted_moments
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,29 @@ def test_nan_or_inf_is_a_clear_error(bad):
 def test_out_of_range_components_rejected():
     with pytest.raises(ValueError, match="n_components"):
         pca_fit(torch.randn(1, 10, 4), 5)
+
+
+def test_covariance_of_data_far_from_the_origin_matches_float64(monkeypatch):
+    """float32 tokens with mean 1e3 and eigenvalues [.99, .24, .039, .0097]: centring first keeps every
+    eigenvalue (the one-pass X^T X - n m m^T gave [1.06, .38, .19, 0]); the chunked centred copy gives
+    the same covariance as one block."""
+    import kernels.pca as pca_module
+
+    gen = torch.Generator().manual_seed(0)
+    evals = torch.tensor([0.99, 0.24, 0.039, 0.0097], dtype=torch.float64)
+    basis = torch.linalg.qr(torch.randn(4, 4, generator=gen, dtype=torch.float64))[0]
+    z = torch.randn(2, 20000, 4, generator=gen, dtype=torch.float64)
+    z = (z - z.mean(1, keepdim=True)) @ torch.linalg.cholesky(torch.cov(z[0].T)).inverse().T  # exact unit covariance
+    x = (1e3 + (z * evals.sqrt()) @ basis.T).float()  # (2, 20000, 4) float32
+    fit = pca_fit(x, 4)
+    ref = PCA(n_components=4, svd_solver="covariance_eigh").fit(x[0].double().numpy())  # the same float32 data, in float64
+    np.testing.assert_allclose(fit.explained_variance[0].double().numpy(), ref.explained_variance_, rtol=2e-4)
+    np.testing.assert_allclose(ref.explained_variance_, evals.numpy(), rtol=1e-3)  # the float32 data hold them
+    _, cov, _ = weighted_moments(x, None)
+    _, cov64, _ = weighted_moments(x.double(), None)
+    assert float((cov.double() - cov64).abs().max()) < 1e-5
+    old_way = torch.baddbmm(x.transpose(1, 2) @ x, x.mean(1)[:, :, None], x.mean(1)[:, None, :], alpha=-20000.0) / 19999
+    assert float((old_way.double() - cov64).abs().max()) > 1e-2  # what the test guards against
+    monkeypatch.setattr(pca_module, "CENTRED_CHUNK_ELEMENTS", 2 * 4 * 777)  # blocks of 777 tokens
+    _, cov_blocks, _ = weighted_moments(x, None)
+    assert float((cov_blocks.double() - cov64).abs().max()) < 1e-5

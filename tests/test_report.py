@@ -164,15 +164,15 @@ def test_correlation_matches_numpy_and_scipy():
 
 def test_real_sweep_figures_and_report_end_to_end(tmp_path):
     """A tiny simulated sweep: draw_image_figures on the real BatchMaps, then the report links them."""
-    from engine.core.config import AnalysisConfig, RunConfig
+    from engine.core.config import AnalysisConfig, DataConfig, RunConfig
     from engine.data.scenes import write_scene_set
     from engine.present.figures.draw import draw_image_figures
     from engine.present.figures.view import FigureOptions
     from engine.run.sweep import run_sweep
 
     root = write_scene_set(tmp_path / "scenes", 2, size=(400, 300))
-    cfg = RunConfig(dataset=root, out=tmp_path / "sweep", prompts=("road", "vehicle"), class_ids=(2, 3), batch_size=2,
-                    num_workers=0, figures=1, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=1, dims=(8,))).validate()
+    cfg = RunConfig(data=DataConfig(root=root, num_workers=0), out=tmp_path / "sweep", prompts=("road", "vehicle"),
+                    class_ids=(2, 3), batch_size=2, figures=1, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=1, dims=(8,))).validate()
     result = run_sweep(cfg, echo=lambda _: None, show_progress=False, keep_figures=1)
     (maps, row), = result.figures.maps
     only = ("structural_clustering", "class-road_flips", "decoder_masks", "mask-road-0")

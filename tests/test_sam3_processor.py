@@ -1,6 +1,6 @@
 """The batched SAM3 adapter against SAM3's own `Sam3Processor`, one image and one prompt at a time.
 
-The tiny model (tests/tiny_sam3.py, 224 px) runs two images of other sizes through both:
+The tiny model (engine/sources/sam3/tiny.py, 224 px) runs two images of other sizes through both:
 ours squashes with engine.data.preprocess and grounds the 2 x 2 image x prompt grid in
 chunks of 3 pairs (the first chunk ends inside the second image); the processor takes each
 original image with `set_image` and each prompt with `set_text_prompt`. The processor hands
@@ -20,8 +20,8 @@ from engine.core.errors import ConfigError
 from engine.data.preprocess import squash_image
 from engine.sources.sam3.build import build_random_sam3_model
 from engine.sources.sam3.source import Sam3Config, Sam3Source
+from engine.sources.sam3.tiny import TINY_SIDE, build_tiny_sam3
 from kernels.grid import pool_to_tokens
-from tests.tiny_sam3 import TINY_SIDE, build_tiny_sam3
 
 PROMPTS = ("road", "tree")
 FP32 = {"rtol": 1e-5, "atol": 1e-5}

@@ -11,23 +11,21 @@ import torch
 
 import engine.run.sweep as pipeline
 from engine.analysis.rows import ROW_SCHEMA
-from engine.core.config import AnalysisConfig, RunConfig
+from engine.core.config import AnalysisConfig, DataConfig, RunConfig
 from engine.core.errors import ConfigError
+from engine.core.options import DATA_FIELDS
 from engine.data.scenes import write_scene_set
 from engine.run.store import read_rows
+
+SCENES = {"count": 5, "size": (400, 300), "seed": 3}  # the `scenes` fixture (tests/conftest.py)
 
 ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200)
 SLOTS_PER_IMAGE = 1 + 6  # encoder + global + 5 prompts
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scenes")
-    return write_scene_set(root, 5, size=(400, 300), seed=3)
-
-
 def config(scenes, out, **kw) -> RunConfig:
-    base = RunConfig(dataset=scenes, out=out, model="simulated", batch_size=2, num_workers=0, analysis=ANALYSIS)
+    data = DataConfig(root=scenes, num_workers=0, **{k: kw.pop(k) for k in list(kw) if k in DATA_FIELDS})
+    base = RunConfig(data=data, out=out, model="simulated", batch_size=2, analysis=ANALYSIS)
     return replace(base, **kw)
 
 

@@ -36,6 +36,7 @@ from kernels.datr import (
     compact_kept,
     datr_moments,
     datr_project,
+    kept_widths,
     mask_weights,
     permute_token_rows,
 )
@@ -203,7 +204,7 @@ def analyze_part(inputs: BatchInputs, part: Part, state: BatchState, cfg: Analys
     explained_all = fit.explained_variance_ratio.reshape(b, part.factor_slots, -1)[:, kept].reshape(b * per, -1)
     index = part.index(b, projected.device)
     scored = torch.cat([index.encoder[:, None], index.real], 1) if part.has_encoder else index.real  # (B, J')
-    slot_ids = torch.tensor(([0] if part.has_encoder else []) + list(part.slots), device=projected.device)
+    slot_ids = part.scored_slots(projected.device)
     for d in cfg.dims:
         z = projected[..., :d].contiguous()
         explained = explained_all[scored, :d].sum(-1).double()
@@ -291,10 +292,11 @@ def build_part(inputs: BatchInputs, part: Part, state: BatchState, cfg: Analysis
     queries = batch.queries.to(dev).float()
     p, q = queries.shape[1:3]
     kept = batch.scores.to(dev) >= part.tau  # (B, P, Q)
-    w_class = mask_weights(batch.query_masks.to(dev), kept)  # (B, P, N)
+    width_c, width_g = kept_widths(kept)  # the one host read per tau: the compacted widths
+    w_class = mask_weights(batch.query_masks.to(dev), kept, width_c)  # (B, P, N)
     weights = torch.cat([w_class.amax(1, keepdim=True), w_class], 1)  # (B, S, N): global, then each prompt
-    keys_c, mask_c = compact_kept(queries, kept)
-    keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q))
+    keys_c, mask_c = compact_kept(queries, kept, width_c)
+    keys_g, mask_g = compact_kept(queries.reshape(b, 1, p * q, c), kept.reshape(b, 1, p * q), width_g)
     s_count = p + 1
     groups = torch.empty(b, s_count * (2 if part.controls else 1), n, c, dtype=tokens.dtype, device=dev)
     groups[:, :1] = attend_queries(tokens, keys_g, mask_g)
@@ -323,8 +325,9 @@ def write_measures(inputs: BatchInputs, part: Part, state: BatchState, cfg: Anal
         scope_iou = torch.cat([torch.full((b, 1), float("nan"), dtype=torch.float64, device=tokens.device),
                                mask_iou(union, inputs.gt_mask, inputs.class_ids)], 1)
     s_count = eff.shape[1]
-    for ai, _alpha in enumerate(cfg.alphas):  # the part's slots are alpha-major, then scope
-        sl = list(part.slots[ai * s_count : (ai + 1) * s_count])
+    for ai, _alpha in enumerate(cfg.alphas):  # the part's slots are alpha-major, then scope, and consecutive
+        first = part.slots[ai * s_count]
+        sl = slice(first, first + s_count)  # a slice, not a list: no index tensor to copy to the device
         measures.effective[:, sl] = eff
         measures.kept_count[:, sl] = counts
         measures.cos_distance[:, sl] = paper_cos

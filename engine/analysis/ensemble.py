@@ -38,11 +38,16 @@ def onehot_partitions(labels: torch.Tensor, k: int) -> torch.Tensor:
     return hot.transpose(-1, -2).reshape(*lead, s * k, n)
 
 
-def seed_pairs(seeds: int, paired: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (reference seed, other seed) pairs: s != t (independent) or s == t (paired), as two (Q,) tensors."""
-    s, t = torch.meshgrid(torch.arange(seeds), torch.arange(seeds), indexing="ij")
-    keep = (s == t) if paired else (s != t)
-    return s[keep], t[keep]
+def seed_pairs(seeds: int, paired: bool, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The (reference seed, other seed) pairs: s != t (independent, row-major) or s == t (paired), as two
+    (Q,) tensors built on `device` from their count alone (no data-dependent read)."""
+    if paired:
+        same = torch.arange(seeds, device=device)
+        return same, same
+    pair = torch.arange(seeds * (seeds - 1), device=device)
+    ref = pair // (seeds - 1)
+    other = pair % (seeds - 1)
+    return ref, other + (other >= ref).long()
 
 
 def pair_flip_counts(full: torch.Tensor, masked: torch.Tensor, k: int, ref: torch.Tensor,
@@ -96,8 +101,7 @@ def ensemble_measures(encoder: torch.Tensor, real: torch.Tensor, null: torch.Ten
     DATR slots' and their nulls' members; effective (B, J, N) bool. Labels in [0, k), -1 = no token.
     """
     b, j, s, n = real.shape
-    ref, other = seed_pairs(s, paired)
-    ref, other = ref.to(real.device), other.to(real.device)
+    ref, other = seed_pairs(s, paired, real.device)
     enc_hot = onehot_partitions(encoder, k)  # (B, S*k, N)
     count = effective.double().sum(-1)  # (B, J)
     between = _flips_against(enc_hot, real, effective, k, ref, other)  # (B, J, Q) counts

@@ -22,24 +22,13 @@ ensemble measures, rows and figures take it from here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 
+from engine.core.choices import ENCODER, GLOBAL, ScopeKind
 from engine.core.config import AnalysisConfig
 
-
-class ScopeKind(StrEnum):
-    """What a slot clusters: the encoder tokens, DATR over all prompts, or DATR over one prompt."""
-
-    ENCODER = "encoder"
-    GLOBAL = "global"
-    CLASS = "class"
-
-
-ENCODER = ScopeKind.ENCODER.value  # the encoder slot's scope name
-GLOBAL = ScopeKind.GLOBAL.value  # the all-prompts scope's name
-RESERVED_SCOPES = (ENCODER, GLOBAL)  # prompts may not take these names
+__all__ = ["ENCODER", "GLOBAL", "Part", "PartIndex", "ProblemLayout", "ScopeKind", "Slot", "build_slots", "scope_names"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +45,7 @@ class Slot:
 
     @property
     def is_encoder(self) -> bool:
-        return self.kind == ScopeKind.ENCODER
+        return self.kind == ScopeKind.encoder
 
 
 def scope_names(prompts: tuple[str, ...]) -> tuple[str, ...]:
@@ -70,8 +59,8 @@ def prompt_scope_index(prompt_index: int) -> int:
 
 
 def build_slots(cfg: AnalysisConfig, prompts: tuple[str, ...], class_ids: tuple[int, ...]) -> list[Slot]:
-    slots = [Slot(ENCODER, ScopeKind.ENCODER.value, None, None, None, None, None)]
-    scopes = [(GLOBAL, ScopeKind.GLOBAL.value, None)] + [(p, ScopeKind.CLASS.value, c)
+    slots = [Slot(ENCODER, ScopeKind.encoder.value, None, None, None, None, None)]
+    scopes = [(GLOBAL, ScopeKind.global_.value, None)] + [(p, ScopeKind.class_.value, c)
                                                           for p, c in zip(prompts, class_ids, strict=True)]
     for ti, tau in enumerate(cfg.taus):
         for alpha in cfg.alphas:
@@ -115,6 +104,13 @@ class Part:
     def kept_factor_slots(self) -> slice:
         """The factor slots that are problems of this part (slot 0 only when the part holds the encoder)."""
         return slice(0 if self.has_encoder else 1, self.factor_slots)
+
+    def scored_slots(self, device: torch.device) -> torch.Tensor:
+        """The slots (indices into the M slots) of the part's scored problems -- the encoder slot in part 0,
+        then the DATR slots, which are consecutive -- built on the device from their range alone."""
+        datr = torch.arange(self.slots[0], self.slots[-1] + 1, device=device)
+        assert datr.numel() == len(self.slots), "a part's DATR slots are consecutive"
+        return torch.cat([torch.zeros(1, dtype=datr.dtype, device=device), datr]) if self.has_encoder else datr
 
     def index(self, images: int, device: torch.device) -> PartIndex:
         """Index tensors of the part's problem axis, built once per part."""

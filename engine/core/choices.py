@@ -67,3 +67,17 @@ Eigh = Choice("Eigh", [(name, name) for name in ("auto", *EIGH_METHODS)])
 class CacheDtype(Choice):
     float16 = "float16"  # half the disk; a rerun from it can land on another partition (float rounding)
     float32 = "float32"  # exact: a rerun from it reproduces the original rows bitwise
+
+
+class ScopeKind(Choice):
+    """What a slot of the analysis clusters (engine/analysis/layout.py): the encoder tokens, DATR over
+    all prompts' kept queries, or DATR over one prompt's. The first two are also the scopes' names."""
+
+    encoder = "encoder"
+    global_ = "global"
+    class_ = "class"
+
+
+ENCODER = ScopeKind.encoder.value  # the encoder slot's scope name
+GLOBAL = ScopeKind.global_.value  # the all-prompts scope's name
+RESERVED_SCOPES = (ENCODER, GLOBAL)  # no prompt may take these names

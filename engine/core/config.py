@@ -1,8 +1,10 @@
 """Configuration of a run: one dataclass per stage, validated once, written to run.json.
 
 AnalysisConfig (the clustering analysis), DataConfig (where the images are and how they
-become model inputs) and RunConfig (everything a sweep needs; it hands its data options
-on through `data_config()`). Choice fields are plain strings parsed by engine.core.choices.
+become model inputs), SimulatedConfig (the simulated source) and RunConfig (everything a
+sweep needs; it holds the other three). Each field's default lives here only: the CLI's
+options default to None and name these defaults in their help. Choice fields are plain
+strings parsed by engine.core.choices.
 """
 
 from __future__ import annotations
@@ -11,11 +13,23 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from engine.core.choices import Backend, CacheDtype, DatasetKind, Decode, Eigh, KMeansInit, Mode, Model
+from engine.core.choices import (
+    RESERVED_SCOPES,
+    Backend,
+    CacheDtype,
+    DatasetKind,
+    Decode,
+    Eigh,
+    KMeansInit,
+    Mode,
+    Model,
+)
 from engine.core.errors import ConfigError
+from engine.core.files import file_stem
 from engine.core.geometry import MODEL_SIDE
 
 DEFAULT_PROMPTS = ("vegetation", "building", "road", "vehicle", "other")
@@ -122,18 +136,19 @@ class AnalysisConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images are and how to turn them into 1008 x 1008 model inputs.
+    """Where the images are and how to turn them into 1008 x 1008 model inputs (run.toml's [data] table).
 
     root: the dataset folder (None only for a run that reads a feature cache instead).
     split: the split folder to read (None: ROOT itself, or every split under it).
+    kind: what the dataset is (engine.core.choices.DatasetKind; `--dataset` on the command line).
     limit: read only the first `limit` images (sorted by name) -- before tiling.
     """
 
-    root: Path | None
+    root: Path | None = None
     split: str | None = "val"
     mode: str = "squash"  # engine.core.choices.Mode
     tile_overlap: int = 0  # pixels shared by neighbouring tiles, 0 <= overlap < 1008
-    dataset: str = "auto"  # engine.core.choices.DatasetKind
+    kind: str = "auto"  # engine.core.choices.DatasetKind
     num_workers: int = 2
     decode: str = "auto"  # engine.core.choices.Decode
     limit: int | None = None
@@ -142,7 +157,7 @@ class DataConfig:
         if self.root is not None:
             object.__setattr__(self, "root", Path(self.root))
         Mode.parse(self.mode, "--mode")
-        DatasetKind.parse(self.dataset, "--dataset")
+        DatasetKind.parse(self.kind, "--dataset")
         Decode.parse(self.decode, "--decode")
         if not 0 <= self.tile_overlap < MODEL_SIDE:
             raise ConfigError(f"--tile-overlap must be in [0, {MODEL_SIDE - 1}] pixels, got {self.tile_overlap}")
@@ -154,28 +169,24 @@ class DataConfig:
             raise ConfigError(f"--split must be a folder name such as val or train, got {self.split!r}")
 
 
+GRID_CHUNK = 8  # SAM3: image x prompt pairs per forward_grounding call (engine.sources.sam3.source)
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a sweep needs besides the analysis parameters."""
+    """Everything a sweep needs: the data (DataConfig), the source, the output, the analysis parameters."""
 
-    dataset: Path | None
-    out: Path
+    data: DataConfig = field(default_factory=DataConfig)
+    out: Path = Path("datr-out")
     model: str = "simulated"  # engine.core.choices.Model
     checkpoint: Path | None = None
     bpe_path: Path | None = None
-    split: str | None = "val"
-    mode: str = "squash"  # engine.core.choices.Mode
-    tile_overlap: int = 0
-    dataset_kind: str = "auto"  # engine.core.choices.DatasetKind
     device: str = "cpu"
     batch_size: int = 4
-    num_workers: int = 2
-    decode: str = "auto"  # engine.core.choices.Decode
-    limit: int | None = None
     resume: bool = False
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     class_ids: tuple[int, ...] = (0, 1, 2, 3, 4)
-    grid_chunk: int = 8
+    grid_chunk: int = GRID_CHUNK
     save_features: Path | None = None
     cache_dtype: str = "float16"  # engine.core.choices.CacheDtype
     from_cache: Path | None = None
@@ -188,56 +199,99 @@ class RunConfig:
         CacheDtype.parse(self.cache_dtype, "--cache-dtype")
         if self.model == "sam3" and self.checkpoint is None and self.from_cache is None:
             raise ConfigError("--model sam3 needs --checkpoint PATH/sam3.pt (the weights are not downloaded); or use --model simulated")
-        self.data_config()  # checks the data options
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size: need >= 1, got {self.batch_size}")
         if self.figures < 0:
             raise ConfigError(f"--figures: need >= 0, got {self.figures}")
+        if self.grid_chunk < 1:
+            raise ConfigError(f"grid_chunk: need >= 1, got {self.grid_chunk}")
         if len(self.prompts) == 0 or len(self.prompts) != len(self.class_ids):
             raise ConfigError(f"--prompts: need one prompt per class id, got {len(self.prompts)} prompts for {len(self.class_ids)} classes")
-        if len(set(self.prompts)) != len(self.prompts) or "global" in self.prompts or "encoder" in self.prompts:
-            raise ConfigError(f"--prompts: prompts must be unique and not 'global' or 'encoder', got {list(self.prompts)}")
-        if self.dataset is None and self.from_cache is None:
+        if len(set(self.prompts)) != len(self.prompts) or any(p in RESERVED_SCOPES for p in self.prompts):
+            raise ConfigError(f"--prompts: prompts must be unique and not {' or '.join(map(repr, RESERVED_SCOPES))}, "
+                              f"got {list(self.prompts)}")
+        check_prompts(self.prompts)
+        if self.data.root is None and self.from_cache is None:
             raise ConfigError("give a DATASET folder (or --from-cache DIR)")
         self.analysis.validate()
         return self
 
-    def data_config(self) -> DataConfig:
-        """The data options of this run (DataConfig checks them)."""
-        return DataConfig(root=self.dataset, split=self.split, mode=self.mode, tile_overlap=self.tile_overlap,
-                          dataset=self.dataset_kind, num_workers=self.num_workers, decode=self.decode, limit=self.limit)
-
     def to_json(self) -> dict:
-        out = asdict(self)
-        for key, value in list(out.items()):
-            if isinstance(value, Path):
-                out[key] = str(value)
-        return out
+        return json_ready(asdict(self))
 
 
-def parse_list(text: str | None, cast, option: str) -> tuple | None:
-    """'0.3,0.5' -> (0.3, 0.5); a clear error naming the option otherwise."""
-    if text is None:
+def json_ready(value):
+    """A config as asdict gives it, with paths as strings (run.json)."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    return str(value) if isinstance(value, Path) else value
+
+
+MAX_PROMPT_CHARS = 80  # a prompt names figure files (class-<prompt>_clustering_raw.svg, within 255 bytes) and table columns
+
+
+def check_prompts(prompts: tuple[str, ...]) -> None:
+    """What the figures need of a prompt, checked before any work: a short printable text, a file name of its own."""
+    for prompt in prompts:
+        if not isinstance(prompt, str) or not prompt.strip() or prompt != prompt.strip() or not prompt.isprintable():
+            raise ConfigError(f"--prompts: {prompt!r} is not a prompt; give printable text without leading or trailing spaces")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ConfigError(f"--prompts: a prompt of {len(prompt)} characters ({prompt[:24]!r}...); give at most "
+                              f"{MAX_PROMPT_CHARS} (a prompt names its figure files)")
+    stems: dict[str, str] = {}
+    for prompt in prompts:
+        stem = file_stem(prompt).lower()
+        if stem in stems:
+            raise ConfigError(f"--prompts: {stems[stem]!r} and {prompt!r} make the same figure file names ({stem}); "
+                              "make them differ in letters or digits")
+        stems[stem] = prompt
+
+
+def split_entries(given: str | Sequence[str] | None, option: str) -> tuple[str, ...] | None:
+    """A list option's entries: comma lists, and the option given again appends (--alpha 0.3 --alpha 0.5 = --alpha 0.3,0.5).
+
+    An empty entry (a,,b; a trailing comma; an empty value) is an error, never skipped:
+    skipping it would shift every later entry (a prompt onto another class's GT).
+    """
+    if given is None:
+        return None
+    entries = []
+    for text in [given] if isinstance(given, str) else list(given):
+        for entry in str(text).split(","):
+            if not entry.strip():
+                raise ConfigError(f"{option}: {str(text)!r} has an empty entry; give each value once, separated by "
+                                  f"commas (e.g. {option} a,b or {option} a {option} b)")
+            entries.append(entry.strip())
+    if not entries:
+        raise ConfigError(f"{option}: empty list")
+    return tuple(entries)
+
+
+def parse_list(given: str | Sequence[str] | None, cast, option: str) -> tuple | None:
+    """'0.3,0.5' (or the option given twice) -> (0.3, 0.5); a clear error naming the option otherwise."""
+    entries = split_entries(given, option)
+    if entries is None:
         return None
     try:
-        values = tuple(cast(v.strip()) for v in str(text).split(",") if v.strip() != "")
+        return tuple(cast(v) for v in entries)
     except ValueError:
-        raise ConfigError(f"{option}: expected a comma-separated list of numbers, got {text!r}") from None
-    if not values:
-        raise ConfigError(f"{option}: empty list")
-    return values
+        raise ConfigError(f"{option}: expected a comma-separated list of numbers, got {','.join(entries)!r}") from None
 
 
 def load_toml(path: Path) -> dict:
-    """Read a run.toml: top-level run options, an [analysis] and a [simulated] table."""
+    """Read a run.toml: top-level run options, and [data], [analysis] and [simulated] tables."""
     if not path.is_file():
         raise ConfigError(f"--config {path}: file not found")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"--config {path}: not valid TOML ({err})") from None
-    tables = {"analysis": AnalysisConfig, "simulated": SimulatedConfig}
+    tables = {"data": DataConfig, "analysis": AnalysisConfig, "simulated": SimulatedConfig}
     run_keys = {f.name for f in fields(RunConfig)} - set(tables)
+    moved = [k for k in data if k in MOVED_TO_DATA]
+    if moved:
+        raise ConfigError(f"--config {path}: {moved[0]} is a data option: put it in the [data] table as "
+                          f"{MOVED_TO_DATA[moved[0]]} = ...")
     for name in tables:
         if name in data and not isinstance(data[name], dict):
             raise ConfigError(f"--config {path}: {name} must be a table ([{name}]), got {type(data[name]).__name__}")
@@ -289,15 +343,21 @@ def describe_type(hint) -> str:
     return names.get(hint, str(hint))
 
 
+MOVED_TO_DATA = {"dataset": "root", "split": "split", "mode": "mode", "tile_overlap": "tile_overlap", "dataset_kind": "kind",
+                 "num_workers": "num_workers", "decode": "decode", "limit": "limit"}  # run.toml keys of older versions
+
+
 def merge(base: RunConfig, overrides: dict) -> RunConfig:
-    """Apply a dict of run options (and 'analysis' / 'simulated' dicts) onto a RunConfig."""
-    analysis = overrides.pop("analysis", None) or {}
-    simulated = overrides.pop("simulated", None) or {}
-    tuple_fields = {"alphas", "ks", "dims", "taus"}
-    ana = replace(base.analysis, **{k: tuple(v) if k in tuple_fields else v for k, v in analysis.items()})
-    path_fields = {"dataset", "out", "checkpoint", "bpe_path", "save_features", "from_cache"}
-    run = {k: (Path(v) if k in path_fields and v is not None else v) for k, v in overrides.items()}
-    for key in ("prompts", "class_ids"):
-        if key in run:
-            run[key] = tuple(run[key])
-    return replace(base, analysis=ana, simulated=replace(base.simulated, **simulated), **run)
+    """Apply a dict of run options (and 'data' / 'analysis' / 'simulated' dicts) onto a RunConfig."""
+    overrides = dict(overrides)
+    tables = {name: overrides.pop(name, None) or {} for name in ("data", "analysis", "simulated")}
+    tuple_fields = {"alphas", "ks", "dims", "taus", "prompts", "class_ids"}
+    path_fields = {"root", "out", "checkpoint", "bpe_path", "save_features", "from_cache"}
+
+    def typed(values: dict) -> dict:
+        return {k: tuple(v) if k in tuple_fields else Path(v) if k in path_fields and v is not None else v
+                for k, v in values.items()}
+
+    return replace(base, data=replace(base.data, **typed(tables["data"])),
+                   analysis=replace(base.analysis, **typed(tables["analysis"])),
+                   simulated=replace(base.simulated, **tables["simulated"]), **typed(overrides))

@@ -10,9 +10,10 @@ import errno
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+if TYPE_CHECKING:  # pyarrow is imported where a table is written: the CLI's start-up (config, file names) stays light
+    import pyarrow as pa
 
 
 def temporary_name(path: Path) -> Path:
@@ -39,6 +40,8 @@ def naming(err: OSError, path: Path) -> OSError:
 
 
 def write_parquet(table: pa.Table, tmp: Path, path: Path) -> None:
+    import pyarrow.parquet as pq
+
     failure = None
     try:
         pq.write_table(table, tmp, write_page_checksum=True)
@@ -75,3 +78,29 @@ def write_once_table(path: Path, table: pa.Table) -> None:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def stat_key(path: Path) -> tuple[int, int, int, int]:
+    """(size, mtime_ns, ctime_ns, inode): equal keys mean the file was not written since (the fast check).
+
+    ctime cannot be set back by a user, so a tool that restores mtime (cp -p, rsync -t) still
+    shows as a change; the content hash behind it then decides.
+    """
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in blocks (a multi-GB checkpoint never sits in memory)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_stem(text: str) -> str:
+    """A string as a file-name stem (the per-image figure folders and the prompts' figure names)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "image"

@@ -1,60 +1,64 @@
 """A RunConfig from a command's parameters: defaults < run.toml < typed options < what the command fixes.
 
-The CLI names its parameters after the config fields they set, so this is one loop over
-a click/typer context (`ctx.params`, `ctx.get_parameter_source`, `ctx.command.params`);
-nothing here imports typer.
+The CLI names its parameters after the config fields they set (RunConfig's, DataConfig's
+and AnalysisConfig's), and every option defaults to None: an option left out sets
+nothing, so the dataclasses' defaults and run.toml's values stand. This is one loop over a
+click/typer context (`ctx.params`, `ctx.command.params`); nothing here imports typer.
 """
 
 from __future__ import annotations
 
 from dataclasses import fields
 
-from engine.core.config import AnalysisConfig, RunConfig, load_toml, merge, parse_list
+from engine.core.config import (
+    AnalysisConfig,
+    DataConfig,
+    RunConfig,
+    load_toml,
+    merge,
+    parse_list,
+    split_entries,
+)
 
-LIST_FIELDS = {"alphas": float, "ks": int, "dims": int, "taus": float}  # a comma list on the command line
-RUN_FIELDS = {f.name for f in fields(RunConfig)} - {"analysis"}
+LIST_FIELDS = {"alphas": float, "ks": int, "dims": int, "taus": float}  # comma lists (or the option repeated)
+TABLES = ("data", "analysis", "simulated")
+RUN_FIELDS = {f.name for f in fields(RunConfig)} - set(TABLES)
+DATA_FIELDS = {f.name for f in fields(DataConfig)}
 ANALYSIS_FIELDS = {f.name for f in fields(AnalysisConfig)}
 
 
 def build_run_config(ctx, **fixed) -> RunConfig:
     """Defaults < run.toml < options typed on the command line < what the command itself fixes.
 
-    Every parameter of the command named like a RunConfig / AnalysisConfig field sets it;
-    with --config only the options actually typed do (so the file's values survive the
-    command's defaults). `fixed`: fields the command decides (e.g. `analyze` reads one image).
+    Every parameter of the command named like a RunConfig / DataConfig / AnalysisConfig
+    field sets it when it is not None. `fixed`: fields the command decides (e.g. `analyze`
+    reads one image: split None, one item per batch), set even when None.
     """
-    params = ctx.params
-    config = params.get("config")
-    base = RunConfig(dataset=params.get("dataset"), out=params["out"])
-    if config is not None:
-        base = merge(base, load_toml(config))
-    typed = explicit_options(ctx)
-    run: dict = {}
-    analysis: dict = {}
-    for name, value in params.items():
-        if name in fixed or value is None or (config is not None and name not in typed):
-            continue
-        if name in LIST_FIELDS:
-            analysis[name] = parse_list(value, LIST_FIELDS[name], option_name(ctx, name))
-        elif name in ANALYSIS_FIELDS:
-            analysis[name] = value
-        elif name == "prompts":
-            run["prompts"] = tuple(p.strip() for p in value.split(",") if p.strip())
-            if len(run["prompts"]) != len(base.class_ids):
-                run["class_ids"] = tuple(range(len(run["prompts"])))
-        elif name in RUN_FIELDS:
-            run[name] = value
-    return merge(base, {**run, **fixed, "analysis": analysis}).validate()
+    config = ctx.params.get("config")
+    base = merge(RunConfig(), load_toml(config)) if config is not None else RunConfig()
+    tables: dict[str, dict] = {"run": {}, "data": {}, "analysis": {}}
+    # a list option left out arrives as () from click (typer makes it None only for the command's own call)
+    typed = {name: value for name, value in ctx.params.items() if value not in (None, ()) and name not in fixed}
+    for name, value in [*typed.items(), *fixed.items()]:
+        route(ctx, tables, name, value)
+    prompts = tables["run"].get("prompts")
+    if prompts is not None and len(prompts) != len(base.class_ids) and "class_ids" not in tables["run"]:
+        tables["run"]["class_ids"] = tuple(range(len(prompts)))
+    return merge(base, {**tables["run"], "data": tables["data"], "analysis": tables["analysis"]}).validate()
 
 
-def explicit_options(ctx) -> set[str]:
-    """Names of the options the user actually typed (so run.toml values survive the defaults)."""
-    # compared by name: typer may ship its own copy of click's ParameterSource enum
-    def typed(name: str) -> bool:
-        source = ctx.get_parameter_source(name)
-        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-    return {name for name in ctx.params if typed(name)}
+def route(ctx, tables: dict[str, dict], name: str, value) -> None:
+    """Put one parameter where its config field is (list options parsed, an empty entry refused)."""
+    if name in LIST_FIELDS:
+        tables["analysis"][name] = parse_list(value, LIST_FIELDS[name], option_name(ctx, name))
+    elif name in ANALYSIS_FIELDS:
+        tables["analysis"][name] = value
+    elif name in DATA_FIELDS:
+        tables["data"][name] = value
+    elif name == "prompts":
+        tables["run"]["prompts"] = split_entries(value, "--prompts")
+    elif name in RUN_FIELDS:
+        tables["run"][name] = value
 
 
 def option_name(ctx, name: str) -> str:

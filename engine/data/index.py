@@ -279,7 +279,7 @@ def index_dataset(cfg: DataConfig) -> DatasetIndex:
         if gt_dir is not None:
             gt_by_dir[gt_dir] = {p.stem: p for p in sorted(gt_dir.iterdir()) if p.is_file() and p.suffix.lower() == ".png"}
     gt_files = [gt_by_dir[g][path.stem] for _, path, g in images if g is not None and path.stem in gt_by_dir[g]]
-    dataset, reason = _resolve_dataset(cfg.dataset, folders, gt_files)
+    dataset, reason = _resolve_dataset(cfg.kind, folders, gt_files)
     has_gt = dataset != "images"
 
     items: list[Item] = []
@@ -311,7 +311,7 @@ def index_dataset(cfg: DataConfig) -> DatasetIndex:
 def index_image(image: Path, gt: Path | None = None, *, mode: str = "squash", tile_overlap: int = 0, dataset: str = "auto") -> DatasetIndex:
     """An index over one image file (and its GT), for `datr analyze IMAGE [--gt GT.png]`."""
     image, gt = Path(image), None if gt is None else Path(gt)
-    cfg = DataConfig(root=image.parent, split=None, mode=mode, tile_overlap=tile_overlap, dataset=dataset)
+    cfg = DataConfig(root=image.parent, split=None, mode=mode, tile_overlap=tile_overlap, kind=dataset)
     if not image.is_file():
         raise DataError(f"{image}: no such image file")
     if gt is not None and not gt.is_file():

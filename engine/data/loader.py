@@ -20,7 +20,9 @@ Problems found while loading (truncated image, bad GT values) are in
 
 from __future__ import annotations
 
+import functools
 import io
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +34,7 @@ from PIL import Image
 from engine.core.config import DataConfig
 from engine.core.errors import BackendError, ConfigError, DataError, one_line
 from engine.core.geometry import MASK_GRID, MODEL_SIDE, TOKEN_GRID
+from engine.core.processes import die_with_parent
 from engine.data.classes import UDD5_CLASSES
 from engine.data.index import TILE_SIDE, DatasetIndex, Item, image_size
 from engine.data.labels import SCHEMES, LabelScheme, majority_grids, read_gt
@@ -283,8 +286,9 @@ def _stack(loaded: Sequence[LoadedItem], errors: list[tuple[str, str, str]], has
     return LoadedBatch(images, gt_mask, gt_tokens, [s.image_id for s in loaded], [s.index for s in loaded], list(errors))
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, parent: int) -> None:
     torch.set_num_threads(1)  # workers decode in parallel; intra-op threads would oversubscribe
+    die_with_parent(parent)  # killed with the run, even by kill -9 (torch's own check takes a while, and not mid-batch)
 
 
 def _tiny_jpeg() -> bytes:
@@ -374,7 +378,7 @@ class Loader:
             num_workers=self.num_workers,
             collate_fn=_Collate(self.index.has_gt),
             pin_memory=self.pin_memory,
-            worker_init_fn=_worker_init if self.num_workers > 0 else None,
+            worker_init_fn=functools.partial(_worker_init, parent=os.getpid()) if self.num_workers > 0 else None,
             prefetch_factor=2 if self.num_workers > 0 else None,
         )
         for planned, collated in zip(self.batches, loader, strict=True):

@@ -10,9 +10,11 @@ across both read and write the same folder.
 
 A shard task is a pure function of (config, positions) that skips finished items, and
 rows are bitwise independent of the batch they were computed in: a shard retried after
-its worker died rewrites identical files. The client then checks that every item has its
-rows exactly once (or is in errors.parquet), merges the errors and writes run.json with
-the cluster it ran on.
+its worker died rewrites identical files. The client then finishes the run as a local run
+does (engine.run.finish: every item's rows exactly once or an error, the sample, run.json
+with the cluster it ran on; or, when it stops, how it stopped). The run's "auto" choices
+(backend, eigensolver, decode) are resolved on the workers, which may have a GPU the
+client lacks, and must agree.
 
 The dataset and --out must be at the same path on every worker (a shared filesystem);
 each shard checks both and says so when they are not. This is the project's Dask
@@ -38,13 +40,13 @@ from engine.analysis.dataset import TokenReservoir
 from engine.core.config import RunConfig
 from engine.core.devices import device_name, parse_device, set_matmul_precision
 from engine.core.errors import ConfigError, DataError
-from engine.run.lock import OutLock
-from engine.run.plan import open_backend, plan_run
+from engine.run.finish import Ending, run_to_the_end
+from engine.run.lock import FolderLock
+from engine.run.plan import Choices, check_target, open_backend, plan_run, resolve_choices
 from engine.run.progress import progress_bar
-from engine.run.record import failure, finish_record, now, run_header
-from engine.run.sample import RESERVOIR_FILE, cluster_reservoir, open_reservoir
-from engine.run.store import check_rows, errored_ids
-from engine.run.sweep import SweepResult, run_sweep
+from engine.run.record import run_header
+from engine.run.sample import cluster_reservoir, open_reservoir
+from engine.run.sweep import SweepResult, move_stale_shards, run_sweep
 from engine.sources.factory import build_source
 
 try:
@@ -178,6 +180,11 @@ def describe_worker(device: str) -> dict:
     else:
         info["device_name"] = device_name(torch.device("cuda", 0) if device.startswith("cuda") else torch.device("cpu"))
     return info
+
+
+def resolve_on_worker(cfg: RunConfig) -> Choices:
+    """The run's backend, eigensolver and decode path as this worker resolves them (client.run on every worker)."""
+    return resolve_choices(cfg, parse_device(cfg.device))[1]
 
 
 def check_shared_paths(cfg: RunConfig, index, positions: list[int], run_id: str) -> None:
@@ -345,65 +352,69 @@ def run_distributed_sweep(
     """
     cluster.validate()
     check_run_config(cfg)
-    cfg.validate()  # a bad option is refused before --out is created
-    with OutLock(cfg.out, echo):  # the workers write under the client's lock
+    check_target(cfg)  # a bad option or a --resume with nothing to resume is refused before --out is touched
+    with FolderLock(cfg.out, "--out"):  # the workers write under the client's lock
         return distributed_sweep(cfg, cluster, echo, show_progress, shard_task)
 
 
 def distributed_sweep(cfg: RunConfig, cluster: ClusterConfig, echo: Callable[[str], None], show_progress: bool,
                       shard_task: Callable[..., dict]) -> SweepResult:
     started = time.perf_counter()
-    plan = plan_run(cfg, echo)
-    sample = open_reservoir(cfg, bool(plan.finished), echo) if cfg.analysis.dataset_sample else None
-
     with open_cluster(cluster, cfg.device, echo) as handle:
         workers = probe_workers(handle.client, cfg, echo)
+        plan = plan_run(cfg, echo, common_choices(handle.client, cfg))  # the identity holds what the workers resolved
+        sample = open_reservoir(cfg, bool(plan.finished), echo, forget=plan.recomputed) if cfg.analysis.dataset_sample else None
         shards = plan_shards(plan.todo, cfg.batch_size, len(workers), cluster.shard_size)
         run_id = uuid.uuid4().hex
-        threads = cluster.threads or worker_threads_default()
-        run = {
-            **run_header(cfg, plan.identity),
-            "data": plan.index.describe(),
-            "num_items": len(plan.item_ids),
-            "cluster": {
-                "run_id": run_id, "kind": handle.kind, "scheduler": handle.address, "workers": len(workers),
-                "devices": [{"worker": address, **info} for address, info in sorted(workers.items())],
-                "shards": len(shards), "shard_size": len(shards[0]) if shards else 0, "threads_per_worker": threads,
-            },
-        }
-        plan.store.write_run_json(run)
-        plan.store.write_errors([e for e in plan.index.bad if e[0] not in plan.finished], "index")
-        echo(f"cluster: {len(workers)} workers at {handle.address}, {len(shards)} shards of up to "
-             f"{run['cluster']['shard_size']} items")
-        try:
-            handle.client.register_plugin(WorkerState(threads, cfg.device), name=PLUGIN_NAME)
-            reports = run_shards(handle.client, plan, shards, run_id, sample, shard_task, show_progress, started)
-            errors = plan.store.merge_errors(plan.known_ids)
-            with_rows = check_rows(cfg.out, plan.item_ids, plan.rows_per_item, errored_ids(cfg.out))
+        run = cluster_record(plan, handle, workers, shards, run_id, cluster.threads or worker_threads_default())
+        reports: list[dict] = []
+        ending = Ending(plan, run, started, lambda: stage_totals(reports), sample,
+                        lambda merged: handle.client.submit(fit_dataset_clustering, merged, cfg, plan.num_classes,
+                                                            plan.class_names, pure=False).result())
+
+        def work() -> None:
+            ending.write()  # "running" -- from here on, however the run ends, run.json says so
+            move_stale_shards(plan, run)
+            plan.store.write_errors([e for e in plan.index.bad if e[0] not in plan.finished], "index")
+            echo(f"cluster: {len(workers)} workers at {handle.address}, {len(shards)} shards of up to "
+                 f"{run['cluster']['shard_size']} items")
+            handle.client.register_plugin(WorkerState(run["cluster"]["threads_per_worker"], cfg.device), name=PLUGIN_NAME)
+            run_shards(handle.client, plan, shards, run_id, sample, shard_task, show_progress, ending, reports)
+            record_shards(run, reports)
             if sample is not None:
-                sample.save(cfg.out / RESERVOIR_FILE)  # a resumed run continues the same sample
                 echo(f"dataset clustering: {len(sample)} of {sample.tokens_seen} tokens sampled; fitting on a worker "
                      f"({cfg.device})")
-                run["dataset_clustering"] = handle.client.submit(fit_dataset_clustering, sample, cfg, plan.num_classes,
-                                                                 plan.class_names, pure=False).result()
-        except BaseException as err:
-            if sample is not None:
-                sample.save(cfg.out / RESERVOIR_FILE)  # the shards that finished stay in the sample
-            status, error = failure(err)
-            run.update({"status": status, "error": error, "finished": now(), "seconds": time.perf_counter() - started})
-            try:
-                run["errors"] = plan.store.merge_errors(plan.known_ids)
-            finally:
-                plan.store.write_run_json(run)
-            raise
 
-    done_now = sum(1 for i in plan.todo if plan.item_ids[i] in with_rows)
-    record_shards(run, reports)
-    finish_record(run, status="complete", images_done=done_now, images_skipped_resume=plan.skipped_resume, errors=errors,
-                  seconds=time.perf_counter() - started, seconds_per_stage=stage_totals(reports))
-    plan.store.write_run_json(run)
-    return SweepResult(out=cfg.out, images_done=done_now, images_skipped_resume=plan.skipped_resume, errors=errors,
-                       seconds=run["seconds"], run=run)
+        run_to_the_end(ending, work)
+    return SweepResult(out=cfg.out, images_done=ending.images_done, images_skipped_resume=plan.skipped_resume,
+                       errors=ending.errors, seconds=run["seconds"], run=run)
+
+
+def cluster_record(plan, handle: ClusterHandle, workers: dict[str, dict], shards: list[list[int]], run_id: str,
+                   threads: int) -> dict:
+    """run.json of a cluster run as it starts: the header, the data and the cluster it runs on."""
+    return {
+        **run_header(plan.cfg, plan.identity),
+        "data": plan.index.describe(),
+        "num_items": len(plan.item_ids),
+        "cluster": {
+            "run_id": run_id, "kind": handle.kind, "scheduler": handle.address, "workers": len(workers),
+            "devices": [{"worker": address, **info} for address, info in sorted(workers.items())],
+            "shards": len(shards), "shard_size": len(shards[0]) if shards else 0, "threads_per_worker": threads,
+        },
+    }
+
+
+def common_choices(client, cfg: RunConfig) -> Choices:
+    """The backend, eigensolver and decode path every worker resolved; workers that disagree are refused."""
+    seen = client.run(resolve_on_worker, cfg)
+    first_address, first = sorted(seen.items())[0]
+    for address, choices in sorted(seen.items()):
+        if choices.identity() != first.identity():
+            raise ConfigError(f"workers resolve the run's choices differently ({first_address}: {first.identity()}, "
+                              f"{address}: {choices.identity()}); give --backend, --eigh and --decode explicitly, or use "
+                              "workers of one kind")
+    return first
 
 
 def worker_threads_default() -> int:
@@ -417,8 +428,8 @@ def probe_workers(client, cfg: RunConfig, echo: Callable[[str], None]) -> dict[s
     """What each worker is (host, device); a daemonic worker cannot start DataLoader workers."""
     workers = client.run(describe_worker, cfg.device)
     daemonic = [address for address, info in workers.items() if info["daemon"]]
-    if daemonic and cfg.num_workers > 0:
-        raise ConfigError(f"--num-workers {cfg.num_workers}: worker {daemonic[0]} is a daemonic process and cannot start "
+    if daemonic and cfg.data.num_workers > 0:
+        raise ConfigError(f"--num-workers {cfg.data.num_workers}: worker {daemonic[0]} is a daemonic process and cannot start "
                           "DataLoader workers; start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False, or use --num-workers 0")
     for address, info in workers.items():
         if cfg.device.startswith("cuda") and info["cuda_devices"] > 1:
@@ -428,13 +439,13 @@ def probe_workers(client, cfg: RunConfig, echo: Callable[[str], None]) -> dict[s
 
 
 def run_shards(client, plan, shards: list[list[int]], run_id: str, sample, shard_task: Callable[..., dict],
-               show_progress: bool, started: float) -> list[dict]:
-    """Submit every shard, merge each shard's token sample as it finishes; returns the shard reports."""
-    cfg = plan.cfg
+               show_progress: bool, ending: Ending, reports: list[dict]) -> None:
+    """Submit every shard, merge each shard's token sample as it finishes; each shard's report joins `reports`
+    as it comes (so a run that stops records what its finished shards did)."""
+    cfg, started = plan.cfg, ending.started
     index_future = client.submit(hold, plan.index, pure=False)
     futures = [client.submit(shard_task, cfg, shard, index_future, run_id, cfg.analysis.dataset_sample, pure=False,
                              key=f"datr-shard-{shard[0]:06d}-{run_id}") for shard in shards]
-    reports: list[dict] = []
     try:
         with progress_bar(len(plan.todo), show_progress) as bar:
             task = bar.add_task("sweep", total=len(plan.todo), rate="")
@@ -445,13 +456,13 @@ def run_shards(client, plan, shards: list[list[int]], run_id: str, sample, shard
                 if sample is not None and shard_sample is not None:
                     sample.merge(shard_sample)
                 reports.append(report)
+                ending.images_done += report["images_done"]
                 bar.advance(task, report["items"])
                 done = sum(r["items"] for r in reports)
                 bar.update(task, rate=f"{done / max(time.perf_counter() - started, 1e-9):.2f} img/s")
     except BaseException:
         client.cancel(futures)
         raise
-    return reports
 
 
 def stage_totals(reports: list[dict]) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 A run's record starts with `run_header` (with the run's identity and its fingerprint,
 engine.run.identity) and is written when the run starts (status "running") and again when
-it ends (`finish_record`: "complete"; "interrupted" by Ctrl-C or a signal; "failed" with
+it ends (`finish_record`: "complete"; "interrupted" by Ctrl-C, SIGTERM or SIGHUP; "failed" with
 the error's one line; counts, seconds per stage). `is_simulated` is the one rule for telling a simulated run from a
 real one, whichever version of run.json the folder holds.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from engine.core.config import RunConfig
 from engine.core.errors import DataError, DatrError, os_error_message
+from engine.core.processes import Interrupted
 from engine.core.versions import versions
 from engine.run.identity import fingerprint
 
@@ -79,7 +80,8 @@ def read_run_json(out: Path) -> dict:
 def failure(err: BaseException) -> tuple[str, str]:
     """run.json's (status, error) for an exception that ended a run."""
     if isinstance(err, KeyboardInterrupt):
-        return "interrupted", "interrupted (Ctrl-C or a signal); rerun with --resume to continue"
+        how = f"by {err.args[0]}" if isinstance(err, Interrupted) else "(Ctrl-C)"
+        return "interrupted", f"interrupted {how}; rerun with --resume to continue"
     if isinstance(err, DatrError):
         return "failed", err.message
     if isinstance(err, OSError):

@@ -5,13 +5,17 @@ DIR/rows/part-NNNNNN-HHHHHHHHHHHH.parquet   one shard per batch (NNNNNN = the ba
 DIR/errors/part-*.parquet      one shard per batch that had bad items
 DIR/errors.parquet             all skipped items (image_id, path, error), merged at the end
 DIR/run.json                   identity, resolved config, versions, device, backend choices, timings
-DIR/.datr.lock                 the writer's pid and host while a run writes (engine.run.lock)
+DIR/superseded/<stamp>/        row shards (and figures) moved out because an item's files changed (engine.run.inputs)
+DIR/.datr.lock                 held by the run that writes (engine.run.lock)
 
 Every file is written to a temporary name and renamed (engine.core.files), so a killed
 run leaves whole shards only. Row shards are write-once and named by the ids they hold:
 no later batch can replace a finished one (a name that exists already is an error, never
-an overwrite). `--resume` reads the image ids already present and skips them; every
-Parquet file carries page checksums, verified whenever it is read. The row schema is the
+an overwrite). Each shard's footer records what its items were computed from
+(engine.run.inputs). `--resume` reads the image ids already present and skips them,
+except items whose files changed since: their shards move to DIR/superseded/ (whole, never
+rewritten; nothing reads them again) and their items are computed again. Every Parquet
+file carries page checksums, verified whenever it is read. The row schema is the
 analysis's (engine.analysis.rows.ROW_SCHEMA).
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,7 +34,8 @@ import pyarrow.parquet as pq
 
 from engine.analysis.rows import ROW_SCHEMA
 from engine.core.errors import ConfigError, DataError
-from engine.core.files import atomic_write_bytes, atomic_write_table, write_once_table
+from engine.core.files import atomic_write_bytes, atomic_write_table, file_stem, write_once_table
+from engine.run import inputs
 
 ERROR_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
@@ -69,14 +75,40 @@ class ResultStore:
         return sorted(self.rows_dir.glob("part-*.parquet"))
 
     def finished_ids(self) -> set[str]:
-        done: set[str] = set()
+        return set(self.finished_items())
+
+    def finished_items(self) -> dict[str, tuple[Path, list[dict] | None]]:
+        """image id -> (its shard, the inputs the shard records for it) for every item with rows."""
+        done: dict[str, tuple[Path, list[dict] | None]] = {}
         for shard in self.row_shards():
-            done.update(read_shard(shard, ["image_id"]).column("image_id").to_pylist())
+            table = read_shard(shard, ["image_id"])
+            recorded = inputs.decode(table.schema.metadata)
+            for image_id in table.column("image_id").to_pylist():
+                done[image_id] = (shard, recorded.get(image_id))
         return done
 
-    def write_rows(self, columns: dict[str, list], first_position: int) -> Path:
-        """Write one batch's rows to a new shard; a shard of that name already there is an error, never replaced."""
+    def supersede(self, shards: set[Path], image_ids: set[str]) -> Path:
+        """Move row shards out of rows/ into DIR/superseded/<stamp>/ (whole: nothing is rewritten), and the figures
+        of `image_ids` (drawn from the old rows) into its figures/; returns that folder."""
+        folder = self.out / "superseded" / f"{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
+        folder.mkdir(parents=True)
+        for shard in sorted(shards):
+            os.replace(shard, folder / shard.name)  # one rename each: a shard is in rows/ or out of it, never half
+        for image_id in sorted(image_ids):
+            drawn = self.out / "figures" / file_stem(image_id)
+            if drawn.is_dir():
+                (folder / "figures").mkdir(exist_ok=True)
+                os.replace(drawn, folder / "figures" / drawn.name)
+        return folder
+
+    def write_rows(self, columns: dict[str, list], first_position: int, item_inputs: dict[str, list[dict]] | None = None) -> Path:
+        """Write one batch's rows to a new shard; a shard of that name already there is an error, never replaced.
+
+        item_inputs: image id -> the record of its input files (engine.run.inputs), kept in the shard's footer.
+        """
         table = pa.Table.from_pydict({name: columns[name] for name in ROW_SCHEMA.names}, schema=ROW_SCHEMA)
+        if item_inputs is not None:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), inputs.INPUTS_KEY: inputs.encode(item_inputs)})
         ids = list(dict.fromkeys(columns["image_id"]))
         path = self.rows_dir / shard_name(ids, first_position)
         try:

@@ -4,7 +4,8 @@ be rerun (`--from-cache`) without the encoder. Readable by any tool with plain
 
 CACHE/index.json            {"format": "datr-feature-cache/2", "image_ids": [...], "prompts": [...],
                              "class_ids": [...], "taus": [...], "dtype": "float16", "shapes": {...},
-                             "source": {...}} -- ids in dataset order, unique
+                             "source": {...}, "source_identity": {...}} -- ids in the order written, unique
+CACHE/.datr.lock            held by the run that writes the cache (one writer per cache)
 CACHE/<image_id>.safetensors  per image:
     features     (256, 72, 72)        DTYPE    encoder vision_features
     queries      (P, 200, 256)        DTYPE    decoder query states, prompts in index order
@@ -13,7 +14,7 @@ CACHE/<image_id>.safetensors  per image:
     union_masks  (T, P, 288, 288)     uint8    1 where a kept (score >= taus[t]) mask has probability >= 0.5
     gt_mask      (288, 288)           uint8    GT majority grid, 255 = ignore (only with GT)
     gt_tokens    (72, 72)             uint8    GT majority grid on the token grid (only with GT)
-  metadata: image_id, prompts, class_ids, taus (JSON), dtype
+  metadata: image_id, prompts, class_ids, taus (JSON), dtype, source (sha256 of index.json's source_identity)
 
 DTYPE is --cache-dtype: float16 (default, half the disk) or float32 (the sources' own
 precision, so a rerun from the cache reproduces the original rows bitwise; query_masks
@@ -25,6 +26,7 @@ item's error (errors.parquet), and the run goes on.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import re
 from collections import Counter
@@ -52,29 +54,79 @@ def cache_file_name(image_id: str) -> str:
 
 
 class FeatureCacheWriter:
-    """Writes a batch's source outputs per image; extends an existing cache only if it was made the same way."""
+    """Writes a batch's source outputs per image; extends an existing cache only if it was made the same way.
+
+    The caller holds the folder's lock (engine.run.lock), so this is the cache's one writer.
+    index.json is rebuilt from the files themselves when the writer opens the folder (each
+    file carries its image id, prompts, class ids, taus, dtype and its source's
+    fingerprint), so a file written just before a crash is listed, and a file of another
+    source or made another way refuses the extension in one line.
+    source: what run.json records about the source; source_identity: what decides its
+    features (engine.run.identity.source_identity), checked against the cache's.
+    """
 
     def __init__(self, root: Path, prompts: tuple[str, ...], class_ids: tuple[int, ...], taus: tuple[float, ...], source: dict,
-                 dtype: str = "float16"):
+                 source_identity: dict, dtype: str = "float16"):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.dtype = DTYPES[dtype]
         self.meta = {"format": FORMAT, "prompts": list(prompts), "class_ids": list(class_ids), "taus": list(taus),
-                     "dtype": dtype, "source": source}
-        index = self.root / "index.json"
+                     "dtype": dtype, "source": source, "source_identity": source_identity, "shapes": None}
+        self.source_fingerprint = source_fingerprint(source_identity)
         self.image_ids: list[str] = []
-        if index.is_file():
-            old = read_index(index, "--save-features")
-            differ = [k for k in (*SHARED_KEYS, "format") if old.get(k) != self.meta[k]]
-            if differ:
-                raise DataError(f"--save-features {self.root}: holds a cache made with other {', '.join(differ)} "
-                                f"({', '.join(f'{k}={old.get(k)}' for k in differ)}); choose a new --save-features folder")
-            self.image_ids = list(old["image_ids"])
+        index = self.root / "index.json"
+        old = read_index(index, "--save-features") if index.is_file() else None
+        if old is not None:
+            self.check_same(old, index)
             self.meta["shapes"] = old.get("shapes")
+        self.image_ids = self.rebuild_ids(old)
+
+    def check_same(self, old: dict, index: Path) -> None:
+        """The cache was made the same way and by the same source, or a one-line DataError naming what differs."""
+        where = f"--save-features {self.root}"
+        differ = [k for k in (*SHARED_KEYS, "format") if old.get(k) != self.meta[k]]
+        if differ:
+            raise DataError(f"{where}: holds a cache made with other {', '.join(differ)} "
+                            f"({', '.join(f'{k}={old.get(k)}' for k in differ)}); choose a new --save-features folder")
+        before, now = old.get("source_identity"), self.meta["source_identity"]
+        if before is None:
+            raise DataError(f"{where}: {index} records no source identity (written by an older datr), so new features "
+                            "cannot be matched to its; choose a new --save-features folder")
+        if before != now:
+            differ = "; ".join(f"{k}: cache {short(a)}, now {short(b)}" for k, a, b in differences(before, now))
+            raise DataError(f"{where}: holds features of another source ({differ}); extend it only from the same model and "
+                            "weights (or simulated config), or choose a new --save-features folder")
+
+    def rebuild_ids(self, old: dict | None) -> list[str]:
+        """The ids of the files in the folder (index.json's order first, then the others by name), each checked."""
+        files = {}
+        for path in sorted(self.root.glob("*.safetensors")):
+            files[self.check_file_meta(path)] = path
+        listed = [i for i in (old or {}).get("image_ids", []) if i in files]
+        return listed + sorted(set(files) - set(listed))
+
+    def check_file_meta(self, path: Path) -> str:
+        """A cache file's image id, after checking that it was made this way by this source."""
+        fix = "move it out, or choose a new --save-features folder"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise DataError(f"{path}: not a readable safetensors file ({one_line(err)}); {fix}") from None
+        if meta.get("source") != self.source_fingerprint:
+            raise DataError(f"{path}: written by another source (or an older datr) than this run's; {fix}")
+        for key in ("prompts", "class_ids", "taus"):
+            if key not in meta or json.loads(meta[key]) != self.meta[key]:
+                raise DataError(f"{path}: its {key} {meta.get(key)} differ from this run's {self.meta[key]}; {fix}")
+        if meta.get("dtype") != self.meta["dtype"] or not meta.get("image_id"):
+            raise DataError(f"{path}: dtype {meta.get('dtype')} or image id {meta.get('image_id')!r} unlike this run's; {fix}")
+        if cache_file_name(meta["image_id"]) != path.name:
+            raise DataError(f"{path}: holds image {meta['image_id']!r}, whose file would be {cache_file_name(meta['image_id'])}; {fix}")
+        return meta["image_id"]
 
     def write(self, batch: SourceBatch, gt_mask: torch.Tensor | None, gt_tokens: torch.Tensor | None) -> None:
         file_meta = {"image_id": "", **{k: json.dumps(self.meta[k]) for k in ("prompts", "class_ids", "taus")},
-                     "dtype": self.meta["dtype"]}
+                     "dtype": self.meta["dtype"], "source": self.source_fingerprint}
         for i, image_id in enumerate(batch.image_ids):
             tensors = {
                 "features": batch.features[i].to(self.dtype),
@@ -87,21 +139,45 @@ class FeatureCacheWriter:
                 tensors["gt_mask"] = gt_mask[i].to(torch.uint8)
                 tensors["gt_tokens"] = gt_tokens[i].to(torch.uint8)
             tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-            self.meta.setdefault("shapes", None)
             if self.meta["shapes"] is None:
                 self.meta["shapes"] = {k: list(v.shape) for k, v in tensors.items() if not k.startswith("gt_")}
-            path = self.root / cache_file_name(image_id)
-            tmp = temporary_name(path)
-            try:
-                save_file(tensors, str(tmp), metadata={**file_meta, "image_id": image_id})
-                tmp.replace(path)
-            except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors: make them one
-                raise as_os_error(err, path) from None
-            finally:
-                tmp.unlink(missing_ok=True)
+            save_atomic(self.root / cache_file_name(image_id), tensors, {**file_meta, "image_id": image_id})
             if image_id not in self.image_ids:
                 self.image_ids.append(image_id)
         atomic_write_bytes(self.root / "index.json", json.dumps({**self.meta, "image_ids": self.image_ids}, indent=2).encode())
+
+
+def source_fingerprint(source_identity: dict) -> str:
+    """The sha256 of a source identity, carried by every cache file."""
+    return hashlib.sha256(json.dumps(source_identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def differences(before: dict, now: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, before, now) of every value that differs, nested tables opened (simulated.seed, checkpoint.sha256)."""
+    found = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append((f"{prefix}{key}", a, b))
+    return found
+
+
+def short(value) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    tmp = temporary_name(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors: make them one
+        raise as_os_error(err, path) from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def as_os_error(err: SafetensorError, path: Path) -> OSError:
@@ -171,6 +247,10 @@ class FeatureCacheReader:
                 **{k: self.meta[k] for k in ("prompts", "taus", "source") if k in self.meta},
                 "simulated": bool((self.meta.get("source") or {}).get("simulated", False))}
 
+    def file_of(self, image_id: str) -> Path:
+        """The file that holds `image_id`."""
+        return self.root / cache_file_name(image_id)
+
     def check_taus(self, taus: tuple[float, ...]) -> list[int]:
         """Positions of the requested taus among the cached ones (the 288 unions exist only for those)."""
         missing = [t for t in taus if t not in self.taus]
@@ -214,6 +294,9 @@ class FeatureCacheReader:
             if not fits:
                 found = "missing" if got is None else f"{tuple(got.shape)} {got.dtype}"
                 raise DataError(f"{path}: tensor {key} is {found}, expected {want} {kind}; {fix}")
+        source = self.meta.get("source_identity")
+        if source is not None and meta.get("source") != source_fingerprint(source):
+            raise DataError(f"{path}: made by another source than index.json's source_identity (copied in from another cache?); {fix}")
 
     def batches(self, positions: list[int], batch_size: int, taus: tuple[float, ...], device: torch.device) -> Iterator[CachedBatch]:
         tau_pos = self.check_taus(taus)

@@ -270,16 +270,7 @@ class SimulatedSource:
         queries_obj = layer_norm(region_mean + cfg.query_noise * torch.randn(n_obj, FEATURE_DIM, generator=gen))
 
         n_bg = q - n_obj
-        scores_bg = 0.2 * torch.rand(n_bg, generator=gen) ** 2
-        queries_bg = layer_norm(0.3 * target + torch.randn(n_bg, FEATURE_DIM, generator=gen))
-        peak = _uniform(gen, n_bg, 0.02, 0.3)
-        centre = torch.rand(n_bg, 2, generator=gen) * s
-        spread = _uniform(gen, 2 * n_bg, 5.0, 40.0).view(n_bg, 2)
-        axis = torch.arange(s, dtype=torch.float32) + 0.5
-        profile_y = torch.exp(-0.5 * ((axis[None] - centre[:, :1]) / spread[:, :1]) ** 2)  # (n_bg, 288)
-        profile_x = torch.exp(-0.5 * ((axis[None] - centre[:, 1:]) / spread[:, 1:]) ** 2)
-        pool1d = lambda p: p.view(n_bg, TOKEN_GRID, POOL).mean(-1)  # noqa: E731 -- pooling a separable map = pooling each factor
-        tokens_bg = peak[:, None, None] * pool1d(profile_y)[:, :, None] * pool1d(profile_x)[:, None, :]
+        scores_bg, queries_bg, tokens_bg, bg_full = self._background(gen, n_bg, target)
 
         order = torch.randperm(q, generator=gen)  # slot order[k] holds query k (objects first)
         scores = torch.empty(q)
@@ -301,10 +292,28 @@ class SimulatedSource:
         if keep_mask_probs:
             full = torch.empty(q, s, s, dtype=torch.float16)
             full[order[:n_obj]] = probs.half()
-            bg = peak[:, None, None] * profile_y[:, :, None] * profile_x[:, None, :]
-            full[order[n_obj:]] = bg.half()
+            full[order[n_obj:]] = bg_full().half()
             out["mask_probs"] = full
         return out
+
+    @staticmethod
+    def _background(gen: torch.Generator, n_bg: int, target: torch.Tensor):
+        """The n_bg background queries: scores < 0.2, vectors near the class mean, faint separable blobs.
+
+        Returns scores (n_bg,), queries (n_bg, C), their maps pooled to the token grid (n_bg, 72, 72)
+        and a function giving the full-resolution maps (n_bg, 288, 288) when they are kept."""
+        s = MASK_GRID
+        scores_bg = 0.2 * torch.rand(n_bg, generator=gen) ** 2
+        queries_bg = layer_norm(0.3 * target + torch.randn(n_bg, FEATURE_DIM, generator=gen))
+        peak = _uniform(gen, n_bg, 0.02, 0.3)
+        centre = torch.rand(n_bg, 2, generator=gen) * s
+        spread = _uniform(gen, 2 * n_bg, 5.0, 40.0).view(n_bg, 2)
+        axis = torch.arange(s, dtype=torch.float32) + 0.5
+        profile_y = torch.exp(-0.5 * ((axis[None] - centre[:, :1]) / spread[:, :1]) ** 2)  # (n_bg, 288)
+        profile_x = torch.exp(-0.5 * ((axis[None] - centre[:, 1:]) / spread[:, 1:]) ** 2)
+        pool1d = lambda p: p.view(n_bg, TOKEN_GRID, POOL).mean(-1)  # noqa: E731 -- pooling a separable map = pooling each factor
+        tokens_bg = peak[:, None, None] * pool1d(profile_y)[:, :, None] * pool1d(profile_x)[:, None, :]
+        return scores_bg, queries_bg, tokens_bg, lambda: peak[:, None, None] * profile_y[:, :, None] * profile_x[:, None, :]
 
     def _plant_direction(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(select, away): select is the planted class's first variation direction made orthogonal to its

@@ -29,8 +29,3 @@ def token_mask(weights: torch.Tensor | None, shape: tuple[int, int]) -> torch.Te
         raise ValueError("this backend's PCA takes a 0/1 token mask, not real-valued weights")
     return weights != 0
 
-
-def exact_inertia(x: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of squared distances from exact differences: x (N, d), centres (k, d), labels, w (N,) -> ()."""
-    diff = x - centres[labels.clamp(min=0)]
-    return ((diff * diff).sum(-1) * w).sum()

@@ -1,4 +1,4 @@
-"""RAPIDS cuML, one problem at a time on the GPU: cuml.PCA and cuml.KMeans.
+"""RAPIDS cuML, one problem at a time on the GPU: cuml.PCA, and Lloyd with cuML's distances for KMeans.
 
 The per-problem GPU library, as a yardstick for the batched torch path and for
 dataset-level problems. Tensors go to CuPy and back through DLPack (no copy).
@@ -6,21 +6,21 @@ dataset-level problems. Tensors go to CuPy and back through DLPack (no copy).
 - PCA: cuml.PCA(svd_solver="full"), an eigendecomposition of the covariance -- the
   same route as scikit-learn's covariance_eigh; components sign-fixed as everywhere.
   A token mask fits the masked subset; real-valued weights are refused.
-- KMeans: cuml.KMeans with its own seeding when no init is given ("k-means++" is
-  cuML's scalable k-means++, k-means||), or from the given centres with n_init=1 per
-  restart. cuML's `tol` is a relative tolerance on the change of inertia, not
-  scikit-learn's centre shift, so it can stop one iteration apart; from the same
-  centres with tol=0 both run to a fixed point. Inertia is recomputed here from exact
-  differences, weighted, so all backends report the same quantity.
+- KMeans: kernels.kmeans's Lloyd, written once for every backend (its validation, centring,
+  k-means++ starts with the torch backend's draws, update with scikit-learn's empty-cluster
+  relocation, stopping rule and restarts), with cuml.metrics.pairwise_distances as the
+  assignment step (one problem and restart at a time). So a seed means the same starts as on
+  the other backends, and `tol` is scikit-learn's centre-shift tolerance.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.backends.common import exact_inertia, pca_problem
+from kernels.backends.common import pca_problem
 from kernels.checks import check_finite
-from kernels.kmeans import KMeansResult
+from kernels.kmeans import KMeansResult, kmeans
+from kernels.lloyd import LiveProblems
 from kernels.pca import PCAResult, fix_signs
 
 
@@ -32,8 +32,8 @@ class CumlBackend:
         self.cuml = cuml_module
         self.cupy = cupy_module
         self.detail = (
-            f"cuML {getattr(cuml_module, '__version__', '?')}: cuml.PCA(svd_solver='full') and cuml.KMeans, "
-            "one problem at a time on the GPU (DLPack in and out)"
+            f"cuML {getattr(cuml_module, '__version__', '?')}: cuml.PCA(svd_solver='full'), and kernels.kmeans's Lloyd "
+            "with cuML's pairwise distances as the assignment step; one problem at a time on the GPU (DLPack in and out)"
         )
 
     def _device(self, x: torch.Tensor):
@@ -67,46 +67,29 @@ class CumlBackend:
         )
 
     def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None, keep_restarts=0) -> KMeansResult:
-        from cuml.cluster import KMeans
-
-        assert x.ndim == 3, f"x must be (P, N, d), got {tuple(x.shape)}"
-        p, n, d = x.shape
-        if k < 1 or k > n:
-            raise ValueError(f"k must be in [1, {n}] (the tokens per problem), got {k}")
-        w = torch.ones(p, n, dtype=x.dtype, device=x.device) if weights is None else weights.to(x.dtype)
-        check_finite((x * x).sum(-1), "KMeans input")
-        starts = None
-        if init is not None:
-            starts = init.to(x.dtype)
-            starts = starts[:, None] if starts.ndim == 3 else starts
-            assert starts.shape[0] == p and starts.shape[2:] == (k, d), f"init must be (P, [n_init,] k, d), got {tuple(init.shape)}"
-        labels = torch.full((p, n), -1, dtype=torch.long, device=x.device)
-        centres = torch.zeros(p, k, d, dtype=x.dtype, device=x.device)
-        inertia = torch.zeros(p, dtype=x.dtype, device=x.device)
-        n_iter = torch.zeros(p, dtype=torch.long, device=x.device)
-        ensemble = torch.full((p, keep_restarts, n), -1, dtype=torch.long, device=x.device)
+        """kernels.kmeans's Lloyd on x's device, with cuML's pairwise distances as the assignment step."""
         with self._device(x):
-            for i in range(p):
-                if not bool(w[i].sum() > 0):
-                    continue
-                xi, wi = self._to_cupy(x[i]), (None if weights is None else self._to_cupy(w[i]))
-                runs = [("k-means++", n_init)] if starts is None else [(self._to_cupy(s), 1) for s in starts[i]]
-                best = None
-                for start, restarts in runs:
-                    km = KMeans(n_clusters=k, init=start, n_init=restarts, max_iter=max_iter, tol=tol,
-                                random_state=seed, output_type="cupy", verbose=False)
-                    km.fit(xi, sample_weight=wi)
-                    lab = torch.from_dlpack(km.labels_).long()
-                    cen = torch.from_dlpack(km.cluster_centers_).to(x.dtype)
-                    obj = exact_inertia(x[i], cen, lab, w[i])
-                    if best is None or bool(obj < best[0]):
-                        best = (obj, lab, cen, int(km.n_iter_))
-                inertia[i], labels[i], centres[i], n_iter[i] = best
-                for r in range(keep_restarts):  # the seed ensemble: single-start runs, seed + r or the given starts
-                    start = "k-means++" if starts is None else self._to_cupy(starts[i, r])
-                    km = KMeans(n_clusters=k, init=start, n_init=1, max_iter=max_iter, tol=tol,
-                                random_state=seed + r, output_type="cupy", verbose=False)
-                    km.fit(xi, sample_weight=wi)
-                    ensemble[i, r] = torch.from_dlpack(km.labels_).long()
-        return KMeansResult(labels=labels, centres=centres, inertia=inertia, n_iter=n_iter,
-                            restart_labels=ensemble if keep_restarts else None)
+            return kmeans(x, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init, weights=weights,
+                          keep_restarts=keep_restarts, assign=CumlAssignment(self._to_cupy))
+
+
+class CumlAssignment:
+    """The assignment step of kernels.kmeans.lloyd by cuml.metrics.pairwise_distances (squared
+    Euclidean), one live problem and packed restart at a time, on the GPU (DLPack in and out)."""
+
+    def __init__(self, to_cupy):
+        self.to_cupy = to_cupy
+
+    def __call__(self, live: LiveProblems, centres: torch.Tensor, ws=None) -> tuple[torch.Tensor, torch.Tensor]:
+        from cuml.metrics import pairwise_distances
+
+        p, r, k, d = centres.shape
+        n = live.x.shape[1]
+        labels = torch.empty(p, r, n, dtype=torch.long, device=live.x.device)
+        d2 = torch.empty(p, r, n, dtype=live.x.dtype, device=live.x.device)
+        for i in range(p):
+            xi = self.to_cupy(live.x[i])
+            for j in range(r):
+                dist = torch.from_dlpack(pairwise_distances(xi, self.to_cupy(centres[i, j]), metric="sqeuclidean"))
+                d2[i, j], labels[i, j] = dist.to(d2.dtype).min(dim=-1)  # (N, k) -> nearest centre
+        return labels, d2.clamp_(min=0)

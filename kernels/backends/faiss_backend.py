@@ -1,4 +1,4 @@
-"""Faiss, one problem at a time: faiss.PCAMatrix for PCA, faiss.Clustering steps for KMeans.
+"""Faiss, one problem at a time: faiss.PCAMatrix for PCA, a faiss index search as the assignment step of KMeans.
 
 Faiss is built for one big problem (dataset-level clustering of millions of tokens);
 for the per-image workload this adapter loops over problems, like the sklearn one.
@@ -6,18 +6,13 @@ for the per-image workload this adapter loops over problems, like the sklearn on
 What runs where (the device is taken from the inputs):
 - PCA: faiss.PCAMatrix on the CPU for every device (faiss has no GPU PCA), in float32,
   without its subsampling (max_points_per_d is raised to cover every token).
-- KMeans: the data are centred (as scikit-learn does), seeded with the greedy k-means++
-  of kernels.kmeans (the same draws as the torch backend, so a seed means the same start
-  everywhere; faiss's own init is a uniform sample), then faiss.Clustering runs ONE
-  Lloyd step per call -- assignment through a faiss IndexFlatL2 (a GpuIndexFlatL2 when
-  the inputs are on CUDA), centroid update and faiss's empty-cluster handling -- and
-  scikit-learn's stopping rule (centre shift <= tol * mean feature variance) is applied
-  between steps, so `tol` and `max_iter` mean what they mean for the other backends.
-  Faiss does not subsample here (max_points_per_centroid is raised to N).
-- Differences from scikit-learn that parity reports instead of hiding: faiss computes
-  in float32 whatever the input dtype, and an empty cluster is re-seeded by splitting a
-  large cluster (a perturbed copy of its centroid) where scikit-learn moves the farthest
-  point. Started from the same centres, labels agree unless a cluster empties.
+- KMeans: kernels.kmeans's Lloyd, written once for every backend (centring, the greedy
+  k-means++ starts with the same draws as the torch backend, the weighted centroid update with
+  scikit-learn's empty-cluster relocation, scikit-learn's stopping rule, the restarts and the
+  choice of the best), with faiss as its assignment step: every token searched in a faiss
+  IndexFlatL2 holding one restart's centres (a GpuIndexFlatL2 when the inputs are on CUDA).
+- What differs from scikit-learn, and parity reports instead of hiding: faiss computes in
+  float32 whatever the input dtype (the whole call runs on float32 CPU tensors).
 """
 
 from __future__ import annotations
@@ -25,9 +20,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels.backends.common import exact_inertia, pca_problem
+from kernels.backends.common import pca_problem
 from kernels.checks import check_finite
-from kernels.kmeans import KMeansResult, prepare
+from kernels.kmeans import KMeansResult, kmeans
+from kernels.lloyd import LiveProblems
 from kernels.pca import PCAResult, fix_signs
 
 
@@ -39,8 +35,8 @@ class FaissBackend:
         self.faiss = faiss_module
         self.detail = (
             f"faiss {getattr(faiss_module, '__version__', '?')}: PCA by faiss.PCAMatrix on the CPU; KMeans by "
-            "faiss.Clustering Lloyd steps (IndexFlatL2, GpuIndexFlatL2 for CUDA inputs) from torch's k-means++ "
-            "seeds, float32, one problem at a time"
+            "kernels.kmeans's Lloyd with a faiss IndexFlatL2 search as the assignment step (GpuIndexFlatL2 for CUDA "
+            "inputs), float32, one problem and restart at a time"
         )
         self._gpu_resources: dict[int, object] = {}
 
@@ -96,74 +92,36 @@ class FaissBackend:
         cfg.device = gpu
         return faiss.GpuIndexFlatL2(self._gpu_resources[gpu], d, cfg)
 
-    def _lloyd_step(self, xi: np.ndarray, wi: np.ndarray | None, centres: np.ndarray, index, seed: int) -> np.ndarray:
-        """One faiss assignment + update from `centres` (k, d) float32 -> new centres."""
-        faiss = self.faiss
-        n, d = xi.shape
-        k = centres.shape[0]
-        clus = faiss.Clustering(d, k)
-        clus.niter = 1
-        clus.nredo = 1
-        clus.seed = int(seed)
-        clus.verbose = False
-        clus.max_points_per_centroid = n  # never subsample
-        clus.min_points_per_centroid = 1  # no "too few points" warning
-        if hasattr(clus, "check_input_data_for_NaNs"):
-            clus.check_input_data_for_NaNs = False  # checked once up front
-        faiss.copy_array_to_vector(np.ascontiguousarray(centres, dtype=np.float32).ravel(), clus.centroids)
-        clus.train(xi, index, wi)
-        return faiss.vector_to_array(clus.centroids).reshape(k, d)
-
     def kmeans(self, x, k, *, n_init, max_iter, tol, seed, init=None, weights=None, keep_restarts=0) -> KMeansResult:
-        x32 = x.detach().to("cpu", torch.float32)
-        prep = prepare(x32, k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed, init=init,
-                       weights=None if weights is None else weights.detach().cpu(), restart_range=None if init is not None else (0, max(n_init, keep_restarts)))
-        xc, w, has_tokens, mean, tol_abs, start = prep.xc, prep.w, prep.has_tokens, prep.mean, prep.tol_abs, prep.centres
-        p, n, d = xc.shape
-        restarts = start.shape[1]
-        best_of = restarts if init is not None else n_init  # the ensemble's extra restarts are not candidates
-        ensemble = torch.full((p, keep_restarts, n), -1, dtype=torch.long)
+        """kernels.kmeans's Lloyd (k-means++ starts, update, stopping rule, restarts) on float32 CPU
+        tensors, with faiss's index search as the assignment step; the result on x's device and dtype."""
+        assign = FaissAssignment(self._index(x.shape[-1], x.device))
+        result = kmeans(x.detach().to("cpu", torch.float32), k, n_init=n_init, max_iter=max_iter, tol=tol, seed=seed,
+                        init=None if init is None else init.detach().cpu(),
+                        weights=None if weights is None else weights.detach().cpu(), keep_restarts=keep_restarts,
+                        assign=assign)
+        return result.to(x.device, x.dtype)
 
-        labels = torch.full((p, n), -1, dtype=torch.long)
-        centres = torch.zeros(p, k, d, dtype=torch.float32)
-        inertia = torch.zeros(p, dtype=torch.float64)
-        n_iter = torch.zeros(p, dtype=torch.long)
-        index = self._index(d, x.device)
-        weighted = weights is not None
+
+class FaissAssignment:
+    """The assignment step of kernels.kmeans.lloyd through a faiss flat L2 index: for each live
+    problem and packed restart, the index holds that restart's k centres and every token is
+    searched (nearest centre and its squared distance, float32)."""
+
+    def __init__(self, index):
+        self.index = index
+
+    def __call__(self, live: LiveProblems, centres: torch.Tensor, ws=None) -> tuple[torch.Tensor, torch.Tensor]:
+        p, r, k, d = centres.shape
+        n = live.x.shape[1]
+        labels = torch.empty(p, r, n, dtype=torch.long)
+        d2 = torch.empty(p, r, n, dtype=torch.float32)
         for i in range(p):
-            if not bool(has_tokens[i]):
-                continue
-            xi = np.ascontiguousarray(xc[i].numpy())
-            wi = np.ascontiguousarray(w[i].numpy()) if weighted else None
-            best = None
-            for r in range(restarts):
-                c = start[i, r].numpy()
-                steps = 0
-                while steps < max_iter:
-                    new = self._lloyd_step(xi, wi, c, index, seed)
-                    steps += 1
-                    shift = float(((new.astype(np.float64) - c) ** 2).sum())
-                    c = new
-                    if shift <= float(tol_abs[i]):
-                        break
-                index.reset()
-                index.add(np.ascontiguousarray(c, dtype=np.float32))
-                _, assigned = index.search(xi, 1)
-                lab = torch.as_tensor(assigned[:, 0].astype(np.int64))
-                cen = torch.as_tensor(c)
-                if r < keep_restarts:
-                    ensemble[i, r] = lab
-                if r >= best_of:
-                    continue
-                obj = float(exact_inertia(xc[i].double(), cen.double(), lab, w[i].double()))
-                if best is None or obj < best[0]:  # first minimum on ties, as the torch backend
-                    best = (obj, lab, cen, steps)
-            inertia[i], labels[i], centres[i], n_iter[i] = best
-        dev = x.device
-        return KMeansResult(
-            labels=labels.to(dev),
-            centres=(centres + mean[:, None, :]).to(dev, x.dtype),
-            inertia=inertia.to(dev, x.dtype),
-            n_iter=n_iter.to(dev),
-            restart_labels=ensemble.to(dev) if keep_restarts else None,
-        )
+            xi = np.ascontiguousarray(live.x[i].numpy(), dtype=np.float32)
+            for j in range(r):
+                self.index.reset()
+                self.index.add(np.ascontiguousarray(centres[i, j].numpy(), dtype=np.float32))
+                dist, nearest = self.index.search(xi, 1)
+                labels[i, j] = torch.from_numpy(nearest[:, 0].astype(np.int64))
+                d2[i, j] = torch.from_numpy(dist[:, 0])
+        return labels, d2.clamp_(min=0)

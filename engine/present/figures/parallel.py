@@ -6,10 +6,17 @@ masks are ~170 MB) and hand back the records; the parent writes every image's ma
 page in the figures' plan order. The figures only read the maps and the stored rows, so
 drawing in parallel changes no result. Where fork is unavailable, or with one worker, they
 are drawn here in turn.
+
+The workers end with the drawing: killed when it stops (an error, Ctrl-C, SIGTERM) and
+by the kernel when the parent dies, even by kill -9 (engine.core.processes.die_with_parent).
+An image's figures.json is written once all its figures are drawn, so `figures_complete`
+(a manifest whose files all exist, in every asked-for format) tells `--resume` which
+images to draw again.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -17,6 +24,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
+from engine.core.files import file_stem
+from engine.core.processes import die_with_parent, quiet_helper_signals
 from engine.present.figures.draw import draw_view, figure_plan, finish_image, image_folder
 from engine.present.figures.view import FigureOptions, FigureRecord, ImageView, image_view
 
@@ -62,18 +71,60 @@ def draw_sweep_figures(result, cfg, options: FigureOptions | None = None, echo: 
             for i, group in tasks:
                 finished(i, draw_group(i, group))
         else:
-            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-            try:
-                futures = {pool.submit(draw_group, i, group): i for i, group in tasks}
-                for future in as_completed(futures):
-                    finished(futures[future], future.result())
-            except BaseException:  # Ctrl-C or a failed figure: drop the queued groups instead of drawing them all
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
+            draw_in_workers(tasks, workers, finished)
     finally:
         _JOBS.clear()
     return pages
+
+
+def draw_in_workers(tasks: list[tuple[int, tuple[str, ...]]], workers: int, finished: Callable) -> None:
+    """Draw the groups in forked workers; whatever stops the drawing stops the workers too."""
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=start_worker,
+                               initargs=(os.getpid(),))
+    try:
+        futures = {pool.submit(draw_group, i, group): i for i, group in tasks}
+        for future in as_completed(futures):
+            finished(futures[future], future.result())
+    except BaseException:  # Ctrl-C, SIGTERM or a failed figure: drop the queued groups, stop the ones being drawn
+        stop_workers(pool)
+        raise
+    pool.shutdown()
+
+
+def start_worker(parent: int) -> None:
+    """A figure worker dies with its parent and leaves Ctrl-C and SIGTERM to it (the parent stops the workers)."""
+    die_with_parent(parent)
+    quiet_helper_signals()
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's workers now (a group being drawn is not waited for) and drop the queued ones."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14+
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def figures_complete(out: Path, image_id: str, formats: tuple[str, ...]) -> bool:
+    """Whether DIR/figures/<image>/figures.json lists a complete drawing with every file there, in each format."""
+    folder = Path(out) / "figures" / file_stem(image_id)
+    try:
+        manifest = json.loads((folder / "figures.json").read_text())
+    except (OSError, ValueError):
+        return False
+    figures = manifest.get("figures") if isinstance(manifest, dict) else None
+    if manifest.get("image_id") != image_id or not figures:
+        return False
+    for figure in figures:
+        files = figure.get("files") or []
+        if not all((folder / name).is_file() for name in files):
+            return False
+        if not {f".{fmt}" for fmt in formats} <= {Path(name).suffix for name in files}:
+            return False
+    return True
 
 
 def usable_cores() -> int:

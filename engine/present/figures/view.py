@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.core.errors import ConfigError
+from engine.core.files import file_stem
 from engine.present.style import check_formats
 
 DISPLAY_SIDE = 504  # backdrop pixels: 1008 / 2, more than a 3-inch panel shows at 150 dpi
@@ -188,7 +189,7 @@ def display_image(image: np.ndarray, max_side: int = DISPLAY_SIDE) -> np.ndarray
 
 
 def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "image"
+    return file_stem(text)  # one rule for file names: RunConfig checks the prompts' against it up front
 
 
 def pick_point(slots, options: FigureOptions) -> tuple[float | None, float | None]:

@@ -48,6 +48,7 @@ accuracy after one-to-one matching of clusters to classes. <i>Mask IoU</i>: unio
 
 def run_facts(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | None, errors: list[dict]) -> list[tuple[str, object]]:
     cfg = run.get("config") or {}
+    data = cfg.get("data") or {}  # RunConfig holds a DataConfig
     analysis = cfg.get("analysis") or {}
     source = run.get("source") or {}
     backend = run.get("backend") or {}
@@ -63,8 +64,8 @@ def run_facts(sweep_dir: Path, run: dict, rows: Rows | None, ref: Reference | No
         ("started / finished", " / ".join(x for x in (run.get("started"), run.get("finished")) if x)),
         ("model / source", model),
         ("source note", source.get("note")),
-        ("dataset", " ".join(str(x) for x in (cfg.get("dataset"), f"split {cfg['split']}" if cfg.get("split") else None,
-                                              f"mode {cfg['mode']}" if cfg.get("mode") else None) if x)),
+        ("dataset", " ".join(str(x) for x in (data.get("root"), f"split {data['split']}" if data.get("split") else None,
+                                              f"mode {data['mode']}" if data.get("mode") else None) if x)),
         ("prompts", ", ".join(cfg.get("prompts") or [])),
         ("images with results", images),
         ("items skipped with errors", len(errors)),
@@ -229,7 +230,7 @@ def what_ran(run: dict, rows: Rows | None, ref: Reference | None, errors: list[d
     model = "SIMULATED source" if is_simulated(run) else f"SAM3 ({cfg.get('checkpoint') or 'checkpoint unknown'})"
     images = len(set(rows["image_id"].tolist())) if rows is not None else 0
     grid = ", ".join(f"{k}={v}" for k, v in ((cfg.get("analysis") or {}).items()) if k in ("taus", "alphas", "dims", "ks"))
-    return (f"{images} images analysed ({len(errors)} failed) with the {model} on {cfg.get('dataset') or 'an unknown dataset'}"
+    return (f"{images} images analysed ({len(errors)} failed) with the {model} on {(cfg.get('data') or {}).get('root') or 'an unknown dataset'}"
             f"; grid {grid or 'unknown'}; the tables and figures below are at {ref.label() if ref else 'no grid point'}"
             f"; run.json status {run.get('status') or 'unknown'}.")
 

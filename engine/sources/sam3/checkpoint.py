@@ -9,8 +9,8 @@ neck are dropped by an explicit list, everything else must match exactly.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
+import json
 import os
 import re
 import time
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from engine.core.errors import CheckpointError
+from engine.core.files import atomic_write_bytes, file_sha256, stat_key
 
 BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
 
@@ -183,15 +184,56 @@ def check_state_dict(contents: CheckpointContents, expected: dict[str, torch.Siz
 
 
 
+HASH_CACHE_ENV = "DATR_HASH_CACHE"  # where the checkpoint hashes are kept (default: the user's cache folder)
+
+
 def checkpoint_fingerprint(path: str | Path) -> dict:
-    """Cheap identity of a (multi-GB) checkpoint: sha256 of its first MiB, size, mtime."""
+    """Identity of a (multi-GB) checkpoint: the sha256 of all its bytes, its size and mtime.
+
+    The hash is computed once per file and kept in a small JSON cache keyed by the resolved
+    path, size, mtime_ns, ctime_ns and inode (`hash_cache_path`), so a run pays it only
+    when the file is new or was written since.
+    """
     path = check_checkpoint_path(path)
-    with path.open("rb") as f:
-        digest = hashlib.sha256(f.read(1 << 20)).hexdigest()
     stat = path.stat()
     return {
         "path": str(path.resolve()),
-        "sha256_first_mib": digest,
+        "sha256": cached_sha256(path),
         "bytes": stat.st_size,
         "mtime": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stat.st_mtime)),
     }
+
+
+def bpe_fingerprint(bpe_path: str | Path | None) -> dict:
+    """The BPE vocabulary the text encoder reads: where it was found and the sha256 of its bytes."""
+    path = resolve_bpe_path(bpe_path)
+    return {"path": str(path), "sha256": cached_sha256(path)}
+
+
+def hash_cache_path() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datr" / "file-hashes.json"
+    return Path(os.environ.get(HASH_CACHE_ENV) or default)
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 of a file, from the hash cache when its (size, mtime_ns, ctime_ns, inode) are those it was hashed at."""
+    key, stat = str(Path(path).resolve()), list(stat_key(path))
+    cache_file = hash_cache_path()
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    known = known if isinstance(known, dict) else {}
+    entry = known.get(key)
+    if isinstance(entry, dict) and entry.get("stat") == stat and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = file_sha256(path)
+    if stat_key(path) != tuple(stat):
+        return digest  # written while we read it: do not remember a hash of a moving file
+    known[key] = {"stat": stat, "sha256": digest}
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cache_file, json.dumps(known, indent=1).encode())
+    except OSError:
+        pass  # an unwritable cache costs the hash again next time, nothing else
+    return digest

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from engine.core.choices import Autocast
-from engine.core.config import DEFAULT_PROMPTS
+from engine.core.config import DEFAULT_PROMPTS, GRID_CHUNK
 from engine.core.devices import parse_device
 from engine.core.errors import ConfigError
 from engine.core.geometry import MASK_GRID, MODEL_SIDE, NUM_QUERIES, TOKEN_GRID
@@ -37,7 +37,7 @@ class Sam3Config:
     bpe_path: Path | None = None
     device: str = "cpu"
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    grid_chunk: int = 8  # image x prompt pairs per forward_grounding call
+    grid_chunk: int = GRID_CHUNK  # image x prompt pairs per forward_grounding call
     autocast: str = "auto"  # engine.core.choices.Autocast: bf16 on CUDA under auto, off on the CPU
 
     def __post_init__(self) -> None:
