@@ -156,7 +156,7 @@ def test_ctrl_c_prints_the_resume_command_and_exits_130(tmp_path, monkeypatch):
 
 def test_bench_encoder_says_its_memory_need_first_and_reports_each_stage():
     from bench.encoder import EncoderBenchConfig, run_encoder_bench
-    from tests.tiny_sam3 import TINY_SIDE, build_tiny_sam3
+    from engine.sources.sam3.tiny import TINY_SIDE, build_tiny_sam3
 
     lines = []
     cfg = EncoderBenchConfig(random_weights=True, device="cpu", images=2, batch_size=1, image_side=TINY_SIDE,
