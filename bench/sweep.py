@@ -158,32 +158,50 @@ def run_sweep_bench(cfg: SweepBenchConfig, echo: Callable[[str], None] = print) 
     report = sweep_report(cfg, device, timing, {"batched_sweep": peak_batched, "paper_way": peak_paper}, counts, echo)
     echo(f"  seed ensemble ({ensemble['seeds']} seeds, controls on): {ensemble['ms_per_image_with']:.0f} ms/image with, "
          f"{ensemble['ms_per_image_without']:.0f} without: {ensemble['ratio']:.2f}x (best of {ensemble['repeats']} each)")
+    stage_peaks = ", ".join(f"{stage} {_mb(p)}" for stage, p in ensemble["peak_memory_per_stage"].items())
+    echo(f"  peak memory per stage above its start: {stage_peaks}")
     return report | {"ensemble_cost": ensemble}
 
 
 def time_ensemble_cost(index, run_cfg: RunConfig, cfg: SweepBenchConfig, device: torch.device, repeats: int = 2) -> dict:
     """The analysis (analyze_batch on the same simulated batches, controls on as by default) without the
     seed ensemble (--seeds 0, the analysis before it existed) and with the default seeds, alternating
-    the two `repeats` times; the best time of each, per image."""
+    the two `repeats` times; the best time of each, per image, and the peak memory of each stage: the
+    model (the simulated source's outputs) and the analysis both ways."""
     with_ensemble = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus))
     variants = {"without": replace(with_ensemble, seeds=0), "with": with_ensemble}
     source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, str(device))
-    batches = [simulated_batch(index, source, with_ensemble, cfg.batch_size) for _ in range(max(1, cfg.images // cfg.batch_size))]
+    with PeakMemory(device) as model_peak:
+        batches = [batch_of(index, source, with_ensemble, k, cfg.batch_size) for k in range(max(1, cfg.images // cfg.batch_size))]
     backend, _ = resolve_backend("torch", device)
     best = {name: float("inf") for name in variants}
+    peaks: dict[str, dict] = {}
     for _ in range(repeats):
         for name, analysis in variants.items():
-            start = time.perf_counter()
-            for batch, gt_tokens, gt_mask in batches:
-                analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
-                              gt_tokens=gt_tokens, gt_mask=gt_mask)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best[name] = min(best[name], time.perf_counter() - start)
+            with PeakMemory(device) as peak:
+                start = time.perf_counter()
+                for batch, gt_tokens, gt_mask in batches:
+                    analyze_batch(batch, analysis, backend, run_cfg.prompts, run_cfg.class_ids, len(run_cfg.class_ids),
+                                  gt_tokens=gt_tokens, gt_mask=gt_mask)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                best[name] = min(best[name], time.perf_counter() - start)
+            peaks[name] = max(peaks.get(name, {}), peak.as_dict(), key=lambda p: p.get("host_peak_mb") or 0)
     images = len(batches) * cfg.batch_size
     return {"seeds": with_ensemble.seeds, "n_init": cfg.n_init, "images": images, "repeats": repeats,
             "ms_per_image_without": 1e3 * best["without"] / images, "ms_per_image_with": 1e3 * best["with"] / images,
-            "ratio": best["with"] / best["without"]}
+            "ratio": best["with"] / best["without"],
+            "peak_memory_per_stage": {"model": model_peak.as_dict(), "analysis_without_ensemble": peaks["without"],
+                                      "analysis_with_ensemble": peaks["with"]}}
+
+
+def batch_of(index, source: SimulatedSource, analysis: AnalysisConfig, k: int, batch_size: int):
+    """Batch k of the scene set (items k * B ... k * B + B - 1, wrapping round) and its GT."""
+    items = [load_item(index, (k * batch_size + i) % len(index.items)) for i in range(batch_size)]
+    batch = source.run_batch(torch.stack([it.image for it in items]), [it.image_id for it in items], analysis.taus,
+                             gt_mask=torch.stack([it.gt_mask for it in items]),
+                             gt_tokens=torch.stack([it.gt_tokens for it in items]))
+    return batch, torch.stack([it.gt_tokens for it in items]), torch.stack([it.gt_mask for it in items])
 
 
 def time_paper_way(index, run_cfg: RunConfig, images: int) -> tuple[float, PeakMemory]:
@@ -242,6 +260,11 @@ def simulated_batch_at(index, source: SimulatedSource, analysis: AnalysisConfig,
     batch = source.run_batch(item.image[None], [item.image_id], analysis.taus, gt_mask=item.gt_mask[None],
                              gt_tokens=item.gt_tokens[None])
     return batch, item.gt_tokens[None], item.gt_mask[None]
+
+
+def _mb(peak: dict) -> str:
+    device = peak.get("device_peak_mb")
+    return f"host {peak.get('host_peak_mb', 0):.0f} MiB" + ("" if device is None else f", device {device:.0f} MiB")
 
 
 def _mem(peak: PeakMemory) -> str:

@@ -19,8 +19,7 @@ QUICK = "batch_size = 4\n[data]\nnum_workers = 0\n[analysis]\nn_init = 3\nseeds 
 
 
 def read_effects(path) -> list[dict]:
-    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
-    rows = list(csv.DictReader(lines))
+    rows = list(csv.DictReader(path.read_text().splitlines()))  # read as any script reads it
     assert rows and tuple(rows[0]) == EFFECT_FIELDS
     return rows
 

@@ -122,12 +122,11 @@ def one_test(key: tuple, contrast: str, values: np.ndarray, seed: int) -> dict:
     return entry
 
 
-def write_effects_csv(path: Path, effects: list[dict], comment: str | None = None) -> Path:
-    """effects.csv with exactly EFFECT_FIELDS as its header (a `# comment` line first when given)."""
+def write_effects_csv(path: Path, effects: list[dict]) -> Path:
+    """effects.csv: the header is exactly EFFECT_FIELDS, on the first line, so that scripts read it as it
+    is (no marker line: whether the run was simulated is said in run.json and on every report page)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
-        if comment:
-            fh.write(f"# {comment}\n")
         writer = csv.DictWriter(fh, fieldnames=EFFECT_FIELDS)
         writer.writeheader()
         for entry in effects:

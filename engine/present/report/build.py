@@ -34,7 +34,7 @@ from pathlib import Path
 from engine.analysis.effects import dataset_effects, write_effects_csv
 from engine.core.errors import DataError
 from engine.present.html import ReportFigure, write_image_page
-from engine.present.provenance import SIMULATED_LINE, run_is_simulated
+from engine.present.provenance import run_is_simulated
 from engine.present.report.curves import GRID_PARAMS, grid_figure
 from engine.present.report.page import render_index
 from engine.present.report.plots import (
@@ -98,7 +98,7 @@ def build_report(sweep_dir: Path, echo=print, formats: tuple[str, ...] = ("png",
         write_csv(out / "summary_grid.csv", grid_summary, simulated=simulated)
         write_latex(out / "summary.tex", summary, ref, simulated=simulated)
         effects = dataset_effects(rows)
-        write_effects_csv(out / "effects.csv", effects, comment=SIMULATED_LINE if simulated else None)
+        write_effects_csv(out / "effects.csv", effects)  # exactly the contract's columns; the pages say SIMULATED
     image_pages = find_image_pages(sweep_dir)
     index = out / "index.html"
     index.write_text(render_index(sweep_dir, run, rows, ref, figures, notes, summary, grid_summary, errors, image_pages,
