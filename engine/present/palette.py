@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.core.choices import GLOBAL
 from engine.data.classes import UDD5_CLASSES
 from kernels.grid import IGNORE
 
@@ -41,7 +42,7 @@ ENCODER_COLOUR = (0, 255, 0)  # composite: encoder similarity (green channel); b
 
 def class_name(class_id: int | None) -> str:
     if class_id is None:
-        return "global"
+        return GLOBAL
     return UDD5_CLASSES[class_id] if 0 <= class_id < len(UDD5_CLASSES) else f"class {class_id}"
 
 

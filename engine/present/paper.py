@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from engine.core.choices import GLOBAL
+
 PAPER_NOTE = ("paper (one image, one seed): the paper's single-image numbers, one KMeans seed's; it does not define "
               "these measures, the engine's definitions are DESIGN.md's")
 TOTAL_TOKENS = 5184  # the 72 x 72 grid
@@ -22,7 +24,7 @@ class PaperScope(NamedTuple):
 
 # Scope name (as in the rows' `scope` column) -> the paper's numbers for that scope.
 PAPER_NUMBERS: dict[str, PaperScope] = {
-    "global": PaperScope(None, 4099, 0.474, 0.8359),
+    GLOBAL: PaperScope(None, 4099, 0.474, 0.8359),
     "vegetation": PaperScope(17, 729, 0.342, 0.7040),
     "building": PaperScope(9, 2500, 0.496, 0.7987),
     "road": PaperScope(2, 812, 0.155, 0.7346),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from engine.core.choices import GLOBAL
 from engine.data.classes import UDD5_CLASSES
 from engine.present.paper import PAPER_NOTE, TOTAL_TOKENS, paper_scope
 from engine.present.provenance import FEW_TOKENS, PAPER_HIDDEN, PAPER_LEGEND, PAPER_SEED, SIMULATED_LINE
@@ -67,7 +68,7 @@ def summarize(rows: pa.Table) -> pa.Table:
 
 def paper_name(scope: str, class_id: int | None) -> str | None:
     """The paper's name for a scope: `global`, or a class scope's UDD5 class name (its prompt may differ)."""
-    if scope == "global":
+    if scope == GLOBAL:
         return scope
     if class_id is not None and 0 <= class_id < len(UDD5_CLASSES):
         return UDD5_CLASSES[class_id]

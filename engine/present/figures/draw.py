@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.choices import GLOBAL
 from engine.present.figures.masks import fig_decoder_masks, fig_mask
 from engine.present.figures.panels import (
     changed_markers,
@@ -92,7 +93,7 @@ def draw_view(view: ImageView, folder: Path, options: FigureOptions) -> list[Fig
 def figure_plan(view: ImageView, folder: Path, options: FigureOptions) -> list[tuple[str, Callable[[], FigureRecord]]]:
     """(name, draw) of every figure of one image, in the paper's order."""
     tau, alpha = pick_point(view.slots, options)
-    glob = find_slot(view.slots, "global", tau, alpha)
+    glob = find_slot(view.slots, GLOBAL, tau, alpha)
     palette = cluster_palette(view.labels[0], view.k, view.gt)
     plan = [("encoder_pca", lambda: fig_encoder_pca(view, folder, options)),
             ("structural_clustering", lambda: fig_structural(view, palette, folder, options))]
@@ -203,7 +204,7 @@ def fig_comparison(view: ImageView, palette: ClusterPalette, j: int, folder: Pat
     slot = view.slots[j]
     eff = view.effective[j]
     weights = view.mask_weights[slot.tau_index, slot.scope_index]
-    is_global = slot.kind == "global"
+    is_global = slot.kind == GLOBAL
     fig, axes = new_figure(4, options, sides=None if is_global and view.gt is not None else {0: "colorbar"})
     if is_global and view.gt is not None:
         show_image(axes[0], view.image, grey=view.image is not None)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.analysis.layout import prompt_scope_index
 from engine.present.figures.panels import (
     class_legend,
     cmap_rgb,
@@ -81,7 +82,7 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
             kept = view.scores[p] >= tau
             union = (masks[p][kept] >= 0.5).any(0) if kept.any() else None
         else:
-            union = view.mask_weights[0, 1 + p] >= 0.5
+            union = view.mask_weights[0, prompt_scope_index(p)] >= 0.5
         if union is not None and union.any():
             overlay = np.zeros(union.shape + (4,), dtype=np.float32) if overlay is None else overlay
             overlay[union] = (*to_unit(class_colour(cid)), 0.7)
@@ -95,7 +96,7 @@ def fig_decoder_masks(view: ImageView, folder: Path, options: FigureOptions, tau
             count = draw_prompt_masks(ax, view, masks, p, tau)
             panel_title(ax, p + 1, f"{prompt}: {plural(count, 'mask')} (score ≥ {tau:g})")
         else:
-            paint(ax, cmap_rgb(view.mask_weights[0, 1 + p], "magma"), 0.65)
+            paint(ax, cmap_rgb(view.mask_weights[0, prompt_scope_index(p)], "magma"), 0.65)
             panel_title(ax, p + 1, f"{prompt}: pooled mask weight")
     class_legend(fig, list(view.class_ids))
     suptitle(fig, view, "Decoder masks overview" + (f" (τ={tau:g})" if tau is not None else ""))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.choices import ENCODER
 from engine.core.errors import ConfigError
 from engine.core.files import file_stem
 from engine.present.style import check_formats
@@ -194,7 +195,7 @@ def safe_name(text: str) -> str:
 
 def pick_point(slots, options: FigureOptions) -> tuple[float | None, float | None]:
     """(tau, alpha) of the figures: the requested ones, else the first of the grid."""
-    datr = [s for s in slots if s.kind != "encoder"]
+    datr = [s for s in slots if s.kind != ENCODER]
     if not datr:
         return None, None
     taus = list(dict.fromkeys(s.tau for s in datr))
@@ -213,7 +214,7 @@ def _grid_value(values: list[float], wanted: float, name: str) -> float:
 
 def find_slot(slots, scope: str, tau, alpha) -> int | None:
     for j, s in enumerate(slots):
-        if s.scope == scope and s.kind != "encoder" and s.tau == tau and s.alpha == alpha:
+        if s.scope == scope and s.kind != ENCODER and s.tau == tau and s.alpha == alpha:
             return j
     return None
 

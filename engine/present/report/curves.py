@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.choices import ENCODER
 from engine.present.html import ReportFigure
 from engine.present.layout import fit_legend, set_suptitle, set_title
 from engine.present.palette import scope_colour, to_unit
@@ -64,7 +65,7 @@ def scope_rows(rows: Rows, scope: str, fixed: dict) -> np.ndarray:
     """The rows of a scope at the fixed parameters (the encoder clustering has no tau or alpha)."""
     keep = rows.select(scope=scope)
     for key, value in fixed.items():
-        if not (scope == "encoder" and key in ("tau", "alpha")):
+        if not (scope == ENCODER and key in ("tau", "alpha")):
             keep &= rows.select(**{key: value})
     return keep
 
@@ -91,7 +92,7 @@ def metric_panel(ax, rows: Rows, scopes, fixed: dict, name: str, values, metric:
     for si, (scope, cid) in enumerate(scopes):
         colour = to_unit(scope_colour(scope, cid))
         keep = scope_rows(rows, scope, fixed)
-        if scope == "encoder" and name in ("tau", "alpha"):
+        if scope == ENCODER and name in ("tau", "alpha"):
             data = rows[metric][keep] * SCALE[kind]
             if (~np.isnan(data)).any():
                 ax.axhline(float(np.nanmedian(data)), color=colour, linestyle="--", linewidth=1, label="encoder")
@@ -115,7 +116,7 @@ def grid_figure(rows: Rows, ref: Reference, scopes, param: tuple[str, str], out:
     if len(values) < 2:
         return None
     fixed = {key: getattr(ref, key) for key in ("tau", "alpha", "d", "k") if key != name and getattr(ref, key) is not None}
-    datr = [(s, c) for s, c in scopes if s != "encoder" and not np.isnan(rows["flip_ratio"][scope_rows(rows, s, fixed)]).all()]
+    datr = [(s, c) for s, c in scopes if s != ENCODER and not np.isnan(rows["flip_ratio"][scope_rows(rows, s, fixed)]).all()]
     metrics = [m for m in GRID_METRICS if not np.isnan(rows[m[0]]).all()]
     panels = len(datr) + len(metrics)
     if not panels:

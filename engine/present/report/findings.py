@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.analysis.effects import format_p, verdict
+from engine.core.choices import ENCODER
 from engine.present.html import esc
 from engine.present.provenance import FEW_TOKENS
 from engine.present.report.rows import Reference
@@ -137,7 +138,7 @@ def key_findings_html(sweep_dir: Path, summary: list[dict], images: list[dict], 
                       effects: list[dict], ref: Reference, link) -> str:
     """The key findings list: what ran, each class (effects first), what to look at."""
     items = [f"<li><b>What ran.</b> {esc(what_ran)}</li>"]
-    datr = [e for e in summary if e["scope"] != "encoder"]
+    datr = [e for e in summary if e["scope"] != ENCODER]
     tested = effects_at(effects, ref)
     lines = [f"<li>{esc(e['scope'])}: {class_line(e, tested.get(e['scope']))}</li>" for e in datr
              if e.get("flip_ratio_median") is not None or e["scope"] in tested]

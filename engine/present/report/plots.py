@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.choices import ENCODER
 from engine.present.html import ReportFigure
 from engine.present.layout import fit_legend, set_suptitle, set_title
 from engine.present.palette import scope_colour, to_unit
@@ -47,7 +48,7 @@ def distribution_figure(rows: Rows, ref: Reference, scopes, metric: str, title: 
         base &= rows.select(tau=ref.tau)
     if series_param == "tau" and ref.alpha is not None:
         base &= rows.select(alpha=ref.alpha)  # tau-only metrics repeat over alpha; one copy per image
-    datr_scopes = [(s, c) for s, c in scopes if s != "encoder"]
+    datr_scopes = [(s, c) for s, c in scopes if s != ENCODER]
     if not datr_scopes:
         return None
     fig, (ax,) = new_canvas(max(3.5, 1.1 * len(datr_scopes) * max(1, len(series)) ** 0.5 + 0.6), 2.5)
@@ -173,7 +174,7 @@ def controls_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> R
     if np.isnan(rows["flip_ratio_null"]).all() and np.isnan(rows["flip_ratio_reseed"]).all():
         return None
     base = point_mask(rows, ref)
-    datr_scopes = [(s, c) for s, c in scopes if s != "encoder"]
+    datr_scopes = [(s, c) for s, c in scopes if s != ENCODER]
     fig, (ax,) = new_canvas(max(4.0, 1.3 * len(datr_scopes) + 0.6), 2.6)
     width = 0.8 / len(CONTROLS)
     rng = np.random.default_rng(0)
@@ -235,7 +236,7 @@ def quality_figure(rows: Rows, ref: Reference, scopes, out: Path, formats) -> Re
     keep = point_mask(rows, ref) & rows.select(scope_kind="class")
     if not keep.any() or np.isnan(rows["iou"][keep]).all() or np.isnan(rows["accuracy"][keep]).all():
         return None
-    enc_keep = point_mask(rows, ref, tau=False, alpha=False) & rows.select(scope="encoder")
+    enc_keep = point_mask(rows, ref, tau=False, alpha=False) & rows.select(scope=ENCODER)
     enc_acc = dict(zip(rows["image_id"][enc_keep], rows["accuracy"][enc_keep], strict=True))
     gain = np.array([a - enc_acc.get(i, np.nan) for i, a in zip(rows["image_id"], rows["accuracy"], strict=True)])
     panels = list(QUALITY) + [("accuracy_gain", "Accuracy gain over encoder")]

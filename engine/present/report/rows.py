@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.analysis.rows import CONTROL_COLUMNS, ENSEMBLE_COLUMNS
+from engine.core.choices import RESERVED_SCOPES
 from engine.core.errors import DataError
 from engine.run.store import read_rows
 
@@ -156,7 +157,7 @@ def scope_order(rows: Rows, run: dict) -> list[tuple[str, float | None]]:
     """[(scope, class_id)] in the order encoder, global, prompts (config order), then any others."""
     prompts = list((run.get("config") or {}).get("prompts") or [])
     present = rows.values("scope")
-    order = [s for s in ("encoder", "global") if s in present] + [p for p in prompts if p in present]
+    order = [s for s in RESERVED_SCOPES if s in present] + [p for p in prompts if p in present]
     order += [s for s in present if s not in order]
     out = []
     for scope in order:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.core.choices import ENCODER, GLOBAL, RESERVED_SCOPES
 from engine.present.paper import PaperScope, paper_scope
 from engine.present.report.rows import Reference, Rows, point_mask
 
@@ -30,7 +31,7 @@ def summary_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
     """
     table = []
     for scope, cid in scopes:
-        keep = rows.select(scope=scope) & point_mask(rows, ref, tau=scope != "encoder", alpha=scope != "encoder")
+        keep = rows.select(scope=scope) & point_mask(rows, ref, tau=scope != ENCODER, alpha=scope != ENCODER)
         entry = {"scope": scope, "class_id": cid, "images": int(len(set(rows["image_id"][keep].tolist())))}
         for metric, _, _ in TABLE_COLUMNS:
             data = rows[metric][keep]
@@ -175,17 +176,17 @@ def image_table(rows: Rows, ref: Reference, scopes) -> list[dict]:
     (`class_flip_max_seeds`: "unstable" where flip_within >= flip_between and the encoder's seeds disagree
     at all, flip_within > 0; "stable" otherwise; None without the seed ensemble).
     """
-    kinds = {scope: ("class" if cid is not None and scope not in ("encoder", "global") else scope) for scope, cid in scopes}
+    kinds = {scope: ("class" if cid is not None and scope not in RESERVED_SCOPES else scope) for scope, cid in scopes}
     at_point = point_mask(rows, ref)
-    encoder = point_mask(rows, ref, tau=False, alpha=False) & rows.select(scope="encoder")
+    encoder = point_mask(rows, ref, tau=False, alpha=False) & rows.select(scope=ENCODER)
     value = row_value(rows)
     per_image: dict[str, dict] = {}
     for i in np.flatnonzero(at_point | encoder):
         entry = per_image.setdefault(rows["image_id"][i], {"classes": {}, "ious": []})
         kind = kinds.get(rows["scope"][i], "class")
-        if kind == "encoder" and encoder[i]:
+        if kind == ENCODER and encoder[i]:
             entry["accuracy_encoder"] = value("accuracy", i)
-        elif kind == "global" and at_point[i]:
+        elif kind == GLOBAL and at_point[i]:
             for name in ("effective_tokens", "flip_ratio", "flip_ratio_null"):
                 entry[name] = value(name, i)
             entry["accuracy_global"] = value("accuracy", i)
