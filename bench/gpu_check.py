@@ -66,7 +66,7 @@ def plan_steps(device: str, quick: bool) -> list[Step]:
         kernels = {"images": 2, "reference_images": 1, "n_inits": [1], "repeats": 1, "side": 24, "channels": 32,
                    "d": 8, "k": 3}
         kernel_batches, sweep_batches = (1, 2), (2,)
-        sweep = {"images": 2, "reference_images": 1, "n_init": 1}
+        sweep = {"images": 2, "reference_images": 1, "n_init": 1, "seeds": 3}
         grids = {"default": {}, "grid2x1": {"alphas": [0.3, 0.6], "taus": [0.5]}}
         encoder = {"images": 1, "batch_sizes": [1], "tiny": True}
         timeouts = {"pytest": 60, "parity": 40, "kernels": 40, "sweep": 60, "encoder": 60}

@@ -48,6 +48,7 @@ class SweepBenchConfig:
     alphas: tuple[float, ...] = (0.3,)
     taus: tuple[float, ...] = (0.5,)
     count_batches: tuple[int, ...] = (1, 16)  # batch sizes at which ops and syncs are counted (on the CPU)
+    seeds: int = AnalysisConfig.seeds  # the seed ensemble whose cost ensemble_cost measures
 
 
 def paper_way(tokens: np.ndarray, queries: np.ndarray, scores: np.ndarray, query_masks: np.ndarray, cfg: AnalysisConfig) -> list[float]:
@@ -168,7 +169,7 @@ def time_ensemble_cost(index, run_cfg: RunConfig, cfg: SweepBenchConfig, device:
     seed ensemble (--seeds 0, the analysis before it existed) and with the default seeds, alternating
     the two `repeats` times; the best time of each, per image, and the peak memory of each stage: the
     model (the simulated source's outputs) and the analysis both ways."""
-    with_ensemble = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus))
+    with_ensemble = AnalysisConfig(n_init=cfg.n_init, alphas=tuple(cfg.alphas), taus=tuple(cfg.taus), seeds=cfg.seeds)
     variants = {"without": replace(with_ensemble, seeds=0), "with": with_ensemble}
     source = SimulatedSource(run_cfg.prompts, run_cfg.class_ids, str(device))
     with PeakMemory(device) as model_peak:

@@ -26,7 +26,7 @@ def batch(tmp_path_factory):
 
 def test_without_ground_truth_the_internal_scores_replace_the_gt_metrics(batch):
     src, _ = batch
-    cfg = AnalysisConfig(n_init=1, dims=(8,), silhouette_sample=200)
+    cfg = AnalysisConfig(n_init=1, dims=(8,), silhouette_sample=200, seeds=3)
     cols = analyze_batch(src, cfg, TorchBackend(), PROMPTS, (0, 1, 2, 3, 4), 5).columns
     n = 2 * 7
     assert all(len(v) == n for v in cols.values())
@@ -37,7 +37,7 @@ def test_without_ground_truth_the_internal_scores_replace_the_gt_metrics(batch):
 
 def test_with_ground_truth_the_gt_metrics_are_filled_and_internal_scores_left_out(batch):
     src, loaded = batch
-    cfg = AnalysisConfig(n_init=1, dims=(8,))
+    cfg = AnalysisConfig(n_init=1, dims=(8,), seeds=3)
     cols = analyze_batch(src, cfg, TorchBackend(), PROMPTS, (0, 1, 2, 3, 4), 5,
                          gt_tokens=loaded.gt_tokens, gt_mask=loaded.gt_mask).columns
     assert all(0 < v <= 1 for v in cols["accuracy"]) and all(v is None for v in cols["silhouette"])
@@ -51,7 +51,7 @@ def test_kmeans_in_chunks_of_problems_gives_the_rows_of_one_call(batch, monkeypa
     import engine.analysis.controls as controls_mod
 
     src, loaded = batch
-    cfg = AnalysisConfig(n_init=2, dims=(8,))
+    cfg = AnalysisConfig(n_init=2, dims=(8,), seeds=3)
     args = (src, cfg, TorchBackend(), PROMPTS, (0, 1, 2, 3, 4), 5)
     whole = analyze_batch(*args, gt_tokens=loaded.gt_tokens, gt_mask=loaded.gt_mask).columns
     calls = []

@@ -11,7 +11,7 @@ from cli import app
 from engine.run.store import read_rows
 
 runner = CliRunner()
-FAST = ["--n-init", "1", "--dims", "4", "--num-workers", "0", "--no-progress"]
+FAST = ["--n-init", "1", "--seeds", "3", "--dims", "4", "--num-workers", "0", "--no-progress"]
 
 
 def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path, one_line_error):
@@ -32,7 +32,7 @@ def test_sweep_writes_rows_and_prints_the_summary(scenes, tmp_path, one_line_err
 
 def test_config_file_values_and_command_line_precedence(scenes, tmp_path, one_line_error):
     toml = tmp_path / "run.toml"
-    toml.write_text('batch_size = 1\n[data]\nnum_workers = 0\n[analysis]\nalphas = [0.1, 0.2]\nn_init = 1\ndims = [4]\n')
+    toml.write_text('batch_size = 1\n[data]\nnum_workers = 0\n[analysis]\nalphas = [0.1, 0.2]\nn_init = 1\nseeds = 3\ndims = [4]\n')
     out = tmp_path / "cfg"
     result = runner.invoke(app, ["sweep", str(scenes), "--out", str(out), "--config", str(toml), "--alpha", "0.7", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -80,7 +80,7 @@ def test_analyze_one_image(scenes, tmp_path):
     image = scenes / "val" / "src" / "scene_0000.JPG"
     gt = scenes / "val" / "gt" / "scene_0000.png"
     out = tmp_path / "one"
-    result = runner.invoke(app, ["analyze", str(image), "--gt", str(gt), "--out", str(out), "--n-init", "1", "--dims", "4", "--no-figures"])
+    result = runner.invoke(app, ["analyze", str(image), "--gt", str(gt), "--out", str(out), "--n-init", "1", "--seeds", "3", "--dims", "4", "--no-figures"])
     assert result.exit_code == 0, result.output
     rows = read_rows(out).to_pylist()
     assert {r["image_id"] for r in rows} == {"scene_0000"} and len(rows) == 7
@@ -95,7 +95,7 @@ def test_kmeans_init_and_controls_options_are_recorded(scenes, tmp_path):
     image = scenes / "val" / "src" / "scene_0000.JPG"
     out = tmp_path / "enc"
     gt = scenes / "val" / "gt" / "scene_0000.png"
-    result = runner.invoke(app, ["analyze", str(image), "--gt", str(gt), "--out", str(out), "--n-init", "1", "--dims", "4",
+    result = runner.invoke(app, ["analyze", str(image), "--gt", str(gt), "--out", str(out), "--n-init", "1", "--seeds", "3", "--dims", "4",
                                  "--no-figures", "--kmeans-init", "encoder", "--no-controls"])
     assert result.exit_code == 0, result.output
     rows = read_rows(out).to_pylist()

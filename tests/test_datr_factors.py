@@ -75,7 +75,7 @@ def grid_batch(tmp_path_factory):
     loaded = next(iter(make_loader(index_dataset(cfg), cfg, 2, "cpu")))
     src = SimulatedSource(PROMPTS, CLASSES).run_batch(loaded.images, loaded.image_ids, (0.4, 0.6),
                                                       gt_mask=loaded.gt_mask, gt_tokens=loaded.gt_tokens)
-    return src, loaded, AnalysisConfig(n_init=2, alphas=(0.3, 1.0), taus=(0.4, 0.6), dims=(16,))
+    return src, loaded, AnalysisConfig(n_init=2, alphas=(0.3, 1.0), taus=(0.4, 0.6), dims=(16,), seeds=3)
 
 
 def test_factored_pca_and_labels_match_the_built_reference(grid_batch):

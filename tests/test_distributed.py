@@ -39,7 +39,7 @@ from engine.run.plan import rows_per_item  # noqa: E402
 from engine.run.sample import RESERVOIR_FILE  # noqa: E402
 from engine.run.store import check_rows, read_rows  # noqa: E402
 
-ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200)
+ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200, seeds=3)
 SAMPLED = replace(ANALYSIS, dataset_sample=3000)  # tokens in the dataset-level sample (of 4 x 5184)
 SLOTS_PER_IMAGE = 1 + 6  # encoder + global + 5 prompts
 pytestmark = pytest.mark.slow  # Dask clusters of worker processes
@@ -155,7 +155,7 @@ def test_resume_across_runs_through_the_cli(scenes, reference, scheduler, tmp_pa
     toml = tmp_path / "run.toml"
     toml.write_text(f"[analysis]\nsilhouette_sample = {ANALYSIS.silhouette_sample}\n")  # as the reference (no CLI option)
     args = ["sweep", str(scenes), "--out", str(out), "--scheduler", scheduler, "--batch-size", "2", "--num-workers", "1",
-            "--n-init", "2", "--dims", "8", "--no-progress", "--config", str(toml)]
+            "--n-init", "2", "--seeds", "3", "--dims", "8", "--no-progress", "--config", str(toml)]
     refused = CliRunner().invoke(cli.app, args)
     assert refused.exit_code == 2 and "--resume" in refused.output
     done = CliRunner().invoke(cli.app, [*args, "--resume"])
@@ -204,7 +204,7 @@ def test_a_plain_sweep_imports_nothing_of_dask(scenes, tmp_path):
     code = (
         "import sys; from typer.testing import CliRunner; import cli\n"
         f"r = CliRunner().invoke(cli.app, ['sweep', {str(scenes)!r}, '--out', {str(tmp_path / 'plain')!r}, '--limit', '1',"
-        " '--num-workers', '0', '--n-init', '1', '--dims', '8', '--no-progress'])\n"
+        " '--num-workers', '0', '--n-init', '1', '--seeds', '3', '--dims', '8', '--no-progress'])\n"
         "assert r.exit_code == 0, r.output\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 'dask_cuda')))\n"
     )

@@ -30,12 +30,13 @@ from engine.core.options import DATA_FIELDS
 from engine.data.loader import _decode_cpu
 from engine.run.lock import LOCK_FILE, FolderLock
 from engine.run.store import read_rows
+from tests.readback import rows_by_key, run_json
 
 SCENES = {"count": 4, "size": (160, 120), "seed": 5}  # the `scenes` fixture (tests/conftest.py)
 
-ANALYSIS = AnalysisConfig(n_init=1, dims=(4,), silhouette_sample=100)
+ANALYSIS = AnalysisConfig(n_init=1, dims=(4,), silhouette_sample=100, seeds=3)
 ROWS = 1 + 6  # encoder + global + 5 prompts
-FAST = ["--n-init", "1", "--dims", "4", "--batch-size", "2", "--num-workers", "0", "--no-progress"]
+FAST = ["--n-init", "1", "--seeds", "3", "--dims", "4", "--batch-size", "2", "--num-workers", "0", "--no-progress"]
 runner = CliRunner()
 
 
@@ -57,16 +58,6 @@ def sweep(cfg: RunConfig):
     return pipeline.run_sweep(cfg, echo=quiet, show_progress=False)
 
 
-def rows_by_key(out: Path) -> dict:
-    """Every row keyed by (image, scope, tau, alpha, d, k); asserts no key repeats."""
-    rows = read_rows(out).to_pylist()
-    keyed = {(r["image_id"], r["scope"], r["tau"], r["alpha"], r["d"], r["k"]): r for r in rows}
-    assert len(keyed) == len(rows)
-    return keyed
-
-
-def run_json(out: Path) -> dict:
-    return json.loads((out / "run.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def quadrants(values=(0, 1, 2, 3)) -> np.ndarray:
 
 def hand_case(tmp_path: Path, *, changed_block: bool = True, with_similarity: bool = False):
     """(maps, result, cfg) for one image: quadrant clusters, a road prompt that flips a block, an empty vehicle prompt."""
-    analysis = AnalysisConfig(alphas=(0.3,), ks=(4,))
+    analysis = AnalysisConfig(alphas=(0.3,), ks=(4,), seeds=3)
     slots = build_slots(analysis, PROMPTS, CLASS_IDS)  # encoder, global, road, vehicle
     m = len(slots)
     enc = quadrants()

@@ -172,7 +172,7 @@ def test_real_sweep_figures_and_report_end_to_end(tmp_path):
 
     root = write_scene_set(tmp_path / "scenes", 2, size=(400, 300))
     cfg = RunConfig(data=DataConfig(root=root, num_workers=0), out=tmp_path / "sweep", prompts=("road", "vehicle"),
-                    class_ids=(2, 3), batch_size=2, figures=1, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=1, dims=(8,))).validate()
+                    class_ids=(2, 3), batch_size=2, figures=1, analysis=AnalysisConfig(alphas=(0.3, 0.5), n_init=1, dims=(8,), seeds=3)).validate()
     result = run_sweep(cfg, echo=lambda _: None, show_progress=False, keep_figures=1)
     (maps, row), = result.figures.maps
     only = ("structural_clustering", "class-road_flips", "decoder_masks", "mask-road-0")

@@ -19,7 +19,7 @@ from engine.run.store import read_rows
 
 SCENES = {"count": 5, "size": (400, 300), "seed": 3}  # the `scenes` fixture (tests/conftest.py)
 
-ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200)
+ANALYSIS = AnalysisConfig(n_init=2, dims=(8,), silhouette_sample=200, seeds=3)
 SLOTS_PER_IMAGE = 1 + 6  # encoder + global + 5 prompts
 
 

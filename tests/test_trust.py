@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 import cli
 from engine.run.lock import LOCK_FILE
-from engine.run.store import read_rows
+from tests.readback import rows_by_key, run_json
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--n-init", "1", "--dims", "4", "--batch-size", "1", "--num-workers", "0", "--no-progress"]
+FAST = ["--n-init", "1", "--seeds", "3", "--dims", "4", "--batch-size", "1", "--num-workers", "0", "--no-progress"]
 DATR = [sys.executable, "-c", "import cli; cli.main()"]
 IMAGES = 4
 SCENES = {"count": IMAGES, "size": (160, 120), "seed": 11}  # the `scenes` fixture (tests/conftest.py)
@@ -42,16 +42,6 @@ def reference(scenes, tmp_path_factory):
     return rows_by_key(out)
 
 
-def rows_by_key(out: Path) -> dict:
-    """Every row keyed by (image, scope, tau, alpha, d, k); asserts no key repeats."""
-    rows = read_rows(out).to_pylist()
-    keyed = {(r["image_id"], r["scope"], r["tau"], r["alpha"], r["d"], r["k"]): r for r in rows}
-    assert len(keyed) == len(rows)
-    return keyed
-
-
-def run_json(out: Path) -> dict:
-    return json.loads((out / "run.json").read_text())
 
 
 def start(*args: str, cwd: Path | None = None) -> subprocess.Popen:
