@@ -30,12 +30,13 @@ show: setup
 report: setup
 	$(VENV)/bin/datr report $(DIR) $(ARGS)
 
+# one worker per core, at most 4 (each test pins one thread); worksteal keeps the long tests from ending last
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal
 
 # the inner loop: everything but the slow tests (Dask clusters, the GPU check's quick run, subprocess-heavy runs)
 test-fast: setup
-	$(PY) -m pytest -q -m 'not slow'
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist worksteal -m 'not slow'
 
 bench: setup
 	$(VENV)/bin/datr bench kernels --json bench-kernels.json
