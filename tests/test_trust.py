@@ -213,14 +213,19 @@ def complete_figures(out: Path) -> set[str]:
     return {p.name for p in (out / "figures").iterdir() if figures_complete(out, p.name, ("png",))}
 
 
-@pytest.mark.slow  # a datr process started and signalled
-def test_figure_workers_die_with_a_killed_run_and_resume_draws_what_is_missing(scenes, reference, tmp_path):
-    out = tmp_path / "out"
+def start_drawing(scenes: Path, out: Path) -> tuple[subprocess.Popen, list[int], list[str]]:
+    """A sweep into `out` with two images' figures, once its figure workers draw: (process, their pids, its output)."""
     proc = start("sweep", str(scenes), "--out", str(out), *FAST, "--figures", "2")
     lines: list[str] = []
     wait_for(lambda: drawing(proc, lines), "the figures to start")
     wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, "the figure workers")
-    workers = children(proc.pid)
+    return proc, children(proc.pid), lines
+
+
+@pytest.mark.slow  # a datr process started and signalled
+def test_figure_workers_die_with_a_killed_run_and_resume_draws_what_is_missing(scenes, reference, tmp_path):
+    out = tmp_path / "out"
+    proc, workers, lines = start_drawing(scenes, out)
     assert proc.poll() is None and len(workers) >= 2, lines
     proc.kill()  # kill -9: nothing of the parent runs
     proc.communicate()
@@ -235,11 +240,7 @@ def test_figure_workers_die_with_a_killed_run_and_resume_draws_what_is_missing(s
 @pytest.mark.slow  # a datr process started and signalled
 def test_sigterm_while_figures_are_drawn_stops_the_workers_and_resume_draws_only_the_missing(scenes, tmp_path):
     out = tmp_path / "out"
-    proc = start("sweep", str(scenes), "--out", str(out), *FAST, "--figures", "2")
-    lines: list[str] = []
-    wait_for(lambda: drawing(proc, lines), "the figures to start")
-    wait_for(lambda: len(children(proc.pid)) >= 2 or proc.poll() is not None, "the figure workers")
-    workers = children(proc.pid)
+    proc, workers, lines = start_drawing(scenes, out)
     proc.terminate()
     _, stderr = proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM and "--resume" in stderr, stderr
