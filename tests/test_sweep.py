@@ -97,6 +97,10 @@ def test_batch_size_does_not_change_rows(scenes, tmp_path, reference_run):
     out = tmp_path / "b1"
     pipeline.run_sweep(config(scenes, out, batch_size=1), echo=lambda s: None, show_progress=False)
     assert sorted_rows(out) == sorted_rows(reference_run[0])
+    from bench.rows_diff import diff
+
+    assert len(list((out / "rows").glob("part-*"))) != len(list((reference_run[0] / "rows").glob("part-*")))
+    assert diff(out, reference_run[0]) == []  # other shards, the same rows: rows_diff compares rows, not files
 
 
 def test_interrupted_run_resumes_to_the_same_rows(scenes, tmp_path, reference_run, monkeypatch):
@@ -205,5 +209,11 @@ def test_rows_diff_names_every_result_file_that_changed(reference_run, tmp_path)
     inertia[0] = float(torch.nextafter(torch.tensor(inertia[0], dtype=torch.float64), torch.tensor(float("inf"), dtype=torch.float64)))
     pq.write_table(table.set_column(table.schema.get_field_index("inertia"), "inertia", [inertia]), shard)
     (copy / "errors.parquet").unlink()
-    assert diff(out, copy) == [f"errors.parquet: only in {out}", f"rows/{shard.name}: differs"]
+    first = table.slice(0, 1).to_pylist()[0]
+    key = tuple(first[c] for c in ("image_id", "scope", "tau", "alpha", "d", "k"))
+    total = read_rows(out).num_rows
+    assert diff(out, copy) == [f"rows: 1 of {total} differ, in inertia (first: {key})", f"errors.parquet: only in {out}"]
     assert main([str(out), str(copy)]) == 1
+    shard.unlink()  # its rows gone: counted on the side that still has them
+    lost = table.num_rows
+    assert diff(out, copy)[0].startswith(f"rows: {lost} of {total} only in {out} (first: ")
