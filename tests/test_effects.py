@@ -9,13 +9,17 @@ import pytest
 from scipy.stats import bootstrap, wilcoxon
 
 from engine.analysis.effects import (
+    ALPHA_LEVEL,
     EFFECT_FIELDS,
     bootstrap_seed,
     dataset_effects,
     holm,
+    significance_reach,
+    smallest_p,
     verdict,
     write_effects_csv,
 )
+from engine.present.effects import render_effects
 
 
 def fake_rows(images: int = 12, seed: int = 0) -> dict[str, np.ndarray]:
@@ -106,3 +110,44 @@ def test_verdicts_read_both_contrasts():
     assert verdict(e(0.001, 0.1), e(0.001, 0.05)) == "an effect beyond both"
     assert verdict(e(0.001, 0.1), e(0.5, 0.0)).startswith("an effect beyond KMeans instability, not beyond")
     assert verdict(None, None).startswith("not measured")
+
+
+def strongest_rows(images: int, scopes: int) -> dict[str, np.ndarray]:
+    """The strongest data a table can hold: every image's effect positive and distinct, in `scopes` scopes at
+    one grid point (2 * scopes tests, each with p = 2 / 2^images)."""
+    n = images * scopes
+    return {"image_id": np.array([f"im{i % images}" for i in range(n)], dtype=object),
+            "scope": np.array([f"scope{i // images}" for i in range(n)], dtype=object),
+            "tau": np.full(n, 0.5), "alpha": np.full(n, 0.3), "d": np.full(n, 32.0), "k": np.full(n, 5.0),
+            "effect_instability": np.tile(np.arange(1.0, images + 1), scopes) / 100,
+            "effect_null": np.tile(np.arange(1.0, images + 1), scopes) / 50}
+
+
+@pytest.mark.parametrize("images", [3, 5, 8, 14, 20, 40])
+def test_the_smallest_p_bounds_every_sign_and_tie_pattern_and_is_reached(images):
+    if images <= 13:
+        assert smallest_p(images) == pytest.approx(2.0 / 2**images, rel=1e-12)  # both tails of the exact null's extreme
+    assert smallest_p(images) in {wilcoxon(np.arange(1.0, images + 1)).pvalue, wilcoxon(np.ones(images)).pvalue}
+    rng = np.random.default_rng(images)
+    for _ in range(40 if images <= 13 else 200):  # ties, signs, magnitudes: none gives a smaller p
+        values = rng.integers(1, images + 1, size=images).astype(float) * rng.choice([-1.0, 1.0], p=[0.2, 0.8], size=images)
+        assert wilcoxon(values).pvalue >= smallest_p(images) * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("scopes", [1, 6, 12])
+def test_the_table_says_no_row_can_be_significant_exactly_where_the_strongest_data_are_not(scopes):
+    tests = 2 * scopes
+    needed = next(n for n in range(2, 60) if tests * 2.0 / 2**n < ALPHA_LEVEL)  # Holm: the smallest p times m
+    for images in (needed - 1, needed):
+        effects = dataset_effects(strongest_rows(images, scopes))
+        assert len(effects) == tests and all(e["n_images"] == images for e in effects)
+        reach = significance_reach(effects)
+        if images < needed:
+            assert not any(e["significant"] for e in effects)
+            assert reach is not None and reach["images_needed"] == needed and reach["tests"] == tests
+            assert reach["floor"] >= ALPHA_LEVEL and reach["floor"] == pytest.approx(tests * 2.0 / 2**images)
+            text = render_effects(effects, width=100)
+            assert f"With {images} images no row can be significant" in text and f"at least {needed} images" in text
+        else:
+            assert all(e["significant"] for e in effects) and reach is None
+            assert "no row can be significant" not in render_effects(effects, width=100)

@@ -46,6 +46,11 @@ def test_alpha_zero_gives_exactly_zero_effects_and_nothing_significant(tmp_path)
     for row in effects:
         assert float(row["median_effect"]) == 0 and float(row["ci_low"]) == 0 and float(row["ci_high"]) == 0
         assert float(row["p_value"]) == 1 and row["significant"] == "False"
+    # 4 images and 12 tests: Holm lifts the smallest possible p (2 / 2^4) to 1.5, so the report says no row can
+    # be significant, and how many images could (the least n with 12 * 2 / 2^n < 0.05)
+    needed = next(n for n in range(5, 30) if len(effects) * 2.0 / 2**n < 0.05)
+    html = (tmp_path / "zero" / "report" / "index.html").read_text()
+    assert "With 4 images no row can be significant" in html and f"at least {needed} images" in html
     rows = read_rows(tmp_path / "zero").to_pylist()
     measured = [r for r in rows if r["effective_tokens"]]
     assert measured and all(r["effect_instability"] == 0 and r["effect_null"] == 0 for r in measured)

@@ -24,6 +24,7 @@ rows), so the tests ask whether the effect holds across images.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import math
 import warnings
@@ -62,6 +63,52 @@ def wilcoxon_p(values: np.ndarray) -> float:
     with warnings.catch_warnings():  # scipy notes ties and small samples; the p-value is what we report
         warnings.simplefilter("ignore")
         return float(wilcoxon(values, alternative="two-sided").pvalue)
+
+
+PERMUTATION_UP_TO = 13  # scipy tests tied values of at most this many images by all 2^n sign flips
+
+
+@functools.cache
+def smallest_p(n: int) -> float:
+    """The smallest two-sided p that wilcoxon_p gives n nonzero values: all of one sign, distinct or all tied.
+
+    Distinct values take the exact null distribution (2 / 2^n); tied ones all 2^n sign flips up to
+    PERMUTATION_UP_TO images (again 2 / 2^n: the observed signs and their mirror image) and the
+    tie-corrected normal approximation beyond, where all-equal values give its smallest p.
+    """
+    if n < 1:
+        return 1.0
+    tied = 2.0 / 2**n if n <= PERMUTATION_UP_TO else wilcoxon_p(np.ones(n))
+    return min(wilcoxon_p(np.arange(1.0, n + 1)), tied)
+
+
+def significance_reach(effects: list[dict], most_images: int = 200) -> dict | None:
+    """None where a test of the table can reach p_adjusted < 0.05; otherwise why none can.
+
+    Holm's correction multiplies the smallest p by the number of tests m, and no test with at most
+    n images has a p below smallest_p(n): where m * smallest_p(n) >= 0.05 for the largest n of the
+    table, no row can be significant whatever the data. Returns images (that n), tests (m),
+    smallest_p, floor (m * smallest_p) and images_needed (the least n at which one row could be).
+    """
+    tested = [e for e in effects if e["p_value"] is not None]
+    if not tested:
+        return None
+    tests, images = len(tested), max(e["n_images"] for e in tested)
+    floor = tests * smallest_p(images)
+    if floor < ALPHA_LEVEL:
+        return None
+    needed = next((n for n in range(images + 1, most_images + 1) if tests * smallest_p(n) < ALPHA_LEVEL), None)
+    return {"images": images, "tests": tests, "smallest_p": smallest_p(images), "floor": min(1.0, floor),
+            "images_needed": needed}
+
+
+def reach_text(reach: dict) -> str:
+    """The sentence that says why no row can be significant (for the report and the terminal)."""
+    need = (f"analyse at least {reach['images_needed']} images, or test fewer grid points"
+            if reach["images_needed"] else "test fewer grid points")
+    return (f"With {reach['images']} images no row can be significant: the signed-rank test's p is at least "
+            f"{reach['smallest_p']:.2g} there, and Holm's correction over {reach['tests']} tests lifts the smallest "
+            f"to {reach['floor']:.2g} (>= {ALPHA_LEVEL}); {need}.")
 
 
 def bootstrap_median_ci(values: np.ndarray, seed: int) -> tuple[float, float]:

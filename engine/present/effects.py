@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 
-from engine.analysis.effects import format_p, verdict
+from engine.analysis.effects import format_p, reach_text, significance_reach, verdict
 
 EFFECTS_NOTE = ("effect = per-image flip_between minus flip_within (vs instability) or minus flip_null_between (vs null), "
                 "median over images [95% bootstrap CI]; p: Wilcoxon signed-rank, Holm-adjusted over {tests} tests; "
@@ -31,6 +31,8 @@ def render_effects(effects: list[dict], width: int | None = None) -> str:
     width = width or shutil.get_terminal_size((100, 24)).columns
     tests = sum(e["p_value"] is not None for e in effects)
     lines = textwrap.wrap("effects (seed ensembles): " + EFFECTS_NOTE.format(tests=tests), width=max(40, width))
+    if (reach := significance_reach(effects)) is not None:
+        lines += textwrap.wrap(reach_text(reach), width=max(40, width))
     points: dict[tuple, dict[str, dict[str, dict]]] = {}
     for e in effects:
         points.setdefault((e["tau"], e["alpha"], e["d"], e["k"]), {}).setdefault(e["scope"], {})[e["contrast"]] = e

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.analysis.effects import format_p, verdict
+from engine.analysis.effects import format_p, reach_text, significance_reach, verdict
 from engine.core.choices import ENCODER
 from engine.present.html import esc
 from engine.present.provenance import FEW_TOKENS
@@ -149,6 +149,8 @@ def key_findings_html(sweep_dir: Path, summary: list[dict], images: list[dict], 
                      + "".join(lines) + "</ul></li>")
     look = [x for x in (largest_effect(summary, tested) if tested else largest_flip_fallback(datr),
                         outliers_text(sweep_dir, images, link)) if x]
+    if (reach := significance_reach(effects)) is not None:
+        look.insert(0, f"<b>{esc(reach_text(reach))}</b>")
     empty = [e["scope"] for e in datr if e.get("flip_ratio_median") is None]
     if empty:
         look.append(f"No effective token (so no flip ratio) in any image for: {esc(', '.join(empty))}.")
