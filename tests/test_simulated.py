@@ -222,7 +222,7 @@ def test_scenes_hold_every_class_with_vehicles_on_roads():
 # ----------------------------------------------------------------------------- planted effect
 
 
-@pytest.mark.parametrize("effect", [0.5, 1.0])
+@pytest.mark.parametrize("effect", [0.5, 1.0, 2.0])
 def test_planted_effect_adds_one_kept_query_over_the_known_part_and_changes_nothing_else(scenes, effect):
     config = SimulatedConfig()
     base = run(scenes, config, taus=(0.5, 0.95), keep=True)
@@ -242,14 +242,16 @@ def test_planted_effect_adds_one_kept_query_over_the_known_part_and_changes_noth
         part = planted.query_masks[i, 0, q].float().flatten() > 0.5  # the known part on the token grid
         veg = scenes.gt_tokens[i].flatten() == 0
         assert part.any() and not (part & ~veg).any()
-        assert part.sum() / veg.sum() == pytest.approx(effect / 2, abs=0.06)  # a share e/2 of the class
+        # a share e/2 of the class, less some of its edge tokens, whose pooled mask stays under 0.5
+        assert part.sum() / veg.sum() == pytest.approx(effect / 2, abs=0.07)
     assert torch.equal(base.union_masks[:, 0, 1:], planted.union_masks[:, 0, 1:])
     assert torch.equal(base.union_masks[:, 1], planted.union_masks[:, 1])  # tau 0.95 > the planted score
 
 
 def test_planted_effect_settings_are_checked():
     with pytest.raises(ConfigError, match="planted_effect"):
-        SimulatedConfig(planted_effect=1.5)
+        SimulatedConfig(planted_effect=2.5)
+    assert SimulatedConfig(planted_effect=2.0).planted_effect == 2.0  # the whole class
     with pytest.raises(ConfigError, match="planted_effect"):
         SimulatedConfig(planted_effect=-0.1)
     with pytest.raises(ConfigError, match="planted_class = 7 is no prompt's class"):

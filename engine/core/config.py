@@ -59,7 +59,7 @@ class SimulatedConfig:
     false_positive_rate: float = 0.5  # expected false-positive blobs per (image, prompt)
     query_noise: float = 0.3  # std of the noise on instance query vectors (before LayerNorm)
     min_instance_area: int = 3  # GT components smaller than this (288-grid pixels) get no query
-    planted_effect: float = 0.0  # the planted decoder effect: e / 2 of the class moved, in [0, 1] (0 = none)
+    planted_effect: float = 0.0  # the planted decoder effect: e / 2 of the class moved, in [0, 2] (0 = none, 2 = all of it)
     planted_class: int = 0  # the GT class whose prompt carries it (0 = vegetation in UDD5)
 
     def __post_init__(self) -> None:
@@ -76,9 +76,9 @@ class SimulatedConfig:
             raise ConfigError(f"simulated.variation_rank must be >= 1, got {self.variation_rank!r}")
         if self.min_instance_area < 1:
             raise ConfigError(f"simulated.min_instance_area must be >= 1, got {self.min_instance_area!r}")
-        if self.planted_effect > 1:
-            raise ConfigError(f"simulated.planted_effect must be in [0, 1] (the share of the class moved is e / 2), "
-                              f"got {self.planted_effect!r}")
+        if self.planted_effect > 2:
+            raise ConfigError(f"simulated.planted_effect must be in [0, 2] (the share of the class moved is e / 2: "
+                              f"2 moves all of it), got {self.planted_effect!r}")
         if not 0 <= self.planted_class < 255:
             raise ConfigError(f"simulated.planted_class must be a GT class id in [0, 254], got {self.planted_class!r}")
 

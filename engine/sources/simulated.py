@@ -29,13 +29,13 @@ Decoder outputs, for each prompt p (targeting GT class c_p) and each image:
   The 200 query slots are shuffled. query_masks = pool_to_tokens(mask probabilities);
   union_masks[t, p] = OR over queries with score >= taus[t] of (probability >= 0.5).
 
-Planted effect (`[simulated] planted_effect = e` in [0, 1], `planted_class = c`; for calibrating
+Planted effect (`[simulated] planted_effect = e` in [0, 2], `planted_class = c`; for calibrating
 the effect statistics, README "Effects"). Two fixed unit directions per source: `select`, class
 c's first within-class variation direction made orthogonal to mu_c (token . select follows the
 smooth coordinate a_1(j) within the class), and `away`, orthogonal to every class mean,
 variation direction and the colour projection of the labels in use (token . away is noise only).
 In each image, the known part P of class c is its tokens with the largest token . select, a
-share e / 2 of the class (half at e = 1): a smooth, spatially coherent piece. The prompt of
+share e / 2 of the class (half at e = 1, all of it at e = 2): a smooth, spatially coherent piece. The prompt of
 class c gets one more kept query (score 0.9, mask = P), in the slot of its last background
 query (no other draw changes):
     Q_plant = LayerNorm(mean feature over P) + PLANT_SELECT * (select - b mu_c / |mu_c|^2) + PLANT_SCALE * away
