@@ -51,9 +51,12 @@ def figures_line(kind: str, res: dict) -> str:
                            f"{c.get('host_to_device', '-')} host-to-device copies, {c.get('host_data_tensors', '-')} "
                            f"host-data tensors" + ("" if c.get("sync_warnings") is None else f", {c['sync_warnings']} sync warnings")
                            for c in res.get("dispatch_counts", []))
+        ens = res.get("ensemble_cost")
+        ensemble = ("" if not ens else f"; the seed ensemble ({ens['seeds']} seeds) {_fmt(ens['ratio'])}x the analysis "
+                    f"without it ({_fmt(ens['ms_per_image_with'], '.2f')} vs {_fmt(ens['ms_per_image_without'], '.2f')} ms/image)")
         return (f"{_fmt(rows['sweep_end_to_end']['images_per_s'], '.1f')} images/s end to end, analysis "
                 f"{_fmt(rows['analysis_batched']['ms_per_image'], '.2f')} ms/image vs paper's way "
-                f"{_fmt(rows['analysis_paper_way_sklearn']['ms_per_image'], '.0f')} ms/image; peak "
+                f"{_fmt(rows['analysis_paper_way_sklearn']['ms_per_image'], '.0f')} ms/image{ensemble}; peak "
                 + ", ".join(f"{k.replace('_peak_mb', '')} {v:.0f} MiB" for k, v in mem.items()) + (f"; {counts}" if counts else ""))
     if kind == "encoder":
         parts = []

@@ -40,6 +40,9 @@ def test_quick_cpu_check_runs_every_step(tmp_path):
     assert [p["batch_size"] for p in encoder["per_batch_size"]] == [1]
     page = (out / "gpu-check.md").read_text()
     assert all(f"| {name} | ok |" in page for name in names) and "(no time boxes)" in page
+    ensemble = sweeps[0]["ensemble_cost"]  # what the seed ensemble adds, on the page too
+    assert ensemble["seeds"] == 3 and ensemble["ratio"] == pytest.approx(ensemble["ms_per_image_with"] / ensemble["ms_per_image_without"])
+    assert f"the seed ensemble (3 seeds) {ensemble['ratio']:.2f}x the analysis without it" in page
 
 
 def test_failures_and_timeouts_are_recorded_and_the_rest_runs(tmp_path):
