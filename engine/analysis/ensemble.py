@@ -59,13 +59,14 @@ def pair_flip_counts(full: torch.Tensor, masked: torch.Tensor, k: int, ref: torc
     partition is aligned to the reference one by a maximum-agreement one-to-one matching over all
     tokens (kernels.metrics.align_to_reference), then counted where the two disagree on E.
     """
-    lead = full.shape[:-2]
+    lead, lead_e = full.shape[:-2], masked.shape[:-2]  # full may have size-1 dims that masked has wider
     s = full.shape[-1] // k
     blocks = full.reshape(*lead, s, k, s, k)[..., ref, :, other, :]  # (Q, ..., k_ref, k_other)
-    blocks_e = masked.reshape(*lead, s, k, s, k)[..., ref, :, other, :]
+    blocks_e = masked.reshape(*lead_e, s, k, s, k)[..., ref, :, other, :]
     q = ref.shape[0]
     table = blocks.movedim(0, -3).transpose(-1, -2).double()  # (..., Q, k_other, k_ref): label -> reference
     mapping = linear_sum_assignment(table.reshape(-1, k, k), maximize=True).reshape(*lead, q, k)
+    mapping = mapping.expand(*lead_e, q, k)
     agree_e = torch.gather(blocks_e.movedim(0, -3).transpose(-1, -2).double(), -1, mapping[..., None])[..., 0].sum(-1)
     total_e = blocks_e.movedim(0, -3).sum((-1, -2)).double()
     return total_e - agree_e
@@ -87,7 +88,8 @@ class EnsembleMeasures:
 def jackknife_se(diffs: torch.Tensor, ref: torch.Tensor, other: torch.Tensor, seeds: int) -> torch.Tensor:
     """Standard error of the mean of per-pair values (..., Q) over seeds, by leaving one seed out of
     every pair it takes part in: sqrt((S-1)/S * sum_i (theta_-i - mean theta)^2)."""
-    keep = torch.stack([(ref != i) & (other != i) for i in range(seeds)]).to(diffs.device, diffs.dtype)  # (S, Q)
+    left_out = torch.arange(seeds, device=ref.device)[:, None]
+    keep = ((ref != left_out) & (other != left_out)).to(diffs.device, diffs.dtype)  # (S, Q)
     loo = (diffs[..., None, :] * keep).sum(-1) / keep.sum(-1).clamp(min=1)  # (..., S)
     centred = loo - loo.mean(-1, keepdim=True)
     return ((seeds - 1) / seeds * (centred * centred).sum(-1)).sqrt()
@@ -107,8 +109,8 @@ def ensemble_measures(encoder: torch.Tensor, real: torch.Tensor, null: torch.Ten
     between = _flips_against(enc_hot, real, effective, k, ref, other)  # (B, J, Q) counts
     if paired:
         within = torch.zeros_like(between)
-    else:  # the same arithmetic as `between`, so equal partitions give equal counts bit for bit
-        within = _flips_against(enc_hot, encoder[:, None].expand(b, j, s, n), effective, k, ref, other)
+    else:  # the encoder against itself: its matching over all tokens is the same for every slot, made once
+        within = _flips_against(enc_hot, encoder[:, None], effective, k, ref, other)
     nan = torch.full((b, j), float("nan"), dtype=torch.float64, device=real.device)
     ok = count > 0
     share = lambda counts: counts / count.clamp(min=1)[..., None]  # noqa: E731 -- (B, J, Q) shares
@@ -129,14 +131,21 @@ def ensemble_measures(encoder: torch.Tensor, real: torch.Tensor, null: torch.Ten
 
 def _flips_against(enc_hot: torch.Tensor, members: torch.Tensor, effective: torch.Tensor, k: int, ref: torch.Tensor,
                    other: torch.Tensor) -> torch.Tensor:
-    """Flip counts (B, J, Q) of every slot's members against the encoder's, in chunks of slots."""
-    b, j, s, n = members.shape
+    """Flip counts (B, J, Q) of every slot's members against the encoder's, in chunks of slots.
+
+    members (B, J, S, N), or (B, 1, S, N) for one set of members that every slot's effective tokens
+    share (its matching over all tokens is then made once per image). Counts are sums of 0/1 in
+    float32 (exact below 2^24), so equal partitions give equal counts whichever way they are made.
+    """
+    b, _, s, n = members.shape
+    j = effective.shape[1]
     step = max(1, ONEHOT_BUDGET // max(1, 2 * b * s * k * n * 4))
+    shared = onehot_partitions(members, k) if members.shape[1] == 1 else None  # (B, 1, S*k, N)
     out = []
     for lo in range(0, j, step):
-        hot = onehot_partitions(members[:, lo : lo + step], k)  # (B, J', S*k, N)
+        hot = shared if shared is not None else onehot_partitions(members[:, lo : lo + step], k)  # (B, J', S*k, N)
         eff = effective[:, lo : lo + step, None, :].to(hot.dtype)
-        full = enc_hot[:, None] @ hot.transpose(-1, -2)  # (B, J', S*k ref, S*k other)
-        masked = enc_hot[:, None] @ (hot * eff).transpose(-1, -2)
+        full = enc_hot[:, None] @ hot.transpose(-1, -2)  # (B, J' or 1, S*k ref, S*k other)
+        masked = enc_hot[:, None] @ (hot * eff).transpose(-1, -2)  # (B, J', ...)
         out.append(pair_flip_counts(full, masked, k, ref, other))
     return torch.cat(out, 1)
