@@ -62,9 +62,10 @@ def _same(a, b) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)  # NaN equals NaN here
 
 
-def rows_diff(a: Path, b: Path) -> list[str]:
-    """The rows of two sweep folders compared under their key: [] when every row is the same, bit for bit."""
-    (names_a, rows_a), (names_b, rows_b) = keyed_rows(a), keyed_rows(b)
+def row_lines(a: Path, b: Path, keyed_a: tuple[list[str], dict], keyed_b: tuple[list[str], dict]) -> list[str]:
+    """The rows of two sweep folders (keyed_rows of each) compared under their key: [] when every row
+    is the same, bit for bit."""
+    (names_a, rows_a), (names_b, rows_b) = keyed_a, keyed_b
     lines = []
     if names_a != names_b:
         lines.append(f"rows: the columns differ ({len(names_a)} in {a}, {len(names_b)} in {b})")
@@ -100,16 +101,22 @@ def digests(folder: Path) -> dict[str, str]:
     return out
 
 
-def diff(a: Path, b: Path) -> list[str]:
-    """One line per file that differs or exists on one side only, and the rows' lines; [] when the results are identical."""
+def compare(a: Path, b: Path) -> tuple[list[str], int, int]:
+    """(the difference lines, the rows of `a`, its other result files): each folder read once."""
+    keyed_a, keyed_b = keyed_rows(a), keyed_rows(b)
     da, db = digests(a), digests(b)
-    lines = rows_diff(a, b)
+    lines = row_lines(a, b, keyed_a, keyed_b)
     for name in sorted(set(da) | set(db)):
         if name not in da or name not in db:
             lines.append(f"{name}: only in {a if name in da else b}")
         elif da[name] != db[name]:
             lines.append(f"{name}: differs")
-    return lines
+    return lines, len(keyed_a[1]), len(da)
+
+
+def diff(a: Path, b: Path) -> list[str]:
+    """One line per file that differs or exists on one side only, and the rows' lines; [] when the results are identical."""
+    return compare(a, b)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,11 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2 or not all(Path(x).is_dir() for x in args):
         print("usage: python -m bench.rows_diff DIR_A DIR_B   (two sweep --out folders)", file=sys.stderr)
         return 2
-    lines = diff(Path(args[0]), Path(args[1]))
+    lines, rows, count = compare(Path(args[0]), Path(args[1]))
     for line in lines:
         print(line)
-    rows = len(keyed_rows(Path(args[0]))[1])
-    count = len(digests(Path(args[0])))
     print(f"{rows} rows and {count} other result files compared: " + ("identical" if not lines else f"{len(lines)} differences"))
     return 1 if lines else 0
 
