@@ -210,7 +210,7 @@ def analyze_part(inputs: BatchInputs, part: Part, state: BatchState, cfg: Analys
         explained = explained_all[scored, :d].sum(-1).double()
         for k in cfg.ks:
             point = (d, k)
-            clustering = cluster_point(z, index, part, state, point, k, cfg, backend)
+            clustering = cluster_point(z, index, part, state, point, k, inputs.grid, cfg, backend)
             values = score_part(z, clustering, index, scored, slot_ids, inputs, state, point, k, cfg)
             values.update(inertia=clustering.inertia[scored].double(), n_iter=clustering.n_iter[scored],
                           explained_variance_ratio=explained)
@@ -220,7 +220,7 @@ def analyze_part(inputs: BatchInputs, part: Part, state: BatchState, cfg: Analys
 
 
 def cluster_point(z: torch.Tensor, index: PartIndex, part: Part, state: BatchState, point: tuple[int, int], k: int,
-                  cfg: AnalysisConfig, backend: ClusterBackend) -> controls.PartClustering:
+                  grid: tuple[int, int], cfg: AnalysisConfig, backend: ClusterBackend) -> controls.PartClustering:
     """KMeans of the part's problems at one grid point; part 0 also keeps the encoder clustering."""
     encoder = state.encoders.get(point)
     if part.has_encoder and cfg.kmeans_init == "encoder":
@@ -232,7 +232,8 @@ def cluster_point(z: torch.Tensor, index: PartIndex, part: Part, state: BatchSta
         if cfg.controls and cfg.kmeans_init == "independent":
             reseed = controls.reseed_labels(z[index.encoder], labels, k, cfg, backend)
         members = None if clustering.members is None else clustering.members[index.encoder]
-        state.encoders[point] = EncoderClustering(labels=labels, members=members, reseed=reseed)
+        filtered = majority_filter(labels.reshape(-1, *grid), k).reshape(labels.shape)  # once per grid point
+        state.encoders[point] = EncoderClustering(labels=labels, filtered=filtered, members=members, reseed=reseed)
     return clustering
 
 
@@ -245,9 +246,10 @@ def score_part(z: torch.Tensor, clustering: controls.PartClustering, index: Part
     encoder = state.encoders[point]
     effective = state.measures.effective[:, slot_ids]  # (B, J', N)
     labels = clustering.labels[scored]  # (B, J', N)
-    reference = encoder.labels[:, None].expand(b, j, n)
+    reference = encoder.labels[:, None].expand(b, j, n).reshape(b * j, n)
+    reference_f = encoder.filtered[:, None].expand(b, j, n).reshape(b * j, n)
     gt = None if inputs.gt_tokens is None else inputs.gt_tokens[:, None].expand(b, j, n).reshape(b * j, n)
-    metric, aligned, aligned_f = score_clustering(z[scored.reshape(-1)], labels.reshape(b * j, n), reference.reshape(b * j, n),
+    metric, aligned, aligned_f = score_clustering(z[scored.reshape(-1)], labels.reshape(b * j, n), (reference, reference_f),
                                                   k, inputs.grid, effective.reshape(b * j, n), gt, inputs.num_classes, cfg)
     values = {name: value.reshape(b, j) for name, value in metric.items()}
     datr = slice(1, None) if index.encoder is not None else slice(None)
@@ -353,20 +355,22 @@ def fit_and_project(factors: DatrFactors, backend: ClusterBackend, n_components:
     return fit, datr_project(factors, fit.mean, fit.components)
 
 
-def score_clustering(z: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, k: int, grid: tuple[int, int],
+def score_clustering(z: torch.Tensor, labels: torch.Tensor, references: tuple[torch.Tensor, torch.Tensor], k: int,
+                     grid: tuple[int, int],
                      effective: torch.Tensor, gt_flat: torch.Tensor | None, num_classes: int,
                      cfg: AnalysisConfig) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Flip ratios (raw and processed) and the quality scores of one grid point's labels.
 
-    z (Q, N, d) the projected tokens, labels and reference (Q, N) (the encoder labels of each
-    problem's image), effective (Q, N), gt_flat (Q, N) or None; grid = (H, W). Returns the (Q,)
+    z (Q, N, d) the projected tokens, labels (Q, N); references = (the encoder labels of each
+    problem's image, the same 3x3-filtered), each (Q, N); effective (Q, N), gt_flat (Q, N) or None;
+    grid = (H, W). Returns the (Q,)
     metrics and the labels aligned to the reference, raw and 3x3-filtered (each (Q, N)).
     """
     h, w = grid
     q, n = labels.shape
+    reference, reference_f = references
     aligned = align_to_reference(labels, reference, k)
     filtered = majority_filter(labels.reshape(q, h, w), k).reshape(q, n)
-    reference_f = majority_filter(reference.reshape(q, h, w), k).reshape(q, n)
     aligned_f = align_to_reference(filtered, reference_f, k)
     metric = {"flip_ratio": flip_ratio(aligned, reference, effective),
               "flip_ratio_processed": flip_ratio(aligned_f, reference_f, effective)}

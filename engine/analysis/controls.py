@@ -125,12 +125,14 @@ def encoder_partition_centres(z: torch.Tensor, encoder_labels: torch.Tensor, k: 
 class EncoderClustering:
     """The encoder problems' KMeans at one grid point (d, k), kept for every part of the batch.
 
-    labels (B, N) L_enc; members (B, S, N) int8 the seed ensemble (None with --seeds 0); reseed
-    (B, N) the encoder clustered with seed + 1, aligned to L_enc (None without controls or with
-    encoder starts).
+    labels (B, N) L_enc; filtered (B, N) L_enc after one 3x3 plurality filter (the reference of
+    every processed flip ratio); members (B, S, N) int8 the seed ensemble (None with --seeds 0);
+    reseed (B, N) the encoder clustered with seed + 1, aligned to L_enc (None without controls or
+    with encoder starts).
     """
 
     labels: torch.Tensor
+    filtered: torch.Tensor
     members: torch.Tensor | None
     reseed: torch.Tensor | None
 
@@ -209,7 +211,7 @@ def control_columns(null_labels: torch.Tensor, encoder: EncoderClustering, effec
     null = null_labels.reshape(-1, n)
     raw = flip_ratio(align_to_reference(null, ref, k), ref, eff)
     null_f = majority_filter(null.reshape(-1, h, w), k).reshape(-1, n)
-    enc_f = majority_filter(encoder.labels.reshape(b, h, w), k).reshape(b, 1, n).expand(b, j, n).reshape(-1, n)
+    enc_f = encoder.filtered[:, None].expand(b, j, n).reshape(-1, n)
     processed = flip_ratio(align_to_reference(null_f, enc_f, k), enc_f, eff)
     out = {"flip_ratio_null": raw.reshape(b, j), "flip_ratio_null_processed": processed.reshape(b, j)}
     if encoder.reseed is not None:
